@@ -1,0 +1,26 @@
+"""Selectors: every method shares :class:`BaseSelector` and returns a :class:`Selection`."""
+
+from harp.selectors._base import BaseSelector, Interval, Options, check_is_fitted, ranked_order
+from harp.selectors._budget import parse_budget, resolve_budget
+from harp.selectors._registry import available_methods, get_selector_class, make_selector, register
+from harp.selectors._selection import Cost, Selection
+
+# Importing the modules registers the built-in methods.
+from harp.selectors.random import RandomSelector  # noqa: E402
+
+__all__ = [
+    "BaseSelector",
+    "Cost",
+    "Interval",
+    "Options",
+    "RandomSelector",
+    "Selection",
+    "available_methods",
+    "check_is_fitted",
+    "get_selector_class",
+    "make_selector",
+    "parse_budget",
+    "ranked_order",
+    "register",
+    "resolve_budget",
+]
