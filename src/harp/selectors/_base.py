@@ -127,6 +127,11 @@ def validate_params(owner: str, params: dict[str, Any], table: dict[str, list]) 
     for name, constraints in table.items():
         value = params[name]
         if not any(_accepts(c, value) for c in constraints):
+            if constraints == ["budget"]:
+                try:
+                    parse_budget(value)  # its message says what exactly is wrong
+                except ParameterError as exc:
+                    raise ParameterError(f"{owner}: {exc}") from None
             allowed = " or ".join(_describe(c) for c in constraints)
             raise ParameterError(f"{owner}: {name}={value!r} is not allowed; expected {allowed}")
 
@@ -159,6 +164,9 @@ class BaseSelector(ABC):
     name: ClassVar[str] = "base"
     #: Whether ``fit`` needs a target set.
     needs_target: ClassVar[bool] = False
+    #: Whether the method runs a language model (gradients, finetuning); the demo's
+    #: default method list leaves these out.
+    uses_model: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list]] = {}
 
     # -- scikit-learn parameter protocol -------------------------------------------------

@@ -13,8 +13,8 @@ __all__ = ["Budget", "resolve_budget", "parse_budget"]
 Budget = int | float | str
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_INTEGER = re.compile(r"^\s*\d+\s*$")
-_FRACTION = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+_FRACTION = re.compile(r"^\s*[+-]?(?:\d*\.\d+|\d+\.)\s*$")
 
 _HOW = 'give a row count (e.g. 500), a fraction in (0, 1] (e.g. 0.1) or a percentage ("10%")'
 

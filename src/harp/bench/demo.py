@@ -1,0 +1,332 @@
+"""``harp demo``: the whole pipeline on the synthetic skills suite, in minutes on a CPU.
+
+Steps: generate the suite → build and pretrain the proxy (cached) → score the base →
+for each method select, finetune the proxy on the selection and score the target →
+reference rows (full pool, the known-helpful rows, the helpful rows plus the harmful
+ones) → a table. Every finished step is cached under ``out_dir`` by a fingerprint of
+its inputs, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harp._utils.hashing import fingerprint, stable_json
+from harp._utils.io import atomic_write_json, atomic_write_text
+from harp.errors import ParameterError
+
+__all__ = ["DemoConfig", "run_demo", "ensure_proxy"]
+
+log = logging.getLogger(__name__)
+
+_PROXY_MARKER = "harp-proxy.json"
+
+
+@dataclass
+class DemoConfig:
+    """Everything ``harp demo`` does, in one place (the presets fill it in).
+
+    Parameters
+    ----------
+    out_dir : Path
+        Folder for the generated data, the proxy model, the cache and the results.
+    seed : int
+        Seed of the suite, the model, the selections and the finetuning.
+    methods : list of str or None
+        Methods to compare; None means every registered method that needs no model.
+    budget : str
+        Rows each method may select (count, fraction or percentage of the pool).
+    suite : dict
+        Arguments of :func:`harp.data.synthetic.make_skills_suite`.
+    pretrain : dict
+        Arguments of :func:`harp.models.pretrain_proxy` (steps, batch_size, lr).
+    train : dict
+        Fields of :class:`harp.training.TrainConfig` for every finetune.
+    references : bool
+        Add the reference rows (base, full pool, known-helpful, helpful + harmful).
+    """
+
+    out_dir: Path = Path("harp-runs/demo")
+    seed: int = 0
+    methods: list[str] | None = None
+    budget: str = "10%"
+    suite: dict[str, Any] = field(default_factory=dict)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    references: bool = True
+
+    @classmethod
+    def preset(cls, size: str = "default", **overrides: Any) -> "DemoConfig":
+        """The ``default`` (a few minutes) or ``tiny`` (under a minute) configuration.
+
+        ``None`` values in ``overrides`` keep the preset's value.
+        """
+        presets = {
+            "default": dict(
+                suite=dict(n_pool=2000, n_target_per_domain=200, n_pretrain=6000),
+                pretrain=dict(steps=600, batch_size=32),
+                train=dict(steps=100, batch_size=16),
+                budget="10%",
+            ),
+            "tiny": dict(
+                suite=dict(n_pool=300, n_target_per_domain=30, n_pretrain=600),
+                pretrain=dict(steps=60, batch_size=16),
+                train=dict(steps=10, batch_size=8),
+                budget="10%",
+            ),
+        }
+        if size not in presets:
+            raise ParameterError(f"size={size!r} is not allowed; expected one of default, tiny")
+        values: dict[str, Any] = dict(presets[size])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "out_dir" in values:
+            values["out_dir"] = Path(values["out_dir"])
+        return cls(**values)
+
+
+def _default_methods() -> list[str]:
+    from harp.selectors import available_methods, get_selector_class
+
+    return [m for m in available_methods() if not get_selector_class(m).uses_model]
+
+
+def ensure_proxy(
+    corpus, directory: Path, *, seed: int, pretrain: dict[str, Any], progress: bool = False
+) -> Path:
+    """Build and pretrain the proxy on ``corpus`` unless ``directory`` already holds it.
+
+    The folder is reused only when its marker file records the same corpus hash, model
+    shape and pretraining arguments; otherwise it is rebuilt. Writing goes to a
+    temporary sibling folder that is renamed at the end, so a crash never leaves a
+    half-saved model that a rerun would trust.
+    """
+    from harp.models import ProxyConfig, build_proxy, pretrain_proxy, save_model
+
+    config = ProxyConfig()
+    key = fingerprint(
+        "proxy",
+        content=corpus.content_hash(),
+        params={"model": config.to_dict(), "pretrain": pretrain},
+        seed=seed,
+    )
+    marker = directory / _PROXY_MARKER
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text())["fingerprint"] == key:
+                log.info("reusing the pretrained proxy in %s", directory)
+                return directory
+        except (ValueError, KeyError):
+            pass
+    start = time.perf_counter()
+    model, tokenizer = build_proxy(config, seed=seed)
+    model = pretrain_proxy(model, tokenizer, corpus, seed=seed, progress=progress, **pretrain)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    save_model(model, tokenizer, tmp)
+    atomic_write_json(
+        tmp / _PROXY_MARKER,
+        {
+            "fingerprint": key,
+            "model": config.to_dict(),
+            "pretrain": pretrain,
+            "seed": seed,
+            "corpus_rows": len(corpus),
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+class _StepCache:
+    """JSON results of finished steps, one file per fingerprint (resume after a crash)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.directory / f"{key}.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # a torn file from an old crash: recompute
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        atomic_write_json(self.directory / f"{key}.json", value)
+
+
+def _report_row(name: str, kind: str, indices, suite, tuned, base, seconds) -> dict[str, Any]:
+    rows = np.asarray(indices, dtype=np.int64)
+    fractions = suite.kind_fractions(rows)
+    return {
+        "name": name,
+        "kind": kind,
+        "n_selected": int(len(rows)),
+        "harmful_fraction": fractions["wrong-answer"] + fractions["wrong-format"],
+        "helpful_fraction": fractions["helpful"],
+        "kind_fractions": fractions,
+        "report": tuned.to_dict(),
+        "exact_match": {d: tuned.estimate(d, "exact_match").to_dict() for d in tuned.domains},
+        "average_exact_match": tuned.average("exact_match").to_dict(),
+        "average_loss": tuned.average("loss").to_dict(),
+        "delta_vs_base": tuned.average("exact_match").mean - base.average("exact_match").mean,
+        **seconds,
+    }
+
+
+def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Run the demo described by ``config``; return the results (also written to disk).
+
+    Returns
+    -------
+    dict
+        ``rows`` (one per method and reference: rows selected, harmful share, exact
+        match per domain with stderr, average, selection and finetune seconds),
+        ``base`` (the base model's scores), ``domains``, ``config`` and ``paths``
+        (``json`` and ``markdown`` result files).
+    """
+    from harp.api import select
+    from harp.data.synthetic import make_skills_suite
+    from harp.training import EvalConfig, EvalReport, TrainConfig, finetune_and_evaluate
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = config.methods if config.methods is not None else _default_methods()
+    from harp.selectors import get_selector_class
+
+    for m in methods:
+        get_selector_class(m)  # unknown names fail before any work
+
+    t0 = time.perf_counter()
+    suite = make_skills_suite(seed=config.seed, **config.suite)
+    suite.save(out_dir / "data")
+    proxy_dir = ensure_proxy(
+        suite.pretrain, out_dir / "proxy", seed=config.seed, pretrain=config.pretrain,
+        progress=progress,
+    )
+    proxy_key = json.loads((proxy_dir / _PROXY_MARKER).read_text())["fingerprint"]
+    train_config = TrainConfig(seed=config.seed, **config.train)
+    eval_config = EvalConfig(seed=config.seed)
+    cache = _StepCache(out_dir / "cache")
+    common = {
+        "proxy": proxy_key,
+        "target": suite.target.content_hash(),
+        "train": train_config.to_dict(),
+        "eval": eval_config.to_dict(),
+    }
+
+    base_key = fingerprint("demo-base", content=stable_json(common), params={})
+    cached = cache.get(base_key)
+    if cached is None:
+        from harp.models import load_model
+        from harp.training import evaluate
+
+        model, tokenizer = load_model(proxy_dir)
+        base_report = evaluate(model, tokenizer, suite.target, eval_config, progress=progress)
+        cache.put(base_key, base_report.to_dict(include_items=True))
+    else:
+        base_report = EvalReport.from_dict(cached)
+
+    def train_and_score(name: str, indices) -> tuple[EvalReport, float]:
+        subset = suite.pool.subset(indices)
+        key = fingerprint(
+            "demo-finetune", content=stable_json({**common, "rows": subset.content_hash()}),
+            params={},
+        )
+        hit = cache.get(key)
+        if hit is not None:
+            return EvalReport.from_dict(hit["report"]), hit["seconds"]
+        start = time.perf_counter()
+        tuned, _ = finetune_and_evaluate(
+            proxy_dir, subset, suite.target, train_config, eval_config,
+            base_report=base_report, progress=progress,
+        )
+        seconds = time.perf_counter() - start
+        cache.put(key, {"name": name, "report": tuned.to_dict(include_items=True),
+                        "seconds": seconds})
+        return tuned, seconds
+
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        log.info("demo: selecting with %s", method)
+        sel_key = fingerprint(
+            "demo-select",
+            content=suite.pool.content_hash() + suite.target.content_hash(),
+            params={"method": method, "budget": config.budget},
+            seed=config.seed,
+        )
+        hit = cache.get(sel_key)
+        if hit is None:
+            selection = select(
+                suite.pool, suite.target, method=method, budget=config.budget, seed=config.seed
+            )
+            hit = {"indices": selection.indices.tolist(),
+                   "seconds": selection.cost.wall_seconds}
+            cache.put(sel_key, hit)
+        tuned, train_seconds = train_and_score(method, hit["indices"])
+        rows.append(
+            _report_row(method, "method", hit["indices"], suite, tuned, base_report,
+                        {"select_seconds": hit["seconds"], "train_eval_seconds": train_seconds})
+        )
+
+    references: list[dict[str, Any]] = []
+    if config.references:
+        kinds = suite.kinds
+        helpful = np.flatnonzero(kinds == "helpful")
+        harmful = np.flatnonzero(suite.harmful_mask)
+        for name, idx in (
+            ("full pool", np.arange(len(suite.pool))),
+            ("known helpful rows", helpful),
+            ("helpful + harmful rows", np.sort(np.concatenate([helpful, harmful]))),
+        ):
+            tuned, train_seconds = train_and_score(name, idx)
+            references.append(
+                _report_row(name, "reference", idx, suite, tuned, base_report,
+                            {"select_seconds": 0.0, "train_eval_seconds": train_seconds})
+            )
+
+    result = {
+        "domains": list(base_report.domains),
+        "base": {
+            "exact_match": {
+                d: base_report.estimate(d, "exact_match").to_dict() for d in base_report.domains
+            },
+            "average_exact_match": base_report.average("exact_match").to_dict(),
+            "average_loss": base_report.average("loss").to_dict(),
+        },
+        "rows": rows,
+        "references": references,
+        "config": _jsonable(dataclasses.asdict(config)),
+        "suite": suite.params,
+        "total_seconds": round(time.perf_counter() - t0, 2),
+    }
+    json_path = out_dir / "results.json"
+    md_path = out_dir / "results.md"
+    atomic_write_json(json_path, result)
+    from harp.bench.tables import demo_markdown
+
+    atomic_write_text(md_path, demo_markdown(result))
+    result["paths"] = {"json": str(json_path), "markdown": str(md_path)}
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,378 @@
+"""The ``harp`` command line: parse, build the call, run one library function, print.
+
+No selection logic lives here. Every flag can also come from ``--config FILE.yaml``
+(keys are the flag names, with ``-`` or ``_``); flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from harp._version import __version__
+from harp.errors import HarpError
+
+app = typer.Typer(
+    name="harp",
+    help=(
+        "Select finetuning data for LLMs: give a pool of instruction examples and a small "
+        "target set; get back the subset that makes the finetuned model best on the target."
+        "\n\nStart with [bold]harp demo[/bold] (a 5-minute end-to-end run on a synthetic "
+        "skills suite), then [bold]harp select --help[/bold]."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("harp")
+
+
+# -- config files ---------------------------------------------------------------------
+def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
+    """Eager ``--config`` callback: YAML keys become the defaults of the other flags."""
+    if value is None:
+        return value
+    import yaml
+
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(f"{value}: cannot read the config file ({exc.strerror})")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{value}:{mark.line + 1}" if mark is not None else str(value)
+        raise typer.BadParameter(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value}: the config must be a mapping of flag: value")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, item in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise typer.BadParameter(
+                f"{value}: unknown key {key!r} for 'harp {ctx.command.name}'; "
+                f"valid keys: {', '.join(sorted(k for k in known if k != 'config'))}"
+            )
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    help="YAML file whose keys supply any of this command's flags (flags given win).",
+    is_eager=True,
+    callback=_load_config,
+    exists=False,
+    dir_okay=False,
+)
+
+
+def _setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, console=_err_console())],
+        force=True,
+    )
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _err_console().print(
+        f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True
+    )
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Call a library function; turn harp's errors into one clean line and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except HarpError as exc:
+        _fail(_escape(str(exc)))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume where possible", code=130)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``--param key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--param {item!r}: expected KEY=VALUE, e.g. --param encoder=tfidf")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"harp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """harp command line."""
+
+
+# -- select ---------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp select --pool pool.jsonl --target dev.jsonl --method similarity "
+        "--budget 10% --out subset.jsonl\n\n"
+        "  harp select --pool alpaca.json --method random --budget 500 --seed 1 "
+        "--out sub.json\n\n"
+        "  harp select --config select.yaml   # any flag as a YAML key"
+    )
+)
+def select(
+    pool: Path = typer.Option(..., help="Pool file or folder (JSONL, JSON, Parquet, CSV/TSV, "
+                              "FLAN-CoT TSV, datasets.save_to_disk folder)."),
+    out: Path = typer.Option(..., help="Where to write the selected rows, in the pool's own "
+                             "format; metadata goes to OUT.meta.json."),
+    target: Optional[Path] = typer.Option(
+        None, help="Target examples (rows may carry a 'domain' or 'task' field)."
+    ),
+    method: str = typer.Option("random", help="Selection method; see 'harp methods'."),
+    budget: str = typer.Option("10%", help="Rows to select: a count (500), a fraction (0.1) "
+                               "or a percentage (10%)."),
+    seed: int = typer.Option(0, min=0, help="Random seed; same inputs + seed = same output."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="Method hyper-parameter KEY=VALUE (repeatable), "
+        "e.g. -p encoder=tfidf."
+    ),
+    prompt_field: Optional[str] = typer.Option(None, help="Field holding the prompt, for "
+                                               "schemas harp does not recognise."),
+    response_field: Optional[str] = typer.Option(None, help="Field holding the response."),
+    domain_field: Optional[str] = typer.Option(None, help="Field holding the target domain."),
+    out_format: Optional[str] = typer.Option(
+        None, help="Write another format than the pool's (jsonl, json, parquet, csv, tsv)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Select a subset of a pool for finetuning towards a target set."""
+    _setup_logging(verbose)
+    from harp.api import select as select_fn
+    from harp.data import load_examples
+    from harp.output import write_selection
+
+    fields = dict(
+        prompt_field=prompt_field, response_field=response_field, domain_field=domain_field
+    )
+    pool_set = _run(load_examples, pool, **fields)
+    target_set = None if target is None else _run(load_examples, target, **fields)
+    params = _parse_params(param)
+    # Refuse a doomed output before spending time on the selection.
+    from harp._utils.io import check_output_path
+    from harp.output import sidecar_path
+
+    inputs = tuple(p for p in (pool, target) if p is not None)
+    _run(check_output_path, out, inputs=inputs, force=force)
+    _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
+    selection = _run(
+        select_fn, pool_set, target_set, method=method, budget=budget, seed=seed, **params
+    )
+    resolved = {
+        "pool": str(pool),
+        "target": None if target is None else str(target),
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "params": params,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
+    rows_path, meta_path = _run(
+        write_selection,
+        pool_set,
+        selection,
+        out,
+        target=target_set,
+        config=resolved,
+        force=force,
+        out_format=out_format,
+    )
+    typer.echo(
+        f"selected {len(selection)} of {selection.n_pool} rows with {method} "
+        f"in {selection.cost.wall_seconds:.2f}s -> {rows_path} (metadata: {meta_path})"
+    )
+
+
+# -- evaluate -------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp evaluate --model ./my-llama --train subset.jsonl --target dev.jsonl\n\n"
+        "  harp evaluate --model harp-runs/demo/proxy --train subset.jsonl "
+        "--target harp-runs/demo/data/target.jsonl --steps 150 --out report.json"
+    )
+)
+def evaluate(
+    model: Path = typer.Option(..., help="Local Hugging Face causal-LM directory."),
+    target: Path = typer.Option(..., help="Target examples to score, per domain."),
+    train: Optional[Path] = typer.Option(
+        None, help="Rows to finetune on first; without it only the base model is scored."
+    ),
+    finetune: str = typer.Option("lora", help="Finetuning: 'lora' or 'full'."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the "
+                                        "training recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate."),
+    seed: int = typer.Option(0, min=0, help="Training seed."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, min=1, help="Greedy-decoding length (default: from the longest reference)."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow the model directory's own Python code."
+    ),
+    prompt_field: Optional[str] = typer.Option(None, help="Prompt field for unknown schemas."),
+    response_field: Optional[str] = typer.Option(None, help="Response field."),
+    domain_field: Optional[str] = typer.Option(None, help="Domain field."),
+    out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Finetune a model on a subset and report target scores per domain, beside the base."""
+    _setup_logging(verbose)
+    from harp.data import load_examples
+    from harp.training.run import evaluate_subset
+
+    fields = dict(
+        prompt_field=prompt_field, response_field=response_field, domain_field=domain_field
+    )
+    target_set = _run(load_examples, target, **fields)
+    train_set = None if train is None else _run(load_examples, train, **fields)
+    if out is not None:
+        from harp._utils.io import check_output_path
+
+        _run(check_output_path, out, inputs=(target, train), force=force)
+    overrides = {
+        k: v
+        for k, v in dict(method=finetune, steps=steps, batch_size=batch_size, lr=lr,
+                         seed=seed).items()
+        if v is not None
+    }
+    result = _run(
+        evaluate_subset,
+        model,
+        target_set,
+        train_set,
+        train_overrides=overrides,
+        max_new_tokens=max_new_tokens,
+        trust_remote_code=trust_remote_code,
+        progress=sys.stderr.isatty(),
+    )
+    from harp.bench.tables import eval_table
+
+    from rich.console import Console
+
+    Console().print(eval_table(result))
+    if out is not None:
+        from harp._utils.io import atomic_write_json
+
+        atomic_write_json(out, result)
+        typer.echo(f"report -> {out}")
+
+
+# -- demo -----------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp demo                       # default size, about 5 minutes on 2 CPU cores\n\n"
+        "  harp demo --size tiny           # a one-minute smoke run\n\n"
+        "  harp demo --methods random,similarity --budget 15%"
+    )
+)
+def demo(
+    out: Path = typer.Option(Path("harp-runs/demo"), help="Folder for data, model, results."),
+    size: str = typer.Option("default", help="'default' or 'tiny' (a quick smoke run)."),
+    methods: Optional[str] = typer.Option(
+        None, help="Comma-separated methods (default: every method that needs no model)."
+    ),
+    budget: Optional[str] = typer.Option(None, help="Rows per method (default: the size's)."),
+    seed: int = typer.Option(0, min=0, help="Seed of data, model and selections."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run harp end to end on the synthetic skills suite and print a comparison table.
+
+    Generates the suite (target tasks, off-target rows, harmful rows with known ground
+    truth), pretrains the tiny proxy model, selects with each method, finetunes the proxy
+    on each selection and scores the target. Reruns reuse finished steps.
+    """
+    _setup_logging(verbose)
+    from harp.bench.demo import DemoConfig, run_demo
+    from harp.bench.tables import demo_table
+
+    method_list = None if methods is None else [m.strip() for m in methods.split(",") if m]
+    cfg = _run(DemoConfig.preset, size, out_dir=out, seed=seed, methods=method_list,
+               budget=budget)
+    result = _run(run_demo, cfg, progress=True)
+    from rich.console import Console
+
+    console = Console()
+    console.print(demo_table(result))
+    console.print(f"results -> {result['paths']['json']}, {result['paths']['markdown']}")
+
+
+# -- methods --------------------------------------------------------------------------
+@app.command()
+def methods() -> None:
+    """List the selection methods and their parameters."""
+    from harp.selectors import available_methods, get_selector_class
+
+    for name in available_methods():
+        cls = get_selector_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(
+            f"{k}={v!r}" for k, v in cls().get_params().items() if k not in ("budget", "seed")
+        )
+        typer.echo(f"{name:12s} {doc}")
+        if params:
+            typer.echo(f"{'':12s} params: {params}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,190 @@
+"""The command line: help texts, select end to end, config files, clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from harp.cli import app
+
+runner = CliRunner()
+
+
+def _pool(tmp_path, n=40):
+    path = tmp_path / "pool.jsonl"
+    rows = [
+        {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
+        if i % 2
+        else {"instruction": f"Name colour number {i}.", "input": "", "output": f"blue {i}"}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _target(tmp_path):
+    path = tmp_path / "target.jsonl"
+    rows = [{"prompt": f"Add {i} and 3.", "response": str(i + 3), "domain": "math"}
+            for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("command", [[], ["select"], ["evaluate"], ["demo"], ["methods"]])
+def test_help_of_every_subcommand(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_console_script_help_is_fast_and_imports_no_torch():
+    code = (
+        "import sys; from harp.cli import app; "
+        "assert 'torch' not in sys.modules, 'torch imported by the CLI module'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "harp.cli", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "select" in out.stdout
+
+
+def test_select_writes_rows_in_pool_format_and_sidecar(tmp_path):
+    pool, target = _pool(tmp_path), _target(tmp_path)
+    out = tmp_path / "subset.jsonl"
+    result = runner.invoke(
+        app,
+        ["select", "--pool", str(pool), "--target", str(target), "--method", "dsir",
+         "--budget", "25%", "--seed", "0", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 10
+    assert set(rows[0]) == {"instruction", "input", "output"}  # the pool's own schema
+    meta = json.loads((tmp_path / "subset.jsonl.meta.json").read_text())
+    assert meta["method"] == "dsir" and meta["seed"] == 0 and meta["budget"] == 10
+    assert len(meta["indices"]) == 10 and len(meta["scores"]) == 40
+    assert meta["environment"]["versions"]["harp-select"]
+    assert meta["config"]["budget"] == "25%"
+    assert meta["cost"]["wall_seconds"] >= 0
+    pool_lines = pool.read_text().splitlines()
+    assert [json.loads(pool_lines[i]) for i in meta["indices"]] == rows
+
+
+def test_same_seed_gives_byte_identical_outputs(tmp_path):
+    pool, target = _pool(tmp_path), _target(tmp_path)
+    outs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        out = tmp_path / name
+        result = runner.invoke(
+            app,
+            ["select", "--pool", str(pool), "--target", str(target), "--method", "random",
+             "--budget", "7", "--seed", "5", "--out", str(out)],
+        )
+        assert result.exit_code == 0, result.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_config_file_supplies_flags_and_cli_wins(tmp_path):
+    pool = _pool(tmp_path)
+    cfg = tmp_path / "select.yaml"
+    cfg.write_text(
+        f"pool: {pool}\nmethod: random\nbudget: 5\nseed: 2\nout: {tmp_path / 'c.jsonl'}\n"
+    )
+    result = runner.invoke(app, ["select", "--config", str(cfg), "--budget", "3"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "c.jsonl.meta.json").read_text())
+    assert meta["budget"] == 3 and meta["seed"] == 2
+
+
+def test_config_file_unknown_key_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("pool: x.jsonl\nbugdet: 5\n")
+    result = runner.invoke(app, ["select", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "unknown key 'bugdet'" in result.output
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        ("0", "must be at least 1 row"),
+        ("-3", "must be at least 1 row"),
+        ("10%%", "cannot be read"),
+        ("abc", "cannot be read"),
+        ("41", "larger than the pool (40 rows)"),
+    ],
+)
+def test_bad_budget_is_one_clean_line_and_no_output(tmp_path, budget, message):
+    pool = _pool(tmp_path)
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--budget", budget, "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "o.jsonl.meta.json").exists()
+
+
+def test_unknown_method_lists_the_available_ones(tmp_path):
+    result = runner.invoke(
+        app, ["select", "--pool", str(_pool(tmp_path)), "--method", "magic",
+              "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "unknown method 'magic'" in result.output and "random" in result.output
+
+
+def test_malformed_pool_names_file_and_line(tmp_path):
+    pool = tmp_path / "bad.jsonl"
+    pool.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", \n')
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output
+
+
+def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path):
+    pool = _pool(tmp_path)
+    before = pool.read_bytes()
+    out = tmp_path / "o.jsonl"
+    out.write_text("keep me\n")
+    args = ["select", "--pool", str(pool), "--budget", "3", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert out.read_text() == "keep me\n"
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    result = runner.invoke(app, ["select", "--pool", str(pool), "--out", str(pool), "--force"])
+    assert result.exit_code == 2 and "input" in result.output
+    assert pool.read_bytes() == before
+
+
+def test_method_param_passthrough_and_unknown_param(tmp_path):
+    pool, target = _pool(tmp_path), _target(tmp_path)
+    ok = runner.invoke(
+        app, ["select", "--pool", str(pool), "--target", str(target), "--method",
+              "similarity", "-p", "encoder=tfidf", "--budget", "4",
+              "--out", str(tmp_path / "s.jsonl")],
+    )
+    assert ok.exit_code == 0, ok.output
+    meta = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
+    assert meta["params"]["encoder"] == "tfidf"
+    bad = runner.invoke(
+        app, ["select", "--pool", str(pool), "-p", "nonsense=1",
+              "--out", str(tmp_path / "t.jsonl")],
+    )
+    assert bad.exit_code == 2 and "no parameter(s) 'nonsense'" in bad.output
+
+
+def test_methods_lists_the_baselines():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for name in ("random", "similarity", "cluster", "dsir"):
+        assert name in result.output
