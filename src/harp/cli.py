@@ -43,15 +43,21 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
     try:
         text = Path(value).read_text(encoding="utf-8")
     except OSError as exc:
-        raise typer.BadParameter(f"{value}: cannot read the config file ({exc.strerror})")
+        raise typer.BadParameter(
+            f"{value}: cannot read the config file ({exc.strerror})"
+        )
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{value}:{mark.line + 1}" if mark is not None else str(value)
-        raise typer.BadParameter(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+        raise typer.BadParameter(
+            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        )
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{value}: the config must be a mapping of flag: value")
+        raise typer.BadParameter(
+            f"{value}: the config must be a mapping of flag: value"
+        )
     known = {p.name for p in ctx.command.params}
     defaults = {}
     for key, item in data.items():
@@ -80,11 +86,19 @@ ConfigOption = typer.Option(
 def _setup_logging(verbose: int) -> None:
     from rich.logging import RichHandler
 
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    level = (
+        logging.WARNING
+        if verbose <= 0
+        else logging.INFO
+        if verbose == 1
+        else logging.DEBUG
+    )
     logging.basicConfig(
         level=level,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, console=_err_console())],
+        handlers=[
+            RichHandler(show_path=False, show_time=False, console=_err_console())
+        ],
         force=True,
     )
 
@@ -97,7 +111,10 @@ def _err_console():
 
 def _fail(message: str, code: int = 2) -> None:
     _err_console().print(
-        f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True
+        f"[bold red]error:[/bold red] {message}",
+        highlight=False,
+        markup=True,
+        soft_wrap=True,
     )
     raise typer.Exit(code)
 
@@ -143,7 +160,11 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="Print the version.",
     ),
 ) -> None:
     """harp command line."""
@@ -161,29 +182,49 @@ def _main(
     )
 )
 def select(
-    pool: Path = typer.Option(..., help="Pool file or folder (JSONL, JSON, Parquet, CSV/TSV, "
-                              "FLAN-CoT TSV, datasets.save_to_disk folder)."),
-    out: Path = typer.Option(..., help="Where to write the selected rows, in the pool's own "
-                             "format; metadata goes to OUT.meta.json."),
+    pool: Path = typer.Option(
+        ...,
+        help="Pool file or folder (JSONL, JSON, Parquet, CSV/TSV, "
+        "FLAN-CoT TSV, datasets.save_to_disk folder).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Where to write the selected rows, in the pool's own "
+        "format; metadata goes to OUT.meta.json.",
+    ),
     target: Optional[Path] = typer.Option(
         None, help="Target examples (rows may carry a 'domain' or 'task' field)."
     ),
     method: str = typer.Option("random", help="Selection method; see 'harp methods'."),
-    budget: str = typer.Option("10%", help="Rows to select: a count (500), a fraction (0.1) "
-                               "or a percentage (10%)."),
-    seed: int = typer.Option(0, min=0, help="Random seed; same inputs + seed = same output."),
+    budget: str = typer.Option(
+        "10%",
+        help="Rows to select: a count (500), a fraction (0.1) or a percentage (10%).",
+    ),
+    seed: int = typer.Option(
+        0, min=0, help="Random seed; same inputs + seed = same output."
+    ),
     param: list[str] = typer.Option(
-        [], "--param", "-p", help="Method hyper-parameter KEY=VALUE (repeatable), "
-        "e.g. -p encoder=tfidf."
+        [],
+        "--param",
+        "-p",
+        help="Method hyper-parameter KEY=VALUE (repeatable), e.g. -p encoder=tfidf.",
     ),
-    prompt_field: Optional[str] = typer.Option(None, help="Field holding the prompt, for "
-                                               "schemas harp does not recognise."),
-    response_field: Optional[str] = typer.Option(None, help="Field holding the response."),
-    domain_field: Optional[str] = typer.Option(None, help="Field holding the target domain."),
+    prompt_field: Optional[str] = typer.Option(
+        None, help="Field holding the prompt, for schemas harp does not recognise."
+    ),
+    response_field: Optional[str] = typer.Option(
+        None, help="Field holding the response."
+    ),
+    domain_field: Optional[str] = typer.Option(
+        None, help="Field holding the target domain."
+    ),
     out_format: Optional[str] = typer.Option(
-        None, help="Write another format than the pool's (jsonl, json, parquet, csv, tsv)."
+        None,
+        help="Write another format than the pool's (jsonl, json, parquet, csv, tsv).",
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite existing output files."
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -194,11 +235,17 @@ def select(
     from harp.output import write_selection
 
     fields = dict(
-        prompt_field=prompt_field, response_field=response_field, domain_field=domain_field
+        prompt_field=prompt_field,
+        response_field=response_field,
+        domain_field=domain_field,
     )
     pool_set = _run(load_examples, pool, **fields)
     target_set = None if target is None else _run(load_examples, target, **fields)
     params = _parse_params(param)
+    from harp.selectors import get_selector_class
+
+    if "progress" in _run(get_selector_class, method)._get_param_names():
+        params.setdefault("progress", sys.stderr.isatty())
     # Refuse a doomed output before spending time on the selection.
     from harp._utils.io import check_output_path
     from harp.output import sidecar_path
@@ -207,7 +254,13 @@ def select(
     _run(check_output_path, out, inputs=inputs, force=force)
     _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
     selection = _run(
-        select_fn, pool_set, target_set, method=method, budget=budget, seed=seed, **params
+        select_fn,
+        pool_set,
+        target_set,
+        method=method,
+        budget=budget,
+        seed=seed,
+        **params,
     )
     resolved = {
         "pool": str(pool),
@@ -247,21 +300,29 @@ def evaluate(
     model: Path = typer.Option(..., help="Local Hugging Face causal-LM directory."),
     target: Path = typer.Option(..., help="Target examples to score, per domain."),
     train: Optional[Path] = typer.Option(
-        None, help="Rows to finetune on first; without it only the base model is scored."
+        None,
+        help="Rows to finetune on first; without it only the base model is scored.",
     ),
     finetune: str = typer.Option("lora", help="Finetuning: 'lora' or 'full'."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the "
-                                        "training recipe's)."),
+    steps: Optional[int] = typer.Option(
+        None, min=1, help="Optimizer steps (default: the training recipe's)."
+    ),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate."),
     seed: int = typer.Option(0, min=0, help="Training seed."),
     max_new_tokens: Optional[int] = typer.Option(
-        None, min=1, help="Greedy-decoding length (default: from the longest reference)."
+        None,
+        min=1,
+        help="Greedy-decoding length (default: from the longest reference).",
     ),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Allow the model directory's own Python code."
+        False,
+        "--trust-remote-code",
+        help="Allow the model directory's own Python code.",
     ),
-    prompt_field: Optional[str] = typer.Option(None, help="Prompt field for unknown schemas."),
+    prompt_field: Optional[str] = typer.Option(
+        None, help="Prompt field for unknown schemas."
+    ),
     response_field: Optional[str] = typer.Option(None, help="Response field."),
     domain_field: Optional[str] = typer.Option(None, help="Domain field."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
@@ -275,7 +336,9 @@ def evaluate(
     from harp.training.run import evaluate_subset
 
     fields = dict(
-        prompt_field=prompt_field, response_field=response_field, domain_field=domain_field
+        prompt_field=prompt_field,
+        response_field=response_field,
+        domain_field=domain_field,
     )
     target_set = _run(load_examples, target, **fields)
     train_set = None if train is None else _run(load_examples, train, **fields)
@@ -285,8 +348,9 @@ def evaluate(
         _run(check_output_path, out, inputs=(target, train), force=force)
     overrides = {
         k: v
-        for k, v in dict(method=finetune, steps=steps, batch_size=batch_size, lr=lr,
-                         seed=seed).items()
+        for k, v in dict(
+            method=finetune, steps=steps, batch_size=batch_size, lr=lr, seed=seed
+        ).items()
         if v is not None
     }
     result = _run(
@@ -299,9 +363,9 @@ def evaluate(
         trust_remote_code=trust_remote_code,
         progress=sys.stderr.isatty(),
     )
-    from harp.bench.tables import eval_table
-
     from rich.console import Console
+
+    from harp.bench.tables import eval_table
 
     Console().print(eval_table(result))
     if out is not None:
@@ -321,12 +385,19 @@ def evaluate(
     )
 )
 def demo(
-    out: Path = typer.Option(Path("harp-runs/demo"), help="Folder for data, model, results."),
-    size: str = typer.Option("default", help="'default' or 'tiny' (a quick smoke run)."),
-    methods: Optional[str] = typer.Option(
-        None, help="Comma-separated methods (default: every method that needs no model)."
+    out: Path = typer.Option(
+        Path("harp-runs/demo"), help="Folder for data, model, results."
     ),
-    budget: Optional[str] = typer.Option(None, help="Rows per method (default: the size's)."),
+    size: str = typer.Option(
+        "default", help="'default' or 'tiny' (a quick smoke run)."
+    ),
+    methods: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated methods (default: every method that needs no model).",
+    ),
+    budget: Optional[str] = typer.Option(
+        None, help="Rows per method (default: the size's)."
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of data, model and selections."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
@@ -341,15 +412,29 @@ def demo(
     from harp.bench.demo import DemoConfig, run_demo
     from harp.bench.tables import demo_table
 
-    method_list = None if methods is None else [m.strip() for m in methods.split(",") if m]
-    cfg = _run(DemoConfig.preset, size, out_dir=out, seed=seed, methods=method_list,
-               budget=budget)
-    result = _run(run_demo, cfg, progress=True)
+    method_list = (
+        None if methods is None else [m.strip() for m in methods.split(",") if m]
+    )
+    cfg = _run(
+        DemoConfig.preset,
+        size,
+        out_dir=out,
+        seed=seed,
+        methods=method_list,
+        budget=budget,
+    )
+    # The demo narrates its steps (one line each) even without -v: it runs for minutes.
+    logging.getLogger("harp.bench.demo").setLevel(
+        min(logging.INFO, log.getEffectiveLevel())
+    )
+    result = _run(run_demo, cfg, progress=sys.stderr.isatty())
     from rich.console import Console
 
     console = Console()
     console.print(demo_table(result))
-    console.print(f"results -> {result['paths']['json']}, {result['paths']['markdown']}")
+    console.print(
+        f"results -> {result['paths']['json']}, {result['paths']['markdown']}"
+    )
 
 
 # -- methods --------------------------------------------------------------------------
@@ -362,7 +447,9 @@ def methods() -> None:
         cls = get_selector_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         params = ", ".join(
-            f"{k}={v!r}" for k, v in cls().get_params().items() if k not in ("budget", "seed")
+            f"{k}={v!r}"
+            for k, v in cls().get_params().items()
+            if k not in ("budget", "seed")
         )
         typer.echo(f"{name:12s} {doc}")
         if params:

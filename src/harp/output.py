@@ -39,7 +39,11 @@ def _git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
         res = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return res.stdout.strip() or None if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -82,7 +86,9 @@ def write_selection(
     """
     from harp.data.writers import write_rows
 
-    inputs = tuple(p for p in (pool.path, target.path if target is not None else None) if p)
+    inputs = tuple(
+        p for p in (pool.path, target.path if target is not None else None) if p
+    )
     out = check_output_path(out, inputs=inputs, force=force)
     meta = sidecar_path(out)
     check_output_path(meta, inputs=inputs, force=force)
@@ -92,7 +98,11 @@ def write_selection(
             "pool": {"path": pool.path, "rows": len(pool), "hash": pool.content_hash()},
             "target": None
             if target is None
-            else {"path": target.path, "rows": len(target), "hash": target.content_hash()},
+            else {
+                "path": target.path,
+                "rows": len(target),
+                "hash": target.content_hash(),
+            },
         },
         "output": str(rows_path),
         "config": config or {},
@@ -107,4 +117,3 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     import json
 
     return json.loads(Path(path).read_text(encoding="utf-8"))
-

@@ -19,7 +19,11 @@ def _pool(tmp_path, n=40):
     rows = [
         {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
         if i % 2
-        else {"instruction": f"Name colour number {i}.", "input": "", "output": f"blue {i}"}
+        else {
+            "instruction": f"Name colour number {i}.",
+            "input": "",
+            "output": f"blue {i}",
+        }
         for i in range(n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -28,13 +32,17 @@ def _pool(tmp_path, n=40):
 
 def _target(tmp_path):
     path = tmp_path / "target.jsonl"
-    rows = [{"prompt": f"Add {i} and 3.", "response": str(i + 3), "domain": "math"}
-            for i in range(5)]
+    rows = [
+        {"prompt": f"Add {i} and 3.", "response": str(i + 3), "domain": "math"}
+        for i in range(5)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["select"], ["evaluate"], ["demo"], ["methods"]])
+@pytest.mark.parametrize(
+    "command", [[], ["select"], ["evaluate"], ["demo"], ["methods"]]
+)
 def test_help_of_every_subcommand(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -58,8 +66,21 @@ def test_select_writes_rows_in_pool_format_and_sidecar(tmp_path):
     out = tmp_path / "subset.jsonl"
     result = runner.invoke(
         app,
-        ["select", "--pool", str(pool), "--target", str(target), "--method", "dsir",
-         "--budget", "25%", "--seed", "0", "--out", str(out)],
+        [
+            "select",
+            "--pool",
+            str(pool),
+            "--target",
+            str(target),
+            "--method",
+            "dsir",
+            "--budget",
+            "25%",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -82,8 +103,21 @@ def test_same_seed_gives_byte_identical_outputs(tmp_path):
         out = tmp_path / name
         result = runner.invoke(
             app,
-            ["select", "--pool", str(pool), "--target", str(target), "--method", "random",
-             "--budget", "7", "--seed", "5", "--out", str(out)],
+            [
+                "select",
+                "--pool",
+                str(pool),
+                "--target",
+                str(target),
+                "--method",
+                "random",
+                "--budget",
+                "7",
+                "--seed",
+                "5",
+                "--out",
+                str(out),
+            ],
         )
         assert result.exit_code == 0, result.output
         outs.append(out.read_bytes())
@@ -134,8 +168,16 @@ def test_bad_budget_is_one_clean_line_and_no_output(tmp_path, budget, message):
 
 def test_unknown_method_lists_the_available_ones(tmp_path):
     result = runner.invoke(
-        app, ["select", "--pool", str(_pool(tmp_path)), "--method", "magic",
-              "--out", str(tmp_path / "o.jsonl")]
+        app,
+        [
+            "select",
+            "--pool",
+            str(_pool(tmp_path)),
+            "--method",
+            "magic",
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
     )
     assert result.exit_code == 2
     assert "unknown method 'magic'" in result.output and "random" in result.output
@@ -161,7 +203,9 @@ def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path):
     assert result.exit_code == 2 and "--force" in result.output
     assert out.read_text() == "keep me\n"
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0
-    result = runner.invoke(app, ["select", "--pool", str(pool), "--out", str(pool), "--force"])
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(pool), "--force"]
+    )
     assert result.exit_code == 2 and "input" in result.output
     assert pool.read_bytes() == before
 
@@ -169,16 +213,37 @@ def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path):
 def test_method_param_passthrough_and_unknown_param(tmp_path):
     pool, target = _pool(tmp_path), _target(tmp_path)
     ok = runner.invoke(
-        app, ["select", "--pool", str(pool), "--target", str(target), "--method",
-              "similarity", "-p", "encoder=tfidf", "--budget", "4",
-              "--out", str(tmp_path / "s.jsonl")],
+        app,
+        [
+            "select",
+            "--pool",
+            str(pool),
+            "--target",
+            str(target),
+            "--method",
+            "similarity",
+            "-p",
+            "encoder=tfidf",
+            "--budget",
+            "4",
+            "--out",
+            str(tmp_path / "s.jsonl"),
+        ],
     )
     assert ok.exit_code == 0, ok.output
     meta = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
     assert meta["params"]["encoder"] == "tfidf"
     bad = runner.invoke(
-        app, ["select", "--pool", str(pool), "-p", "nonsense=1",
-              "--out", str(tmp_path / "t.jsonl")],
+        app,
+        [
+            "select",
+            "--pool",
+            str(pool),
+            "-p",
+            "nonsense=1",
+            "--out",
+            str(tmp_path / "t.jsonl"),
+        ],
     )
     assert bad.exit_code == 2 and "no parameter(s) 'nonsense'" in bad.output
 

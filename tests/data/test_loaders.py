@@ -129,7 +129,13 @@ def test_flan_folder_gets_domains_from_file_names():
     assert pool.format == "dir"
     assert len(pool) == 33443
     assert pool.domains == (
-        "aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa"
+        "aqua",
+        "creak",
+        "ecqa",
+        "gsm8k",
+        "qasc",
+        "sensemaking",
+        "strategyqa",
     )
 
 
@@ -295,7 +301,10 @@ def test_domain_from_domain_task_or_field(tmp_path):
     rows = [dict(r, subject=s) for r, s in zip(rows, ["x", "y", "bio", ""])]
     path = write_jsonl(tmp_path / "q.jsonl", rows)
     assert [e.domain for e in load_examples(path, domain_field="subject")] == [
-        "x", "y", "bio", "default"
+        "x",
+        "y",
+        "bio",
+        "default",
     ]
 
 
@@ -414,9 +423,9 @@ def test_hf_dataset_dict_folder(tmp_path):
     ).save_to_disk(str(folder))
     assert _records(load_examples(folder)) == _expected()[:2]
     nofolder = tmp_path / "dd2"
-    datasets.DatasetDict(
-        {"validation": datasets.Dataset.from_list(ROWS)}
-    ).save_to_disk(str(nofolder))
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(ROWS)}).save_to_disk(
+        str(nofolder)
+    )
     raises_data_error(nofolder, match="splits [validation]")
 
 
@@ -567,8 +576,14 @@ def test_empty_prompt_and_response(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("e.jsonl", ""), ("w.jsonl", "\n  \n"), ("e.json", "[]"), ("e.csv", ""),
-     ("h.csv", "prompt,response\n"), ("e.tsv", "")],
+    [
+        ("e.jsonl", ""),
+        ("w.jsonl", "\n  \n"),
+        ("e.json", "[]"),
+        ("e.csv", ""),
+        ("h.csv", "prompt,response\n"),
+        ("e.tsv", ""),
+    ],
 )
 def test_no_rows(tmp_path, name, content):
     path = tmp_path / name
@@ -666,14 +681,28 @@ def test_input_is_not_modified(tmp_path):
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(
-        st.sampled_from(
-            ["prompt", "response", "id", "domain", "messages", "role", "content",
-             "instruction", "output", "input", "question", "answer"]
-        ),
-        inner,
-        max_size=4,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "prompt",
+                    "response",
+                    "id",
+                    "domain",
+                    "messages",
+                    "role",
+                    "content",
+                    "instruction",
+                    "output",
+                    "input",
+                    "question",
+                    "answer",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
     ),
     max_leaves=8,
 )

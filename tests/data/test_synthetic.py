@@ -19,7 +19,7 @@ def suite():
 
 def test_sizes_and_domains(suite):
     assert len(suite.pool) == 400
-    assert suite.target.domains == ("cipher", "count", "shift", "sort")
+    assert suite.target.domains == ("cipher", "count", "shift")
     assert all(len(v) == 40 for v in suite.target.by_domain().values())
     assert len(suite.pretrain) == 300
     assert len(suite.truth) == len(suite.pool)
@@ -38,7 +38,9 @@ def test_kind_shares_follow_the_fractions(suite):
 def test_rows_are_right_or_wrong_as_labelled(suite):
     """Every helpful row's answer follows its task's rule; every wrong answer breaks it."""
     regenerate = {
-        "cipher": lambda w: "".join("qwertyuiopasdfghjklzxcvbnm"[ord(c) - 97] for c in w),
+        "cipher": lambda w: "".join(
+            "qwertyuiopasdfghjklzxcvbnm"[ord(c) - 97] for c in w
+        ),
         "shift": lambda w: "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in w),
         "count": lambda w: str(w.count("a")),
         "sort": lambda w: "".join(sorted(w)),
@@ -103,7 +105,10 @@ def test_kind_fractions(suite):
     [
         (dict(target_tasks=("nope",)), "unknown task(s) nope"),
         (dict(target_tasks=("copy",)), "both a target task and an off-target task"),
-        (dict(helpful_fraction=0.9, wrong_answer_fraction=0.2), "add up to more than 1"),
+        (
+            dict(helpful_fraction=0.9, wrong_answer_fraction=0.2),
+            "add up to more than 1",
+        ),
         (dict(wrong_format_fraction=-0.1), "must be in [0, 1]"),
         (dict(n_pool=0), "n_pool must be at least 1"),
     ],

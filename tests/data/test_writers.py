@@ -164,7 +164,10 @@ def test_flan_pool_to_jsonl_keeps_domains(tmp_path):
     assert pool.domains == ("qasc",)
     again = assert_round_trip(pool, [1, 0], tmp_path / "out.jsonl")
     assert again.rows[0] == {
-        "question": "Q two?", "answer": "c", "rationale": "So.", "domain": "qasc"
+        "question": "Q two?",
+        "answer": "c",
+        "rationale": "So.",
+        "domain": "qasc",
     }
     assert_round_trip(pool, [0], tmp_path / "x" / "qasc_train.tsv")
 

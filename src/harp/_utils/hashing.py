@@ -22,10 +22,14 @@ def sha256_hex(data: str | bytes, length: int | None = None) -> str:
 
 def stable_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the same object always gives the same text."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
 
 
-def fingerprint(stage: str, *, content: str, params: dict[str, Any], seed: Any = None) -> str:
+def fingerprint(
+    stage: str, *, content: str, params: dict[str, Any], seed: Any = None
+) -> str:
     """Cache key of a stage: input content hash, stage name, params, seed, schema version.
 
     Pass only non-default params so that a new defaulted parameter keeps old caches valid.

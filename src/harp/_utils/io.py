@@ -46,7 +46,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 def check_output_path(
@@ -61,7 +63,9 @@ def check_output_path(
                 f"{out}: refusing to write the output onto an input file; choose another --out"
             )
     if out.exists() and not force:
-        raise HarpError(f"{out}: the output exists already; pass --force to overwrite it")
+        raise HarpError(
+            f"{out}: the output exists already; pass --force to overwrite it"
+        )
     if out.exists() and out.is_dir():
         raise HarpError(f"{out}: is a directory; --out must name a file")
     return out

@@ -70,21 +70,25 @@ class DemoConfig:
         ``None`` values in ``overrides`` keep the preset's value.
         """
         presets = {
+            # Calibrated on 2 CPU cores: pretraining ~80 s, one finetune + evaluation of
+            # 600 target rows ~9 s.
             "default": dict(
                 suite=dict(n_pool=2000, n_target_per_domain=200, n_pretrain=6000),
-                pretrain=dict(steps=600, batch_size=32),
-                train=dict(steps=100, batch_size=16),
+                pretrain=dict(steps=1000, batch_size=32),
+                train=dict(),
                 budget="10%",
             ),
             "tiny": dict(
                 suite=dict(n_pool=300, n_target_per_domain=30, n_pretrain=600),
-                pretrain=dict(steps=60, batch_size=16),
-                train=dict(steps=10, batch_size=8),
+                pretrain=dict(steps=40, batch_size=16),
+                train=dict(steps=8, batch_size=8),
                 budget="10%",
             ),
         }
         if size not in presets:
-            raise ParameterError(f"size={size!r} is not allowed; expected one of default, tiny")
+            raise ParameterError(
+                f"size={size!r} is not allowed; expected one of default, tiny"
+            )
         values: dict[str, Any] = dict(presets[size])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "out_dir" in values:
@@ -99,7 +103,12 @@ def _default_methods() -> list[str]:
 
 
 def ensure_proxy(
-    corpus, directory: Path, *, seed: int, pretrain: dict[str, Any], progress: bool = False
+    corpus,
+    directory: Path,
+    *,
+    seed: int,
+    pretrain: dict[str, Any],
+    progress: bool = False,
 ) -> Path:
     """Build and pretrain the proxy on ``corpus`` unless ``directory`` already holds it.
 
@@ -127,7 +136,9 @@ def ensure_proxy(
             pass
     start = time.perf_counter()
     model, tokenizer = build_proxy(config, seed=seed)
-    model = pretrain_proxy(model, tokenizer, corpus, seed=seed, progress=progress, **pretrain)
+    model = pretrain_proxy(
+        model, tokenizer, corpus, seed=seed, progress=progress, **pretrain
+    )
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         import shutil
@@ -173,7 +184,9 @@ class _StepCache:
         atomic_write_json(self.directory / f"{key}.json", value)
 
 
-def _report_row(name: str, kind: str, indices, suite, tuned, base, seconds) -> dict[str, Any]:
+def _report_row(
+    name: str, kind: str, indices, suite, tuned, base, seconds
+) -> dict[str, Any]:
     rows = np.asarray(indices, dtype=np.int64)
     fractions = suite.kind_fractions(rows)
     return {
@@ -184,10 +197,13 @@ def _report_row(name: str, kind: str, indices, suite, tuned, base, seconds) -> d
         "helpful_fraction": fractions["helpful"],
         "kind_fractions": fractions,
         "report": tuned.to_dict(),
-        "exact_match": {d: tuned.estimate(d, "exact_match").to_dict() for d in tuned.domains},
+        "exact_match": {
+            d: tuned.estimate(d, "exact_match").to_dict() for d in tuned.domains
+        },
         "average_exact_match": tuned.average("exact_match").to_dict(),
         "average_loss": tuned.average("loss").to_dict(),
-        "delta_vs_base": tuned.average("exact_match").mean - base.average("exact_match").mean,
+        "delta_vs_base": tuned.average("exact_match").mean
+        - base.average("exact_match").mean,
         **seconds,
     }
 
@@ -218,8 +234,23 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     suite = make_skills_suite(seed=config.seed, **config.suite)
     suite.save(out_dir / "data")
+    log.info(
+        "skills suite: pool %d rows (%d harmful), target %d rows in %s -> %s",
+        len(suite.pool),
+        int(suite.harmful_mask.sum()),
+        len(suite.target),
+        ", ".join(suite.target.domains),
+        out_dir / "data",
+    )
+    log.info(
+        "pretraining the proxy model (%s steps; cached for reruns)",
+        config.pretrain.get("steps", "default"),
+    )
     proxy_dir = ensure_proxy(
-        suite.pretrain, out_dir / "proxy", seed=config.seed, pretrain=config.pretrain,
+        suite.pretrain,
+        out_dir / "proxy",
+        seed=config.seed,
+        pretrain=config.pretrain,
         progress=progress,
     )
     proxy_key = json.loads((proxy_dir / _PROXY_MARKER).read_text())["fingerprint"]
@@ -239,8 +270,11 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         from harp.models import load_model
         from harp.training import evaluate
 
+        log.info("scoring the base model on the target")
         model, tokenizer = load_model(proxy_dir)
-        base_report = evaluate(model, tokenizer, suite.target, eval_config, progress=progress)
+        base_report = evaluate(
+            model, tokenizer, suite.target, eval_config, progress=progress
+        )
         cache.put(base_key, base_report.to_dict(include_items=True))
     else:
         base_report = EvalReport.from_dict(cached)
@@ -248,7 +282,8 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
     def train_and_score(name: str, indices) -> tuple[EvalReport, float]:
         subset = suite.pool.subset(indices)
         key = fingerprint(
-            "demo-finetune", content=stable_json({**common, "rows": subset.content_hash()}),
+            "demo-finetune",
+            content=stable_json({**common, "rows": subset.content_hash()}),
             params={},
         )
         hit = cache.get(key)
@@ -256,17 +291,28 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
             return EvalReport.from_dict(hit["report"]), hit["seconds"]
         start = time.perf_counter()
         tuned, _ = finetune_and_evaluate(
-            proxy_dir, subset, suite.target, train_config, eval_config,
-            base_report=base_report, progress=progress,
+            proxy_dir,
+            subset,
+            suite.target,
+            train_config,
+            eval_config,
+            base_report=base_report,
+            progress=progress,
         )
         seconds = time.perf_counter() - start
-        cache.put(key, {"name": name, "report": tuned.to_dict(include_items=True),
-                        "seconds": seconds})
+        cache.put(
+            key,
+            {
+                "name": name,
+                "report": tuned.to_dict(include_items=True),
+                "seconds": seconds,
+            },
+        )
         return tuned, seconds
 
     rows: list[dict[str, Any]] = []
     for method in methods:
-        log.info("demo: selecting with %s", method)
+        log.info("selecting with %s, then finetuning and scoring", method)
         sel_key = fingerprint(
             "demo-select",
             content=suite.pool.content_hash() + suite.target.content_hash(),
@@ -276,15 +322,28 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         hit = cache.get(sel_key)
         if hit is None:
             selection = select(
-                suite.pool, suite.target, method=method, budget=config.budget, seed=config.seed
+                suite.pool,
+                suite.target,
+                method=method,
+                budget=config.budget,
+                seed=config.seed,
             )
-            hit = {"indices": selection.indices.tolist(),
-                   "seconds": selection.cost.wall_seconds}
+            hit = {
+                "indices": selection.indices.tolist(),
+                "seconds": selection.cost.wall_seconds,
+            }
             cache.put(sel_key, hit)
         tuned, train_seconds = train_and_score(method, hit["indices"])
         rows.append(
-            _report_row(method, "method", hit["indices"], suite, tuned, base_report,
-                        {"select_seconds": hit["seconds"], "train_eval_seconds": train_seconds})
+            _report_row(
+                method,
+                "method",
+                hit["indices"],
+                suite,
+                tuned,
+                base_report,
+                {"select_seconds": hit["seconds"], "train_eval_seconds": train_seconds},
+            )
         )
 
     references: list[dict[str, Any]] = []
@@ -294,20 +353,29 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         harmful = np.flatnonzero(suite.harmful_mask)
         for name, idx in (
             ("full pool", np.arange(len(suite.pool))),
-            ("known helpful rows", helpful),
-            ("helpful + harmful rows", np.sort(np.concatenate([helpful, harmful]))),
+            ("helpful only", helpful),
+            ("helpful+harmful", np.sort(np.concatenate([helpful, harmful]))),
         ):
+            log.info("reference: finetuning on %s (%d rows)", name, len(idx))
             tuned, train_seconds = train_and_score(name, idx)
             references.append(
-                _report_row(name, "reference", idx, suite, tuned, base_report,
-                            {"select_seconds": 0.0, "train_eval_seconds": train_seconds})
+                _report_row(
+                    name,
+                    "reference",
+                    idx,
+                    suite,
+                    tuned,
+                    base_report,
+                    {"select_seconds": 0.0, "train_eval_seconds": train_seconds},
+                )
             )
 
     result = {
         "domains": list(base_report.domains),
         "base": {
             "exact_match": {
-                d: base_report.estimate(d, "exact_match").to_dict() for d in base_report.domains
+                d: base_report.estimate(d, "exact_match").to_dict()
+                for d in base_report.domains
             },
             "average_exact_match": base_report.average("exact_match").to_dict(),
             "average_loss": base_report.average("loss").to_dict(),

@@ -7,32 +7,59 @@ from typing import Any
 __all__ = ["demo_markdown", "demo_table", "eval_table"]
 
 
-def _pct(est: dict[str, Any]) -> str:
-    return f"{100 * est['mean']:.1f} ± {100 * est['stderr']:.1f}"
+def _pct(est: dict[str, Any], sep: str = " ± ") -> str:
+    return f"{100 * est['mean']:.1f}{sep}{100 * est['stderr']:.1f}"
 
 
-def _demo_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _mean_pct(est: dict[str, Any]) -> str:
+    return f"{100 * est['mean']:.1f}"
+
+
+def _demo_rows(
+    result: dict[str, Any], *, compact: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    # The terminal table gives per-domain means only (stderr is in the avg column and
+    # in the Markdown file) so that it fits an 80-column terminal.
     domains = result["domains"]
-    header = ["method", "rows", "harmful %", *domains, "avg EM", "Δ vs base", "select s",
-              "train+eval s"]
+    cell = _mean_pct if compact else _pct
+    avg = (lambda e: _pct(e, "±")) if compact else _pct  # noqa: E731
+    header = [
+        "method",
+        "rows",
+        "harm%",
+        *domains,
+        "avg EM",
+        "Δ base",
+        "sel s",
+        "train s",
+    ]
     base = result["base"]
-    lines = [[
-        "base model", "0", "-",
-        *(_pct(base["exact_match"][d]) for d in domains),
-        _pct(base["average_exact_match"]), "-", "-", "-",
-    ]]
+    lines = [
+        [
+            "base",
+            "0",
+            "-",
+            *(cell(base["exact_match"][d]) for d in domains),
+            avg(base["average_exact_match"]),
+            "-",
+            "-",
+            "-",
+        ]
+    ]
     for row in [*result["rows"], *result["references"]]:
         name = row["name"] if row["kind"] == "method" else f"({row['name']})"
-        lines.append([
-            name,
-            str(row["n_selected"]),
-            f"{100 * row['harmful_fraction']:.0f}",
-            *(_pct(row["exact_match"][d]) for d in domains),
-            _pct(row["average_exact_match"]),
-            f"{100 * row['delta_vs_base']:+.1f}",
-            f"{row['select_seconds']:.2f}",
-            f"{row['train_eval_seconds']:.1f}",
-        ])
+        lines.append(
+            [
+                name,
+                str(row["n_selected"]),
+                f"{100 * row['harmful_fraction']:.0f}",
+                *(cell(row["exact_match"][d]) for d in domains),
+                avg(row["average_exact_match"]),
+                f"{100 * row['delta_vs_base']:+.1f}",
+                f"{row['select_seconds']:.1f}",
+                f"{row['train_eval_seconds']:.1f}",
+            ]
+        )
     return header, lines
 
 
@@ -40,13 +67,24 @@ def demo_table(result: dict[str, Any]):
     """A rich Table of the demo: exact match (%) per domain ± stderr, per method."""
     from rich.table import Table
 
-    header, lines = _demo_rows(result)
+    from rich import box
+
+    header, lines = _demo_rows(result, compact=True)
+    # Δ vs base and training seconds are in the Markdown file; without them the table
+    # fits an 80-column terminal.
+    keep = [i for i, name in enumerate(header) if name not in ("Δ base", "train s")]
+    header = [header[i] for i in keep]
+    lines = [[line[i] for i in keep] for line in lines]
     table = Table(
-        title="harp demo — skills suite, exact match % (± stderr); references in brackets",
-        show_lines=False,
+        title="harp demo: exact match % per target domain; references in brackets",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
     )
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        # Data cells never wrap (a number cut in two is misread); headers may.
+        width = max(len(line[i]) for line in lines)
+        table.add_column(name, justify="left" if i == 0 else "right", min_width=width)
     for line in lines:
         table.add_row(*line)
     return table
@@ -77,15 +115,20 @@ def eval_table(result: dict[str, Any]):
 
     table = Table(title="target scores per domain (± stderr)")
     for name in ("domain", "metric", "base", "tuned", "Δ"):
-        table.add_column(name, justify="left" if name in ("domain", "metric") else "right")
-    base = result["base"]["domains"]
-    tuned = (result.get("tuned") or {}).get("domains", {})
+        table.add_column(
+            name, justify="left" if name in ("domain", "metric") else "right"
+        )
+    base = result["base"]["scores"]
+    tuned = (result.get("tuned") or {}).get("scores", {})
     for domain in sorted(base):
         for metric, est in sorted(base[domain].items()):
             t = tuned.get(domain, {}).get(metric)
-            fmt = (lambda e: f"{e['mean']:.3f} ± {e['stderr']:.3f}")
+            fmt = lambda e: f"{e['mean']:.3f} ± {e['stderr']:.3f}"
             table.add_row(
-                domain, metric, fmt(est), fmt(t) if t else "-",
+                domain,
+                metric,
+                fmt(est),
+                fmt(t) if t else "-",
                 f"{t['mean'] - est['mean']:+.3f}" if t else "-",
             )
     return table

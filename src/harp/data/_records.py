@@ -170,9 +170,13 @@ class ExampleSet(Sequence[Example]):
                 seen[ex_id] = i
             else:
                 ex_id = unique_id(content_id(prompt, response), seen)
-            examples.append(Example(ex_id, prompt, response, domain, f"{source}:{i}", i))
+            examples.append(
+                Example(ex_id, prompt, response, domain, f"{source}:{i}", i)
+            )
             rows.append(dict(rec))
-        return cls(tuple(examples), tuple(rows), path="", format="memory", schema="memory")
+        return cls(
+            tuple(examples), tuple(rows), path="", format="memory", schema="memory"
+        )
 
 
 def unique_id(base: str, seen: dict[str, int]) -> str:

@@ -139,9 +139,7 @@ def detect_format(path: str | Path) -> str:
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(
-            "no such file or folder; check the path", path=p
-        )
+        raise DataError("no such file or folder; check the path", path=p)
     if p.is_dir():
         if (p / "dataset_dict.json").is_file():
             return "hf-disk"
@@ -416,11 +414,14 @@ def _iter_flan_tsv(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]
                 path=path,
                 line=lineno,
             )
-        yield lineno, {
-            "question": _unescape_flan(fields[0]),
-            "answer": _unescape_flan(fields[1]),
-            "rationale": _unescape_flan(fields[2]),
-        }
+        yield (
+            lineno,
+            {
+                "question": _unescape_flan(fields[0]),
+                "answer": _unescape_flan(fields[1]),
+                "rationale": _unescape_flan(fields[2]),
+            },
+        )
 
 
 def _arrow_error(path: Path, what: str, exc: BaseException) -> DataError:

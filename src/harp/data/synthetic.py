@@ -16,9 +16,12 @@ minutes on a CPU. Each task is a domain. The pool mixes
 The ground truth (kind and task of every pool row) lives in :attr:`SkillsSuite.truth`,
 never in the pool rows themselves, so a selector cannot read it.
 
-The base model is pretrained on :attr:`SkillsSuite.pretrain`: the off-target tasks at
-full strength plus a small share of the target tasks, so that the base is weak but not
-hopeless on the target and finetuning on the right rows moves it visibly.
+The base model is pretrained on :attr:`SkillsSuite.pretrain`: a few easy tasks (copy,
+upper-case, double) that teach it the prompt format and to read the payload, and none
+of the target tasks by default. Measured with the default proxy (0.86M parameters,
+1,000 pretraining steps, LoRA r=16 for 150 steps): the base scores 0.00 exact match on
+every target domain; 200 helpful rows lift the average to about 0.45, while 140
+helpful rows plus 60 harmful ones reach only about 0.12 and 200 random rows about 0.19.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ _CIPHER_KEY = dict(zip(LETTERS, "qwertyuiopasdfghjklzxcvbnm"))
 _WRONG_CIPHER_KEY = dict(zip(LETTERS, "mnbvcxzlkjhgfdsapoiuytrewq"))
 
 
-def _word(rng: np.random.Generator, low: int, high: int, alphabet: str = LETTERS) -> str:
+def _word(
+    rng: np.random.Generator, low: int, high: int, alphabet: str = LETTERS
+) -> str:
     n = int(rng.integers(low, high + 1))
     return "".join(alphabet[int(i)] for i in rng.integers(0, len(alphabet), size=n))
 
@@ -226,7 +231,9 @@ class SkillsSuite:
             paths[name] = directory / f"{name}.jsonl"
             atomic_write_text(paths[name], text)
         paths["truth"] = directory / "truth.json"
-        atomic_write_json(paths["truth"], {"params": self.params, "rows": list(self.truth)})
+        atomic_write_json(
+            paths["truth"], {"params": self.params, "rows": list(self.truth)}
+        )
         return paths
 
 
@@ -243,15 +250,23 @@ def _check_tasks(names: Sequence[str], what: str) -> tuple[str, ...]:
 def make_skills_suite(
     *,
     n_pool: int = 2000,
-    target_tasks: Sequence[str] = ("cipher", "shift", "count", "sort"),
-    off_target_tasks: Sequence[str] = ("copy", "upper", "reverse", "double", "add"),
+    target_tasks: Sequence[str] = ("cipher", "shift", "count"),
+    off_target_tasks: Sequence[str] = (
+        "copy",
+        "upper",
+        "double",
+        "reverse",
+        "sort",
+        "add",
+    ),
+    pretrain_tasks: Sequence[str] = ("copy", "upper", "double"),
     n_target_per_domain: int = 200,
     helpful_fraction: float = 0.35,
     wrong_answer_fraction: float = 0.12,
     wrong_format_fraction: float = 0.08,
     near_duplicate_fraction: float = 0.10,
     n_pretrain: int = 6000,
-    pretrain_target_share: float = 0.10,
+    pretrain_target_share: float = 0.0,
     seed: int = 0,
 ) -> SkillsSuite:
     """Generate the skills suite.
@@ -260,19 +275,23 @@ def make_skills_suite(
     ----------
     n_pool : int, default=2000
         Pool rows.
-    target_tasks : sequence of str, default=("cipher", "shift", "count", "sort")
+    target_tasks : sequence of str, default=("cipher", "shift", "count")
         Tasks the target asks for; each is one target domain.
     off_target_tasks : sequence of str
         Tasks whose rows fill the rest of the pool.
+    pretrain_tasks : sequence of str, default=("copy", "upper", "double")
+        Tasks of the base model's pretraining corpus. Keep it to about three tasks of
+        the same shape: the 0.86M proxy learns no task of a larger mixture in 1,000
+        steps.
     n_target_per_domain : int, default=200
         Target rows per domain (a few hundred keep evaluation noise to a few points).
     helpful_fraction, wrong_answer_fraction, wrong_format_fraction, near_duplicate_fraction : float
         Shares of the pool; the rest is off-target.
     n_pretrain : int, default=6000
         Rows of the base model's pretraining corpus.
-    pretrain_target_share : float, default=0.10
-        Share of the pretraining corpus drawn from the target tasks, so the base is weak
-        but not blank on them.
+    pretrain_target_share : float, default=0.0
+        Share of the pretraining corpus drawn from the target tasks (0: the base never
+        sees them, so every gain comes from the finetuning data).
     seed : int, default=0
         Seed; the same arguments give the same suite byte for byte.
 
@@ -284,17 +303,22 @@ def make_skills_suite(
     --------
     >>> suite = make_skills_suite(n_pool=100, n_target_per_domain=5, n_pretrain=50)
     >>> len(suite.pool), suite.target.domains
-    (100, ('cipher', 'count', 'shift', 'sort'))
+    (100, ('cipher', 'count', 'shift'))
     >>> sorted(set(suite.kinds)) == sorted(
     ...     ["helpful", "off-target", "wrong-answer", "wrong-format", "near-duplicate"])
     True
     """
     target_tasks = _check_tasks(target_tasks, "target_tasks")
     off_target_tasks = _check_tasks(off_target_tasks, "off_target_tasks")
+    pretrain_tasks = _check_tasks(pretrain_tasks, "pretrain_tasks")
+    if not pretrain_tasks and pretrain_target_share < 1:
+        raise ParameterError("pretrain_tasks is empty; give at least one task")
     if not target_tasks:
         raise ParameterError("target_tasks: give at least one task")
     if set(target_tasks) & set(off_target_tasks):
-        raise ParameterError("a task cannot be both a target task and an off-target task")
+        raise ParameterError(
+            "a task cannot be both a target task and an off-target task"
+        )
     fractions = {
         "helpful": helpful_fraction,
         "wrong-answer": wrong_answer_fraction,
@@ -307,14 +331,20 @@ def make_skills_suite(
     if sum(fractions.values()) > 1 + 1e-9:
         raise ParameterError("the kind fractions add up to more than 1")
     if not off_target_tasks and sum(fractions.values()) < 1 - 1e-9:
-        raise ParameterError("off_target_tasks is empty but the fractions leave room for it")
-    for name, value in (("n_pool", n_pool), ("n_target_per_domain", n_target_per_domain)):
+        raise ParameterError(
+            "off_target_tasks is empty but the fractions leave room for it"
+        )
+    for name, value in (
+        ("n_pool", n_pool),
+        ("n_target_per_domain", n_target_per_domain),
+    ):
         if value < 1:
             raise ParameterError(f"{name} must be at least 1, got {value!r}")
     params = {
         "n_pool": n_pool,
         "target_tasks": list(target_tasks),
         "off_target_tasks": list(off_target_tasks),
+        "pretrain_tasks": list(pretrain_tasks),
         "n_target_per_domain": n_target_per_domain,
         **{f"{k.replace('-', '_')}_fraction": v for k, v in fractions.items()},
         "n_pretrain": n_pretrain,
@@ -339,7 +369,9 @@ def make_skills_suite(
             prompt, answer = TASKS[task].make(target_rng)
             if prompt not in seen:
                 seen.add(prompt)
-                target_rows.append({"prompt": prompt, "response": answer, "domain": task})
+                target_rows.append(
+                    {"prompt": prompt, "response": answer, "domain": task}
+                )
         held_out |= seen
 
     def fresh(task: str, rng: np.random.Generator) -> tuple[str, str]:
@@ -347,7 +379,10 @@ def make_skills_suite(
             prompt, answer = TASKS[task].make(rng)
             if prompt not in held_out:
                 return prompt, answer
-        return prompt, answer  # tiny task spaces (add): allow overlap, don't loop forever
+        return (
+            prompt,
+            answer,
+        )  # tiny task spaces (add): allow overlap, don't loop forever
 
     counts = {k: int(round(v * n_pool)) for k, v in fractions.items()}
     counts["off-target"] = n_pool - sum(counts.values())
@@ -361,16 +396,28 @@ def make_skills_suite(
         task = target_tasks[i % len(target_tasks)]
         prompt, answer = fresh(task, pool_rng)
         helpful.append((task, prompt, answer))
-        rows.append(({"prompt": prompt, "response": answer}, {"kind": "helpful", "task": task}))
+        rows.append(
+            ({"prompt": prompt, "response": answer}, {"kind": "helpful", "task": task})
+        )
     for i in range(counts["off-target"]):
         task = off_target_tasks[i % len(off_target_tasks)]
         prompt, answer = fresh(task, pool_rng)
-        rows.append(({"prompt": prompt, "response": answer}, {"kind": "off-target", "task": task}))
+        rows.append(
+            (
+                {"prompt": prompt, "response": answer},
+                {"kind": "off-target", "task": task},
+            )
+        )
     for i in range(counts["wrong-answer"]):
         task = target_tasks[i % len(target_tasks)]
         prompt, answer = fresh(task, pool_rng)
         wrong = TASKS[task].corrupt(pool_rng, prompt, answer)
-        rows.append(({"prompt": prompt, "response": wrong}, {"kind": "wrong-answer", "task": task}))
+        rows.append(
+            (
+                {"prompt": prompt, "response": wrong},
+                {"kind": "wrong-answer", "task": task},
+            )
+        )
     for i in range(counts["wrong-format"]):
         task = target_tasks[i % len(target_tasks)]
         prompt, answer = fresh(task, pool_rng)
@@ -380,17 +427,23 @@ def make_skills_suite(
         wrapped = next(
             w(answer)
             for k in range(len(_WRONG_FORMATS))
-            if (w := _WRONG_FORMATS[(start + k) % len(_WRONG_FORMATS)])(answer) != answer
+            if (w := _WRONG_FORMATS[(start + k) % len(_WRONG_FORMATS)])(answer)
+            != answer
         )
         rows.append(
-            ({"prompt": prompt, "response": wrapped}, {"kind": "wrong-format", "task": task})
+            (
+                {"prompt": prompt, "response": wrapped},
+                {"kind": "wrong-format", "task": task},
+            )
         )
     for i in range(counts["near-duplicate"]):
         if not helpful:
             break
         # A few helpful rows are copied many times: a redundant cluster, as scraped
         # instruction sets have, which a diversity-blind method over-selects.
-        task, prompt, answer = helpful[int(pool_rng.integers(0, max(1, len(helpful) // 10)))]
+        task, prompt, answer = helpful[
+            int(pool_rng.integers(0, max(1, len(helpful) // 10)))
+        ]
         head, tail = prompt.split(": ", 1)
         variants = (
             f"{head}:  {tail}",
@@ -401,15 +454,16 @@ def make_skills_suite(
         )
         variant = variants[i % len(variants)]
         rows.append(
-            ({"prompt": variant, "response": answer}, {"kind": "near-duplicate", "task": task})
+            (
+                {"prompt": variant, "response": answer},
+                {"kind": "near-duplicate", "task": task},
+            )
         )
 
     order = pool_rng.permutation(len(rows))
     pool_records = [rows[i][0] for i in order]
     pool = ExampleSet.from_records(pool_records, source="skills:pool")
-    truth = tuple(
-        {"id": ex.id, **rows[i][1]} for ex, i in zip(pool.examples, order)
-    )
+    truth = tuple({"id": ex.id, **rows[i][1]} for ex, i in zip(pool.examples, order))
     target = ExampleSet.from_records(target_rows, source="skills:target")
 
     pretrain_records = []
@@ -418,13 +472,13 @@ def make_skills_suite(
         if i < n_target_share:
             task = target_tasks[i % len(target_tasks)]
         else:
-            task = off_target_tasks[i % len(off_target_tasks)] if off_target_tasks else (
-                target_tasks[i % len(target_tasks)]
-            )
+            task = pretrain_tasks[i % len(pretrain_tasks)]
         prompt, answer = fresh(task, pretrain_rng)
         pretrain_records.append({"prompt": prompt, "response": answer, "domain": task})
     perm = pretrain_rng.permutation(len(pretrain_records))
     pretrain = ExampleSet.from_records(
         [pretrain_records[i] for i in perm], source="skills:pretrain"
     )
-    return SkillsSuite(pool=pool, target=target, pretrain=pretrain, truth=truth, params=params)
+    return SkillsSuite(
+        pool=pool, target=target, pretrain=pretrain, truth=truth, params=params
+    )

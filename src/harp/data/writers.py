@@ -216,8 +216,7 @@ def _escape_flan(text: str, out: Path, field: str) -> str:
     for bad, name in (("\t", "a tab"), ("\\n", "a literal backslash-n")):
         if bad in text:
             raise DataError(
-                f"holds {name}, which a FLAN TSV cannot represent; write JSONL "
-                "instead",
+                f"holds {name}, which a FLAN TSV cannot represent; write JSONL instead",
                 path=out,
                 field=field,
             )
@@ -363,4 +362,3 @@ def write_rows(
         _write_delimited(out, rows, columns, "," if fmt == "csv" else "\t")
     logger.info("wrote %d rows to %s (%s)", len(rows), out, fmt)
     return out
-

@@ -1,20 +1,37 @@
 """Selectors: every method shares :class:`BaseSelector` and returns a :class:`Selection`."""
 
-from harp.selectors._base import BaseSelector, Interval, Options, check_is_fitted, ranked_order
+from harp.selectors._base import (
+    BaseSelector,
+    Interval,
+    Options,
+    check_is_fitted,
+    ranked_order,
+)
 from harp.selectors._budget import parse_budget, resolve_budget
-from harp.selectors._registry import available_methods, get_selector_class, make_selector, register
+from harp.selectors._registry import (
+    available_methods,
+    get_selector_class,
+    make_selector,
+    register,
+)
 from harp.selectors._selection import Cost, Selection
 
 # Importing the modules registers the built-in methods.
+from harp.selectors.cluster import ClusterSelector  # noqa: E402
+from harp.selectors.dsir import DSIRSelector  # noqa: E402
 from harp.selectors.random import RandomSelector  # noqa: E402
+from harp.selectors.similarity import SimilaritySelector  # noqa: E402
 
 __all__ = [
     "BaseSelector",
+    "ClusterSelector",
     "Cost",
+    "DSIRSelector",
     "Interval",
     "Options",
     "RandomSelector",
     "Selection",
+    "SimilaritySelector",
     "available_methods",
     "check_is_fitted",
     "get_selector_class",

@@ -55,7 +55,9 @@ class Interval:
             value >= self.low if self.closed in ("both", "left") else value > self.low
         )
         hi_ok = self.high is None or (
-            value <= self.high if self.closed in ("both", "right") else value < self.high
+            value <= self.high
+            if self.closed in ("both", "right")
+            else value < self.high
         )
         return bool(lo_ok and hi_ok)
 
@@ -97,7 +99,9 @@ def _accepts(constraint: Any, value: Any) -> bool:
             return False
     if constraint == "seed":
         return value is None or (
-            isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+            isinstance(value, numbers.Integral)
+            and not isinstance(value, bool)
+            and value >= 0
         )
     if constraint == "boolean":
         return isinstance(value, (bool, np.bool_))
@@ -133,7 +137,9 @@ def validate_params(owner: str, params: dict[str, Any], table: dict[str, list]) 
                 except ParameterError as exc:
                     raise ParameterError(f"{owner}: {exc}") from None
             allowed = " or ".join(_describe(c) for c in constraints)
-            raise ParameterError(f"{owner}: {name}={value!r} is not allowed; expected {allowed}")
+            raise ParameterError(
+                f"{owner}: {name}={value!r} is not allowed; expected {allowed}"
+            )
 
 
 def ranked_order(scores: np.ndarray) -> np.ndarray:
@@ -226,7 +232,9 @@ class BaseSelector(ABC):
         self
             With the result in ``selection_``.
         """
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        validate_params(
+            type(self).__name__, self.get_params(), self._parameter_constraints
+        )
         pool = as_example_set(pool)
         target = None if target is None else as_example_set(target)
         if self.needs_target and (target is None or len(target) == 0):
@@ -241,13 +249,21 @@ class BaseSelector(ABC):
         elapsed = time.perf_counter() - start
         indices = np.asarray(indices, dtype=np.int64)[:budget]
         gains = (
-            np.full(len(indices), np.nan) if gains is None else np.asarray(gains)[: len(indices)]
+            np.full(len(indices), np.nan)
+            if gains is None
+            else np.asarray(gains)[: len(indices)]
         )
         scores = np.full(len(pool), np.nan) if scores is None else np.asarray(scores)
         cost = Cost(**{**(cost or {}), "wall_seconds": elapsed})
-        content = pool.content_hash() + ("" if target is None else target.content_hash())
-        fp = fingerprint(self.name, content=content, params=self._non_default_params(),
-                         seed=self.seed)
+        content = pool.content_hash() + (
+            "" if target is None else target.content_hash()
+        )
+        fp = fingerprint(
+            self.name,
+            content=content,
+            params=self._non_default_params(),
+            seed=self.seed,
+        )
         self.selection_ = Selection(
             indices=indices,
             ids=tuple(pool.examples[i].id for i in indices),
@@ -261,7 +277,13 @@ class BaseSelector(ABC):
             cost=cost,
             fingerprint=fp,
         )
-        log.info("%s selected %d of %d rows in %.2fs", self.name, len(indices), len(pool), elapsed)
+        log.info(
+            "%s selected %d of %d rows in %.2fs",
+            self.name,
+            len(indices),
+            len(pool),
+            elapsed,
+        )
         return self
 
     def select(self, pool: Any, target: Any = None) -> Selection:

@@ -35,7 +35,9 @@ def parse_budget(budget: Budget) -> int | float:
         if m := _PERCENT.match(text):
             pct = float(m.group(1))
             if not 0 < pct <= 100:
-                raise ParameterError(f"budget={budget!r}: a percentage must be in (0%, 100%]")
+                raise ParameterError(
+                    f"budget={budget!r}: a percentage must be in (0%, 100%]"
+                )
             return pct / 100.0
         if _INTEGER.match(text):
             budget = int(text)

@@ -30,7 +30,9 @@ def get_selector_class(method: str) -> type:
     """The selector class registered as ``method``."""
     names = available_methods()
     if method not in _REGISTRY:
-        raise ParameterError(f"unknown method {method!r}; available: {', '.join(names)}")
+        raise ParameterError(
+            f"unknown method {method!r}; available: {', '.join(names)}"
+        )
     return _REGISTRY[method]
 
 

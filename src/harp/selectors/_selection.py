@@ -171,10 +171,12 @@ class Selection:
                 indices=np.asarray(data["indices"], dtype=np.int64),
                 ids=tuple(data["ids"]),
                 scores=np.asarray(
-                    [np.nan if v is None else v for v in data["scores"]], dtype=np.float64
+                    [np.nan if v is None else v for v in data["scores"]],
+                    dtype=np.float64,
                 ),
                 gains=np.asarray(
-                    [np.nan if v is None else v for v in data["gains"]], dtype=np.float64
+                    [np.nan if v is None else v for v in data["gains"]],
+                    dtype=np.float64,
                 ),
                 budget=int(data["budget"]),
                 n_pool=int(data["n_pool"]),

@@ -38,7 +38,9 @@ class RandomSelector(BaseSelector):
     name = "random"
     _parameter_constraints = {"budget": ["budget"], "seed": ["seed"]}
 
-    def __init__(self, *, budget: int | float | str = "10%", seed: int | None = 0) -> None:
+    def __init__(
+        self, *, budget: int | float | str = "10%", seed: int | None = 0
+    ) -> None:
         self.budget = budget
         self.seed = seed
 

@@ -1,0 +1,481 @@
+"""Load, save, adapt (LoRA) and fingerprint local Hugging Face causal language models.
+
+Nothing here downloads: every load is ``local_files_only=True``. Weights are read from
+safetensors files; pickle checkpoints (``pytorch_model.bin``) are read only when the
+caller opts in with ``allow_pickle=True``, and remote code runs only with
+``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harp.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "load_model",
+    "save_model",
+    "attach_lora",
+    "model_fingerprint",
+    "weight_files",
+    "LLAMA_ATTENTION_MODULES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: LoRA targets used by default on Llama-style models (Llama, Mistral, Qwen, Gemma…).
+LLAMA_ATTENTION_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+_SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+#: Files above this size are fingerprinted from samples unless ``full=True``.
+_FULL_HASH_LIMIT = 256 * 1024**2
+_SAMPLE_BYTES = 4 * 1024**2
+
+
+@contextlib.contextmanager
+def _quiet_transformers(progress: bool) -> Iterator[None]:
+    """Hide transformers' own progress bars (loading/writing shards) unless asked."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not progress:
+            hf_logging.enable_progress_bar()
+
+
+def weight_files(path: str | Path) -> dict[str, list[Path]]:
+    """The weight files of a model directory, by kind.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model directory.
+
+    Returns
+    -------
+    dict
+        ``{"safetensors": [...], "pickle": [...]}``: the ``*.safetensors`` files and
+        index of the directory, and its ``pytorch_model*.bin`` files and index (sorted
+        by name). Either list may be empty.
+    """
+    directory = Path(path)
+    safe = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file()
+        and (p.name.endswith(".safetensors") or p.name == _SAFE_NAMES[1])
+        and not p.name.startswith("adapter_")
+    )
+    pickle = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file()
+        and p.name.startswith("pytorch_model")
+        and (p.name.endswith(".bin") or p.name == _PICKLE_NAMES[1])
+    )
+    return {"safetensors": safe, "pickle": pickle}
+
+
+def _check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
+    """Raise a clear :class:`ModelError` for every way ``path`` is not loadable."""
+    if not path.exists():
+        raise ModelError(
+            f"{path}: model directory not found; pass the path of a local Hugging Face "
+            "model folder (config.json + weights + tokenizer files)"
+        )
+    if not path.is_dir():
+        raise ModelError(
+            f"{path}: is not a directory; a model is a folder holding config.json, "
+            "the weights and the tokenizer files"
+        )
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelError(
+            f"{path}: no config.json found; is this a Hugging Face model folder? "
+            "(save one with model.save_pretrained(dir) or harp.models.save_model)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config_path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_path}: expected a JSON object")
+    files = weight_files(path)
+    if not files["safetensors"] and not files["pickle"]:
+        raise ModelError(
+            f"{path}: no model weights found (expected model.safetensors or "
+            "pytorch_model.bin); the folder has config.json only — copy the weight "
+            "files next to it, or save the model with save_pretrained"
+        )
+    auto_map = config.get("auto_map") or {}
+    if auto_map and not trust_remote_code:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise ModelError(
+                f"{path}: config.json maps to custom code (auto_map: "
+                f"{', '.join(sorted(auto_map))}) for model_type {model_type!r}, which "
+                "transformers does not know; loading it would run Python code from "
+                "the folder. Pass trust_remote_code=True (--trust-remote-code) only if "
+                "you trust that code"
+            )
+        logger.info(
+            "%s: config.json has an auto_map; using transformers' own %r classes "
+            "(trust_remote_code=False)",
+            path,
+            model_type,
+        )
+    return config
+
+
+def load_model(
+    path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str | None = None,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal language model and its tokenizer from a local directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        A Hugging Face model folder: ``config.json``, weights (``model.safetensors``,
+        a sharded safetensors index, or — with ``allow_pickle`` —
+        ``pytorch_model.bin``)
+        and tokenizer files.
+    trust_remote_code : bool, default False
+        Allow a config whose ``auto_map`` points at Python files in the folder. Off by
+        default: such code runs with your privileges.
+    dtype : torch.dtype or str or None, default None
+        Parameter dtype. None loads float32 (CPU training and bit-exact
+        reproducibility); ``"auto"`` keeps the checkpoint's dtype (bf16 for most
+        released LLMs), or pass e.g. ``torch.bfloat16``.
+    allow_pickle : bool, default False
+        Read ``pytorch_model.bin`` checkpoints when the folder has no safetensors
+        files. Off by default because such files are pickles; safetensors are always
+        preferred when both exist.
+    progress : bool, default False
+        Show transformers' weight-loading progress bar.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        The model, in ``eval()`` mode.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer; when it has no pad token, the EOS token is used as pad token.
+
+    Raises
+    ------
+    harp.errors.ModelError
+        When the path is missing or not a directory, has no ``config.json``, has no
+        weights, needs remote code without ``trust_remote_code``, has only pickle
+        weights without ``allow_pickle``, or when transformers cannot load it.
+
+    Examples
+    --------
+    >>> from harp.models import build_proxy, ProxyConfig, save_model
+    >>> import tempfile
+    >>> model, tok = build_proxy(ProxyConfig(hidden_size=16, num_layers=1,
+    ...                                      num_heads=2, intermediate_size=32))
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_model(model, tok, folder)
+    >>> loaded, tok2 = load_model(folder)
+    >>> type(loaded).__name__
+    'LlamaForCausalLM'
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    config = _check_model_dir(path, trust_remote_code)
+    files = weight_files(path)
+    if files["safetensors"]:
+        use_safetensors = True
+    elif allow_pickle:
+        use_safetensors = False
+        logger.warning("%s: loading pickle weights (allow_pickle=True)", path)
+    else:
+        raise ModelError(
+            f"{path}: only pickle weights found "
+            f"({', '.join(p.name for p in files['pickle'])}); harp does not unpickle "
+            "files unless asked. Pass allow_pickle=True if you trust the file, or "
+            "convert it to model.safetensors"
+        )
+    if dtype is None:
+        dtype = torch.float32
+    try:
+        with _quiet_transformers(progress):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=use_safetensors,
+                dtype=dtype,
+            )
+    except Exception as exc:  # transformers raises many types; keep the cause
+        raise ModelError(
+            f"{path}: transformers could not load the model "
+            f"(model_type {config.get('model_type')!r}): {exc}"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: no usable tokenizer in the model folder ({exc}); save the "
+            "tokenizer next to the model with tokenizer.save_pretrained(dir)"
+        ) from exc
+    _ensure_pad_token(model, tokenizer, path)
+    model.eval()
+    return model, tokenizer
+
+
+def _ensure_pad_token(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path | str
+) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(
+                f"{path}: the tokenizer has neither a pad nor an EOS token; harp needs "
+                "one of them to pad batches"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("%s: tokenizer has no pad token; using EOS as pad", path)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def save_model(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+) -> Path:
+    """Save a model (as safetensors) and its tokenizer into one loadable folder.
+
+    A peft model is saved **merged** (a copy's adapters folded into the base
+    weights), so the folder is a plain causal LM that :func:`load_model` reads. When
+    ``directory`` does not exist yet, the folder is written under a temporary name
+    and renamed at the end, so a crash never leaves half a model behind.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+        The model to save; it is not modified.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer.
+    directory : str or Path
+        Target folder (created; existing files with the same names are replaced).
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
+    directory = Path(directory).expanduser()
+    if _is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    if directory.exists():
+        if not directory.is_dir():
+            raise ModelError(f"{directory}: exists and is not a directory")
+        with _quiet_transformers(False):
+            model.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        with _quiet_transformers(False):
+            model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is not
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _is_peft(model: Any) -> bool:
+    with contextlib.suppress(ImportError):
+        from peft import PeftModel
+
+        return isinstance(model, PeftModel)
+    return False
+
+
+def default_lora_targets(model: Any) -> list[str] | str:
+    """LoRA target modules of ``model``: Llama-style attention projections if present.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to adapt.
+
+    Returns
+    -------
+    list of str or str
+        The names from :data:`LLAMA_ATTENTION_MODULES` that occur as module-name
+        suffixes in the model, or ``"all-linear"`` when none does.
+    """
+    import torch
+
+    leaf_names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    found = [m for m in LLAMA_ATTENTION_MODULES if m in leaf_names]
+    return found if found else "all-linear"
+
+
+def attach_lora(
+    model: PreTrainedModel,
+    *,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    target_modules: list[str] | tuple[str, ...] | str | None = None,
+) -> PeftModel:
+    """Wrap a causal LM in a fresh peft LoRA adapter; only the adapter trains.
+
+    peft injects the adapter layers **into** ``model`` (in place): afterwards the
+    object passed in carries the adapters too. Keep a separate copy (or reload from
+    disk) if the untouched base model is still needed. LoRA ``B`` matrices start at
+    zero, so the wrapped model initially computes exactly what the base did; ``A`` is
+    drawn from torch's global RNG (seed it for reproducibility —
+    :func:`harp.training.finetune` does).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The base model.
+    r : int, default 8
+        LoRA rank.
+    alpha : float, default 16
+        LoRA alpha (updates are scaled by ``alpha / r``).
+    dropout : float, default 0.0
+        Dropout on the adapter input.
+    target_modules : list of str or str or None, default None
+        Module names to adapt; None uses the attention projections
+        ``q_proj, k_proj, v_proj, o_proj`` of Llama-style models and falls back to
+        ``"all-linear"`` for other architectures.
+
+    Returns
+    -------
+    peft.PeftModel
+        The wrapped model (task type ``CAUSAL_LM``).
+
+    Raises
+    ------
+    harp.errors.ModelError
+        When peft cannot find the target modules.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if target_modules is None:
+        target_modules = default_lora_targets(model)
+    elif not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+        if target_modules == ["all-linear"]:
+            target_modules = "all-linear"
+    lora_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(r),
+        lora_alpha=alpha,
+        lora_dropout=float(dropout),
+        target_modules=target_modules,
+        bias="none",
+    )
+    try:
+        with warnings.catch_warnings():
+            # peft reads transformers' renamed ``is_gradient_checkpointing``; the
+            # FutureWarning is theirs to fix and means nothing to a harp user.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, lora_config)
+    except ValueError as exc:
+        raise ModelError(
+            f"cannot attach LoRA to {type(model).__name__} with target_modules="
+            f"{target_modules!r}: {exc}"
+        ) from exc
+
+
+def _file_digest(path: Path, full: bool) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if full or size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        else:
+            for start in (0, size // 2, max(0, size - _SAMPLE_BYTES)):
+                handle.seek(start)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
+    """A content fingerprint of a model folder, for cache keys.
+
+    It hashes ``config.json`` and, for every weight file (safetensors and pickle
+    checkpoints and their indexes), its name, size and SHA-256. Files larger than
+    256 MiB are hashed from three 4 MiB samples (start, middle, end) plus their size
+    unless ``full=True``, so that fingerprinting a 15 GB model takes milliseconds;
+    any retraining changes those bytes in practice. Tokenizer files are included
+    when present (a different vocabulary is a different model).
+
+    Parameters
+    ----------
+    path : str or Path
+        A model folder (checked as in :func:`load_model`).
+    full : bool, default False
+        Hash every byte of every weight file.
+
+    Returns
+    -------
+    str
+        32 hex digits.
+
+    Raises
+    ------
+    harp.errors.ModelError
+        When the folder is not a loadable model folder.
+    """
+    path = Path(path).expanduser()
+    _check_model_dir(path, trust_remote_code=True)
+    files = weight_files(path)
+    entries: list[tuple[str, int, str]] = []
+    named = [path / "config.json"]
+    named += [path / n for n in ("tokenizer.json", "tokenizer_config.json")]
+    for file in named + files["safetensors"] + files["pickle"]:
+        if file.is_file():
+            entries.append((file.name, file.stat().st_size, _file_digest(file, full)))
+    payload = json.dumps(entries, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]

@@ -1,0 +1,343 @@
+"""The prompt template and the configuration of finetuning and evaluation runs.
+
+This module imports neither torch nor transformers, so configs can be built, checked
+and hashed cheaply (CLI parsing, cache keys).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harp.errors import ParameterError
+
+__all__ = [
+    "RESPONSE_MARKER",
+    "format_prompt",
+    "format_example",
+    "TrainConfig",
+    "EvalConfig",
+    "TRAIN_METHODS",
+    "LR_SCHEDULES",
+    "EVAL_METRICS",
+]
+
+#: The line that separates a prompt from its response in every formatted text.
+RESPONSE_MARKER = "### Response:\n"
+
+#: Allowed values of :attr:`TrainConfig.method`.
+TRAIN_METHODS = ("lora", "full")
+#: Allowed values of :attr:`TrainConfig.schedule`.
+LR_SCHEDULES = ("cosine", "linear", "constant")
+#: Allowed entries of :attr:`EvalConfig.metrics`.
+EVAL_METRICS = ("exact_match", "loss")
+
+
+def format_prompt(prompt: str) -> str:
+    """Render a prompt the way the model reads it, in training and in evaluation alike.
+
+    The template is ``f"{prompt}\\n### Response:\\n"``: the prompt, a newline and a
+    short response marker. It is the **only** template in harp — finetuning, the
+    proxy's pretraining, loss evaluation and generation all call this function, so a
+    model is always scored on the format it was trained on. It is deliberately short
+    because the proxy model reads characters, not words: every template character is a
+    position of context.
+
+    Parameters
+    ----------
+    prompt : str
+        The example's prompt (everything before the answer).
+
+    Returns
+    -------
+    str
+        The text that precedes the response.
+
+    See Also
+    --------
+    format_example : the full training text (prompt, response, end of sequence).
+
+    Examples
+    --------
+    >>> format_prompt("2+2=")
+    '2+2=\\n### Response:\\n'
+    """
+    return f"{prompt}\n{RESPONSE_MARKER}"
+
+
+def format_example(prompt: str, response: str, eos_token: str = "") -> str:
+    """The training text of one example: ``format_prompt(prompt) + response + eos``.
+
+    Parameters
+    ----------
+    prompt : str
+        The example's prompt.
+    response : str
+        The answer the model must produce.
+    eos_token : str, default ""
+        The tokenizer's end-of-sequence token text. harp's own encoders append the
+        EOS *id* instead of its text (robust for every tokenizer); this argument is for
+        people who want the text form.
+
+    Returns
+    -------
+    str
+        The formatted text.
+
+    Examples
+    --------
+    >>> format_example("2+2=", "4", "</s>")
+    '2+2=\\n### Response:\\n4</s>'
+    """
+    return format_prompt(prompt) + response + eos_token
+
+
+def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"an integer >= {low}" + (" or None" if allow_none else "")
+        raise ParameterError(f"{name}={value!r} is not allowed; expected {allowed}")
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value_f = float(value)
+        ok = math.isfinite(value_f) or (high == math.inf and value_f == math.inf)
+        ok = ok and (value_f > low if low_open else value_f >= low)
+        ok = ok and (value_f < high if high_open else value_f <= high)
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        allowed = f"a number in {left}{low}, {high}{right}"
+        if allow_none:
+            allowed += " or None"
+        raise ParameterError(f"{name}={value!r} is not allowed; expected {allowed}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ParameterError(
+            f"{name}={value!r} is not allowed; expected one of {', '.join(choices)}"
+        )
+
+
+@dataclass
+class TrainConfig:
+    """How to finetune a model on a subset (a HARP leaf, a selection, the full pool).
+
+    The defaults are sized for the tiny character-level proxy model (see
+    :class:`harp.models.ProxyConfig`): a rank-16 LoRA adapter on every linear layer,
+    150 steps of 16 rows at lr 3e-3. Calibrated on a proxy pretrained on copy and
+    upper-casing: 200 rows of a substitution cipher it never saw took the cipher
+    from 0.00 to 0.42 exact match (rank 8: 0.20; attention-only adapters: ~0.01,
+    they cannot learn a new character map), and adding 100 rows with a wrong key
+    dropped it to 0.03. For a real model (billions of parameters) use ``lr=2e-4``,
+    ``lora_target_modules=None`` or ``"all-linear"``, ``steps`` ≈ 1–3 epochs and a
+    ``max_length`` of 512–2048.
+
+    Parameters
+    ----------
+    method : {"lora", "full"}, default "lora"
+        ``"lora"`` trains a peft LoRA adapter (the base weights stay frozen);
+        ``"full"`` trains every parameter.
+    steps : int, default 150
+        Optimiser steps. Ignored when ``epochs`` is set.
+    epochs : float or None, default None
+        When set, ``steps = ceil(epochs * n_rows / batch_size)``.
+    batch_size : int, default 16
+        Rows per optimiser step (no gradient accumulation). A training set smaller
+        than this is used whole at every step.
+    lr : float, default 3e-3
+        Peak learning rate of AdamW.
+    max_length : int, default 256
+        Most tokens of a training row (prompt + response + EOS). Longer rows lose the
+        start of their prompt first, keeping at least half the budget for the prompt;
+        the response is cut at the end only when it alone is too long.
+    lora_r : int, default 16
+        LoRA rank.
+    lora_alpha : float, default 32
+        LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
+    lora_dropout : float, default 0.0
+        Dropout on the LoRA input; 0 keeps training deterministic without any RNG use.
+    lora_target_modules : tuple of str or None, default ("all-linear",)
+        Modules to adapt. ``("all-linear",)`` adapts every linear layer except the
+        output head; None uses :func:`harp.models.attach_lora`'s default (the
+        attention projections ``q_proj, k_proj, v_proj, o_proj`` of Llama-style
+        models); or name the modules.
+    warmup_ratio : float, default 0.05
+        Fraction of the steps spent warming the learning rate up linearly from 0.
+    schedule : {"cosine", "linear", "constant"}, default "cosine"
+        Learning-rate decay after the warm-up (to 0 at the last step, or constant).
+    weight_decay : float, default 0.0
+        Decoupled AdamW weight decay.
+    max_grad_norm : float or None, default 1.0
+        Gradient-norm clipping threshold; None disables clipping.
+    seed : int, default 0
+        Seeds batch order, dropout and LoRA initialisation; the same seed gives
+        bit-identical weights on the same machine and thread count.
+
+    Raises
+    ------
+    harp.errors.ParameterError
+        When a field has a value outside its allowed range, naming the field.
+
+    Examples
+    --------
+    >>> TrainConfig(steps=50).method
+    'lora'
+    >>> TrainConfig(method="qlora")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    harp.errors.ParameterError: method='qlora' is not allowed; expected one of ...
+    """
+
+    method: str = "lora"
+    steps: int = 150
+    epochs: float | None = None
+    batch_size: int = 16
+    lr: float = 3e-3
+    max_length: int = 256
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] | None = ("all-linear",)
+    warmup_ratio: float = 0.05
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, TRAIN_METHODS)
+        _check_int("steps", self.steps, 1)
+        _check_float("epochs", self.epochs, 0.0, low_open=True, allow_none=True)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("lr", self.lr, 0.0, low_open=True)
+        _check_int("max_length", self.max_length, 2)
+        _check_int("lora_r", self.lora_r, 1)
+        _check_float("lora_alpha", self.lora_alpha, 0.0, low_open=True)
+        _check_float("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        if self.lora_target_modules is not None:
+            given = self.lora_target_modules
+            if isinstance(given, str):
+                given = (given,)
+            if (
+                not isinstance(given, (list, tuple))
+                or not given
+                or not all(isinstance(m, str) and m for m in given)
+            ):
+                raise ParameterError(
+                    f"lora_target_modules={self.lora_target_modules!r} is not "
+                    "allowed; expected a non-empty list of module names or None"
+                )
+            self.lora_target_modules = tuple(given)
+        _check_float("warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
+        _check_choice("schedule", self.schedule, LR_SCHEDULES)
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        _check_float(
+            "max_grad_norm", self.max_grad_norm, 0.0, low_open=True, allow_none=True
+        )
+        _check_int("seed", self.seed, 0)
+
+    def total_steps(self, n_rows: int) -> int:
+        """Optimiser steps for a training set of ``n_rows`` rows.
+
+        Parameters
+        ----------
+        n_rows : int
+            Rows left after truncation checks.
+
+        Returns
+        -------
+        int
+            ``steps``, or ``ceil(epochs * n_rows / batch_size)`` (at least 1) when
+            ``epochs`` is set.
+        """
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_rows / self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (tuples become lists), for YAML and hashing."""
+        out = asdict(self)
+        if out["lora_target_modules"] is not None:
+            out["lora_target_modules"] = list(out["lora_target_modules"])
+        return out
+
+
+@dataclass
+class EvalConfig:
+    """How to score a model on target domains.
+
+    Parameters
+    ----------
+    batch_size : int, default 64
+        Rows per forward pass (loss) and per generation batch (exact match).
+    max_new_tokens : int or None, default None
+        Generation length limit; None uses the longest reference response of the
+        target (in tokens) plus 2, so that the EOS and a little overrun fit.
+    metrics : tuple of {"exact_match", "loss"}, default ("exact_match", "loss")
+        What to compute per domain: greedy-decoding exact match (higher is better) and
+        the mean response-token negative log-likelihood (lower is better).
+    bootstrap : int, default 0
+        When > 0, the variance of each per-domain mean is the variance of this many
+        bootstrap means over target items (seeded by ``seed``) instead of the
+        analytic ``s² / n``.
+    max_length : int or None, default None
+        Most tokens of prompt + response in the loss pass, and of prompt + generated
+        tokens in generation; None uses the model's ``max_position_embeddings``
+        (unbounded when the config has none). Prompts lose their start first.
+    seed : int, default 0
+        Seed of the bootstrap.
+
+    Raises
+    ------
+    harp.errors.ParameterError
+        When a field has a value outside its allowed range, naming the field.
+    """
+
+    batch_size: int = 64
+    max_new_tokens: int | None = None
+    metrics: tuple[str, ...] = field(default=EVAL_METRICS)
+    bootstrap: int = 0
+    max_length: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, allow_none=True)
+        if isinstance(self.metrics, str):
+            self.metrics = (self.metrics,)
+        self.metrics = tuple(self.metrics)
+        if not self.metrics:
+            raise ParameterError(
+                "metrics=() is not allowed; expected one or more of "
+                + ", ".join(EVAL_METRICS)
+            )
+        for metric in self.metrics:
+            _check_choice("metrics", metric, EVAL_METRICS)
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ParameterError(f"metrics={self.metrics!r} repeats a metric")
+        _check_int("bootstrap", self.bootstrap, 0)
+        _check_int("max_length", self.max_length, 2, allow_none=True)
+        _check_int("seed", self.seed, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (tuples become lists), for YAML and hashing."""
+        out = asdict(self)
+        out["metrics"] = list(out["metrics"])
+        return out

@@ -1,0 +1,847 @@
+"""Score a model on target domains: response loss and greedy exact match.
+
+Every per-domain number is an :class:`Estimate` (mean, variance of the mean, count),
+and the report keeps the per-item values so that later code (HARP's effect noise,
+the benchmark's confidence intervals) can bootstrap over target items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harp.errors import ParameterError
+from harp.training.config import EvalConfig, TrainConfig, format_prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from harp.data import ExampleSet
+
+__all__ = [
+    "Estimate",
+    "EvalReport",
+    "evaluate",
+    "finetune_and_evaluate",
+    "generate_greedy",
+    "extract_answer",
+    "normalize_answer",
+    "is_correct",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Metrics where a larger value is better.
+HIGHER_IS_BETTER = {"exact_match": True, "loss": False}
+
+
+# ---------------------------------------------------------------------------------
+# Estimates and reports
+# ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its uncertainty: ``mean``, variance of the mean ``var``, count ``n``.
+
+    Parameters
+    ----------
+    mean : float
+        The estimate (NaN when ``n == 0``).
+    var : float
+        Variance **of the mean** (squared standard error), e.g. ``s² / n``; NaN when
+        it cannot be estimated (fewer than two items).
+    n : int
+        Number of items behind the mean.
+
+    Examples
+    --------
+    >>> e = Estimate.from_values([1.0, 0.0, 1.0, 1.0])
+    >>> e.mean, e.n, round(e.stderr, 3)
+    (0.75, 4, 0.25)
+    """
+
+    mean: float
+    var: float
+    n: int
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of the mean, ``sqrt(var)``."""
+        return math.sqrt(self.var) if self.var >= 0 else math.nan
+
+    @classmethod
+    def from_values(cls, values: Sequence[float] | np.ndarray) -> Estimate:
+        """Mean and ``s² / n`` (sample variance with ddof=1) of per-item values.
+
+        Parameters
+        ----------
+        values : array-like of float
+            Per-item values (NaNs are not allowed; filter them first).
+
+        Returns
+        -------
+        Estimate
+        """
+        arr = np.asarray(values, dtype=np.float64)
+        n = int(arr.size)
+        if n == 0:
+            return cls(math.nan, math.nan, 0)
+        mean = float(arr.mean())
+        var = float(arr.var(ddof=1) / n) if n > 1 else math.nan
+        return cls(mean, var, n)
+
+    def merge(self, other: Estimate) -> Estimate:
+        """Count-weighted mean of two estimates of the same quantity.
+
+        Parameters
+        ----------
+        other : Estimate
+            Another estimate (e.g. from more items).
+
+        Returns
+        -------
+        Estimate
+            Mean weighted by counts; variance ``Σ (n_i/N)² var_i``.
+        """
+        total = self.n + other.n
+        if total == 0:
+            return Estimate(math.nan, math.nan, 0)
+        w1, w2 = self.n / total, other.n / total
+        mean = w1 * self.mean if self.n else 0.0
+        mean += w2 * other.mean if other.n else 0.0
+        var = (w1**2 * self.var if self.n else 0.0) + (
+            w2**2 * other.var if other.n else 0.0
+        )
+        return Estimate(float(mean), float(var), total)
+
+    def to_dict(self) -> dict[str, float | int]:
+        """``{"mean", "var", "n", "stderr"}`` (NaN kept as float NaN)."""
+        return {"mean": self.mean, "var": self.var, "n": self.n, "stderr": self.stderr}
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.stderr:.4f} (n={self.n})"
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Per-domain scores of one model on one target set.
+
+    Attributes
+    ----------
+    scores : dict
+        ``{domain: {metric: Estimate}}``.
+    items : dict
+        ``{domain: {metric: ndarray}}``: per-item values in target order within the
+        domain (exact match as 0.0/1.0, loss as mean response-token NLL in nats).
+    ids : dict
+        ``{domain: tuple of example ids}``, aligned with ``items``.
+    predictions : dict
+        ``{domain: tuple of generated texts}`` (empty when exact match was not
+        computed).
+    meta : dict
+        Run facts: seconds per phase, ``max_new_tokens``, item count, …
+    """
+
+    scores: dict[str, dict[str, Estimate]]
+    items: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    predictions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Domains, sorted."""
+        return tuple(sorted(self.scores))
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Metrics present (in the order of the first domain)."""
+        for domain in self.domains:
+            return tuple(self.scores[domain])
+        return ()
+
+    def __getitem__(self, domain: str) -> dict[str, Estimate]:
+        return self.scores[domain]
+
+    def estimate(self, domain: str, metric: str) -> Estimate:
+        """The estimate of ``metric`` on ``domain``.
+
+        Raises
+        ------
+        KeyError
+            When the domain or metric is not in the report, naming what is.
+        """
+        if domain not in self.scores:
+            raise KeyError(f"domain {domain!r} not in report; have {self.domains}")
+        if metric not in self.scores[domain]:
+            raise KeyError(f"metric {metric!r} not in report; have {self.metrics}")
+        return self.scores[domain][metric]
+
+    def item_values(self, domain: str, metric: str) -> np.ndarray:
+        """Per-item values of ``metric`` on ``domain`` (for bootstraps)."""
+        return self.items[domain][metric]
+
+    def average(self, metric: str) -> Estimate:
+        """Macro average of ``metric`` over domains (every domain weighs the same).
+
+        Parameters
+        ----------
+        metric : str
+            ``"exact_match"`` or ``"loss"``.
+
+        Returns
+        -------
+        Estimate
+            Mean of the domain means, variance ``Σ var_d / D²``, count = all items.
+        """
+        ests = [self.estimate(d, metric) for d in self.domains]
+        if not ests:
+            return Estimate(math.nan, math.nan, 0)
+        k = len(ests)
+        mean = sum(e.mean for e in ests) / k
+        var = sum(e.var for e in ests) / k**2
+        return Estimate(float(mean), float(var), sum(e.n for e in ests))
+
+    def to_dict(self, *, include_items: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict: scores, averages, meta (and per-item values on request).
+
+        Parameters
+        ----------
+        include_items : bool, default False
+            Add ``items``, ``ids`` and ``predictions``; :meth:`from_dict` then
+            restores the full report.
+
+        Returns
+        -------
+        dict
+        """
+        out: dict[str, Any] = {
+            "scores": {
+                d: {m: e.to_dict() for m, e in self.scores[d].items()}
+                for d in self.domains
+            },
+            "average": {m: self.average(m).to_dict() for m in self.metrics},
+            "meta": dict(self.meta),
+        }
+        if include_items:
+            out["items"] = {
+                d: {m: [float(v) for v in arr] for m, arr in by_m.items()}
+                for d, by_m in self.items.items()
+            }
+            out["ids"] = {d: list(v) for d, v in self.ids.items()}
+            out["predictions"] = {d: list(v) for d, v in self.predictions.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
+        """Rebuild a report written by :meth:`to_dict` (cached leaf evaluations).
+
+        Parameters
+        ----------
+        data : mapping
+            The output of ``to_dict`` (after a JSON round trip).
+
+        Returns
+        -------
+        EvalReport
+        """
+        scores = {
+            d: {
+                m: Estimate(float(v["mean"]), float(v["var"]), int(v["n"]))
+                for m, v in by_m.items()
+            }
+            for d, by_m in data["scores"].items()
+        }
+        items = {
+            d: {m: np.asarray(v, dtype=np.float64) for m, v in by_m.items()}
+            for d, by_m in data.get("items", {}).items()
+        }
+        ids = {d: tuple(v) for d, v in data.get("ids", {}).items()}
+        predictions = {d: tuple(v) for d, v in data.get("predictions", {}).items()}
+        return cls(scores, items, ids, predictions, dict(data.get("meta", {})))
+
+    def __str__(self) -> str:
+        lines = []
+        for domain in self.domains:
+            parts = [f"{m}={e}" for m, e in self.scores[domain].items()]
+            lines.append(f"{domain}: " + ", ".join(parts))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------
+# Answer extraction
+# ---------------------------------------------------------------------------------
+
+_GSM8K_RE = re.compile(r"####\s*([^\n]*)")
+_ANSWER_IS_RE = re.compile(r"answer is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
+
+
+def _canonical_number(text: str) -> str | None:
+    """``"1,234.50"``, ``"$1234.5"`` → ``"1234.5"``; None when not a number."""
+    cleaned = text.strip().replace(",", "").replace("$", "").rstrip(".").strip()
+    if not cleaned:
+        return None
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    value = value.normalize()
+    if value == value.to_integral_value():
+        value = value.quantize(Decimal(1))
+    return format(value, "f")
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an extracted answer: numbers canonical, else lower-cased text.
+
+    Whitespace is collapsed, and surrounding quotes, brackets and a final period are
+    stripped (``"(B)."`` → ``"b"``); a numeric answer becomes its canonical decimal
+    form (commas and ``$`` removed, ``72.0`` → ``72``).
+
+    Parameters
+    ----------
+    text : str
+        An extracted answer.
+
+    Returns
+    -------
+    str
+        The normalised answer.
+
+    Examples
+    --------
+    >>> normalize_answer(" 1,000.00 ")
+    '1000'
+    >>> normalize_answer("(B).")
+    'b'
+    """
+    stripped = " ".join(text.split())
+    number = _canonical_number(stripped)
+    if number is not None:
+        return number
+    stripped = stripped.strip().rstrip(".").strip().strip("\"'()[]*").strip()
+    return stripped.lower()
+
+
+def extract_answer(text: str) -> tuple[str, str] | None:
+    """Find a marked final answer in a response.
+
+    Recognises GSM8K's ``#### <number>`` line (kind ``"gsm8k"``; the last such line
+    wins) and FLAN-style ``... the answer is X`` (kind ``"answer_is"``; the last
+    occurrence wins, up to the end of its line).
+
+    Parameters
+    ----------
+    text : str
+        A reference or generated response.
+
+    Returns
+    -------
+    tuple of (str, str) or None
+        ``(kind, normalised answer)``, or None when the text marks no answer.
+
+    Examples
+    --------
+    >>> extract_answer("She pays 3*24 = 72 dollars.\\n#### 72")
+    ('gsm8k', '72')
+    >>> extract_answer("Birds can fly. So the answer is yes.")
+    ('answer_is', 'yes')
+    >>> extract_answer("72") is None
+    True
+    """
+    gsm = _GSM8K_RE.findall(text)
+    if gsm:
+        return "gsm8k", normalize_answer(gsm[-1])
+    said = _ANSWER_IS_RE.findall(text)
+    if said:
+        return "answer_is", normalize_answer(said[-1])
+    return None
+
+
+def _last_number(text: str) -> str | None:
+    found = _NUMBER_RE.findall(text)
+    return _canonical_number(found[-1]) if found else None
+
+
+def is_correct(prediction: str, reference: str) -> bool:
+    """Exact match of a generated response against its reference.
+
+    * Reference with a GSM8K ``#### <number>`` line: the prediction's ``####``
+      number, else its ``the answer is`` value, else its last number, must equal the
+      reference number (commas, ``$`` and trailing zeros ignored).
+    * Reference saying ``the answer is X``: the prediction's own ``answer is`` value
+      (or, without one, the whole prediction) must equal ``X`` after
+      :func:`normalize_answer` (case-insensitive).
+    * Otherwise the texts must be equal after stripping surrounding whitespace
+      (case-sensitive: for the synthetic skills the exact string is the task).
+
+    Parameters
+    ----------
+    prediction : str
+        The model's generated response (decoded, EOS removed).
+    reference : str
+        The target response.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> is_correct("3 * 24 = 72\\n#### 72", "She pays 72.\\n#### 72")
+    True
+    >>> is_correct("#### 1,200", "#### 1200")
+    True
+    >>> is_correct("The answer is 71.", "so\\n#### 72")
+    False
+    >>> is_correct(" cab ", "cab")
+    True
+    """
+    ref = extract_answer(reference)
+    if ref is None:
+        return prediction.strip() == reference.strip()
+    kind, ref_answer = ref
+    pred = extract_answer(prediction)
+    if kind == "gsm8k":
+        if pred is not None:
+            pred_answer: str | None = pred[1]
+        else:
+            pred_answer = _last_number(prediction)
+        return pred_answer is not None and pred_answer == ref_answer
+    if pred is not None:
+        return pred[1] == ref_answer
+    return normalize_answer(prediction) == ref_answer
+
+
+# ---------------------------------------------------------------------------------
+# Model passes
+# ---------------------------------------------------------------------------------
+
+
+def _model_max_length(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(description, total=total)
+    bar.start()
+    return bar, task
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of indices grouped by length (stable: ties keep input order)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def response_losses(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet | Sequence[Any],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Per-example mean negative log-likelihood of the response tokens (and EOS).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+        The model.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer.
+    examples : ExampleSet or sequence of Example
+        Rows to score, encoded as in training.
+    batch_size : int, default 64
+        Rows per forward pass (rows are grouped by length).
+    max_length : int or None, default None
+        Row length cap; None uses the model's ``max_position_embeddings``.
+    progress : bool, default False
+        Show a progress bar.
+
+    Returns
+    -------
+    numpy.ndarray
+        One value (nats per token) per example; NaN for rows whose response did not
+        fit at all.
+    """
+    import torch
+
+    from harp.training.finetune import _pad_id, collate, encode_examples
+
+    limit = max_length or _model_max_length(model) or 1_000_000
+    enc = encode_examples(tokenizer, examples, max_length=limit)
+    out = np.full(len(examples), np.nan, dtype=np.float64)
+    rows = list(zip(enc.input_ids, enc.labels))
+    batches = _length_batches([len(r[0]) for r in rows], batch_size)
+    bar = _progress(progress, "target loss", len(batches))
+    pad = _pad_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                input_ids, mask, labels = collate([rows[i] for i in batch], pad)
+                logits = model(input_ids=input_ids, use_cache=False).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1)
+                target = labels[:, 1:]
+                keep = target != -100
+                nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                nll = (nll * keep).sum(1) / keep.sum(1).clamp(min=1)
+                for j, i in enumerate(batch):
+                    out[enc.indices[i]] = float(nll[j])
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1)
+    finally:
+        if was_training:
+            model.train()
+        if bar is not None:
+            bar[0].stop()
+    return out
+
+
+def generate_greedy(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy continuations of raw prompts (already formatted), batched.
+
+    Prompts are grouped by length and left-padded; each batch is decoded with a
+    key/value cache, argmax at every step, until every row has produced EOS or
+    ``max_new_tokens`` tokens. Position ids follow the attention mask, so a row gives
+    the same tokens in a batch as alone (up to float ties). Prompts longer than
+    ``max_length - max_new_tokens`` lose their start (BOS kept).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+        A causal LM.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer.
+    prompts : sequence of str
+        Texts to continue (apply :func:`format_prompt` first).
+    max_new_tokens : int
+        Most tokens generated per prompt.
+    batch_size : int, default 64
+        Prompts per batch.
+    max_length : int or None, default None
+        Cap on prompt + generated tokens; None uses ``max_position_embeddings``.
+    progress : bool, default False
+        Show a progress bar.
+
+    Returns
+    -------
+    list of str
+        The decoded continuations (special tokens removed), in prompt order.
+    """
+    import torch
+
+    from harp.training.finetune import _pad_id
+
+    if not prompts:
+        return []
+    eos = tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    limit = max_length or _model_max_length(model)
+    max_prompt = None if limit is None else max(1, limit - max_new_tokens)
+    encoded = []
+    n_cut = 0
+    for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]:
+        ids = list(ids)
+        while len(ids) > 1 and ids[-1] == eos:
+            ids.pop()  # tokenizers that append EOS to every text
+        if max_prompt is not None and len(ids) > max_prompt:
+            n_cut += 1
+            lead = ids[:1] if ids[0] in special else []
+            ids = lead + ids[len(ids) - (max_prompt - len(lead)) :]
+        encoded.append(ids)
+    if n_cut:
+        logger.info("%d prompt(s) lost their start to fit the model's length", n_cut)
+    outputs: list[str] = [""] * len(prompts)
+    batches = _length_batches([len(e) for e in encoded], batch_size)
+    bar = _progress(progress, "generating", len(batches))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                rows = [encoded[i] for i in batch]
+                width = max(len(r) for r in rows)
+                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, ids in enumerate(rows):
+                    input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                    mask[r, width - len(ids) :] = 1
+                new = _greedy_batch(model, input_ids, mask, max_new_tokens, eos, pad)
+                for r, i in enumerate(batch):
+                    tokens = new[r]
+                    if eos is not None and eos in tokens:
+                        tokens = tokens[: tokens.index(eos)]
+                    outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1)
+    finally:
+        if was_training:
+            model.train()
+        if bar is not None:
+            bar[0].stop()
+    return outputs
+
+
+def _greedy_batch(
+    model: Any,
+    input_ids: Any,
+    mask: Any,
+    max_new_tokens: int,
+    eos: int | None,
+    pad: int,
+) -> list[list[int]]:
+    """Greedy decoding of one left-padded batch with a KV cache."""
+    import torch
+
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+    )
+    past = out.past_key_values
+    next_pos = position_ids[:, -1:] + 1
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool)
+    generated = []
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1, :].argmax(-1)
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        generated.append(token)
+        if eos is not None:
+            finished |= token == eos
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = out.past_key_values
+        next_pos = next_pos + 1
+    return torch.stack(generated, dim=1).tolist()
+
+
+def _bootstrap_var(values: np.ndarray, samples: int, seed: int, domain: str) -> float:
+    if values.size < 2:
+        return math.nan
+    key = int(hashlib.sha256(domain.encode("utf-8")).hexdigest()[:8], 16)
+    rng = np.random.default_rng([seed, key])
+    idx = rng.integers(0, values.size, size=(samples, values.size))
+    return float(values[idx].mean(axis=1).var(ddof=1))
+
+
+def evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    target: ExampleSet,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = False,
+) -> EvalReport:
+    """Score a model on every domain of a target set.
+
+    Two metrics, each per domain:
+
+    * ``"loss"`` — mean over items of the per-item mean negative log-likelihood of
+      the response tokens and EOS, given ``format_prompt(prompt)`` (lower is better);
+    * ``"exact_match"`` — batched greedy decoding from ``format_prompt(prompt)``
+      (left padding, KV cache, stop at EOS, ``max_new_tokens`` defaulting to the
+      longest reference response + 2 tokens), scored with :func:`is_correct`
+      (GSM8K ``####`` numbers and "the answer is X" are extracted; otherwise the
+      stripped texts must be equal).
+
+    Each per-domain value is an :class:`Estimate` whose variance is ``s² / n`` over
+    items, or the bootstrap variance when ``config.bootstrap > 0``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+        The model (left in ``eval()`` mode).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer.
+    target : ExampleSet
+        Target rows; their ``domain`` groups the scores.
+    config : EvalConfig or None, default None
+        Evaluation settings; None uses :class:`EvalConfig` defaults.
+    progress : bool, default False
+        Show progress bars.
+
+    Returns
+    -------
+    EvalReport
+        Scores, per-item values, ids and predictions per domain.
+
+    Raises
+    ------
+    harp.errors.ParameterError
+        When ``target`` is empty or ``config`` is not an :class:`EvalConfig`.
+    """
+    config = EvalConfig() if config is None else config
+    if not isinstance(config, EvalConfig):
+        raise ParameterError(
+            f"config must be an EvalConfig, got {type(config).__name__}"
+        )
+    if len(target) == 0:
+        raise ParameterError("target is empty; evaluation needs at least one row")
+    meta: dict[str, Any] = {"n_items": len(target)}
+    per_metric: dict[str, np.ndarray] = {}
+    predictions: list[str] = []
+    if "loss" in config.metrics:
+        start = time.perf_counter()
+        losses = response_losses(
+            model,
+            tokenizer,
+            target,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            progress=progress,
+        )
+        meta["loss_seconds"] = time.perf_counter() - start
+        per_metric["loss"] = losses
+    if "exact_match" in config.metrics:
+        start = time.perf_counter()
+        max_new = config.max_new_tokens
+        if max_new is None:
+            enc = tokenizer([e.response for e in target], add_special_tokens=False)
+            max_new = max(len(ids) for ids in enc["input_ids"]) + 2
+        meta["max_new_tokens"] = max_new
+        predictions = generate_greedy(
+            model,
+            tokenizer,
+            [format_prompt(e.prompt) for e in target],
+            max_new_tokens=max_new,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            progress=progress,
+        )
+        per_metric["exact_match"] = np.array(
+            [float(is_correct(p, e.response)) for p, e in zip(predictions, target)]
+        )
+        meta["generate_seconds"] = time.perf_counter() - start
+
+    scores: dict[str, dict[str, Estimate]] = {}
+    items: dict[str, dict[str, np.ndarray]] = {}
+    ids: dict[str, tuple[str, ...]] = {}
+    preds: dict[str, tuple[str, ...]] = {}
+    for domain, idx in target.by_domain().items():
+        scores[domain] = {}
+        items[domain] = {}
+        ids[domain] = tuple(target[i].id for i in idx)
+        if predictions:
+            preds[domain] = tuple(predictions[i] for i in idx)
+        for metric in config.metrics:
+            values = per_metric[metric][idx]
+            if metric == "loss":
+                n_bad = int(np.isnan(values).sum())
+                if n_bad:
+                    logger.warning(
+                        "domain %r: %d item(s) without a response token were left "
+                        "out of the loss",
+                        domain,
+                        n_bad,
+                    )
+                values = values[~np.isnan(values)]
+            estimate = Estimate.from_values(values)
+            if config.bootstrap > 0:
+                var = _bootstrap_var(values, config.bootstrap, config.seed, domain)
+                estimate = Estimate(estimate.mean, var, estimate.n)
+            scores[domain][metric] = estimate
+            items[domain][metric] = values
+    return EvalReport(scores, items, ids, preds, meta)
+
+
+def finetune_and_evaluate(
+    base: str | Path,
+    train: ExampleSet,
+    target: ExampleSet,
+    train_config: TrainConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    *,
+    base_report: EvalReport | None = None,
+    progress: bool = False,
+) -> tuple[EvalReport, EvalReport]:
+    """Finetune a fresh copy of a base model on ``train`` and score it on ``target``.
+
+    The base is loaded once from its folder per call; when ``base_report`` is None
+    it is first scored untouched, then finetuned in place (LoRA or full) and scored
+    again. Pass the base report of an earlier call to skip the first evaluation (the
+    HARP oracle evaluates the base once and then one call per leaf).
+
+    Parameters
+    ----------
+    base : str or Path
+        The base model folder.
+    train : ExampleSet
+        Finetuning rows.
+    target : ExampleSet
+        Target rows (domains).
+    train_config : TrainConfig or None, default None
+        Finetuning settings.
+    eval_config : EvalConfig or None, default None
+        Evaluation settings.
+    base_report : EvalReport or None, default None
+        A report of the same base on the same target, reused as is.
+    progress : bool, default False
+        Show progress bars.
+
+    Returns
+    -------
+    tuned : EvalReport
+        Scores of the finetuned model.
+    base : EvalReport
+        Scores of the base model (``base_report`` when given).
+    """
+    from harp.models.loading import load_model
+    from harp.training.finetune import finetune
+
+    eval_config = EvalConfig() if eval_config is None else eval_config
+    train_config = TrainConfig() if train_config is None else train_config
+    model, tokenizer = load_model(base)
+    if base_report is None:
+        base_report = evaluate(model, tokenizer, target, eval_config, progress=progress)
+    start = time.perf_counter()
+    tuned_model = finetune(model, tokenizer, train, train_config, progress=progress)
+    train_seconds = time.perf_counter() - start
+    tuned = evaluate(tuned_model, tokenizer, target, eval_config, progress=progress)
+    tuned.meta["train_seconds"] = train_seconds
+    tuned.meta["train_rows"] = len(train)
+    return tuned, base_report

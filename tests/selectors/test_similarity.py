@@ -1,0 +1,92 @@
+"""SimilaritySelector: cosine similarity of embeddings to the target's domains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harp.data import ExampleSet
+from harp.features import TextFeaturizer
+from harp.selectors import SimilaritySelector, ranked_order
+
+
+@pytest.fixture(scope="module")
+def two_topics(make_pool, make_rows):
+    pool, labels = make_pool({"math": 40, "cooking": 40}, seed=1)
+    target = ExampleSet.from_records(make_rows("math", 6, seed=77))
+    return pool, labels, target
+
+
+def test_picks_target_topic(two_topics, encoder):
+    pool, labels, target = two_topics
+    sel = SimilaritySelector(budget=20, encoder=encoder).fit(pool, target)
+    assert sel.encoder_ == encoder
+    assert np.mean(labels[sel.ranking] == "math") >= 0.9
+    # Every math row outscores every cooking row.
+    scores = sel.selection_.scores
+    assert scores[labels == "math"].min() > scores[labels == "cooking"].max()
+
+
+def test_scores_are_cosines_to_domain_centroids(two_topics):
+    encoder = "tfidf"  # the arithmetic does not depend on the encoder
+    pool, labels, _ = two_topics
+    target = pool.subset(range(5))  # any rows; give them two domains
+    target = ExampleSet.from_records(
+        [
+            {"prompt": e.prompt, "response": e.response, "domain": "ab"[i % 2]}
+            for i, e in enumerate(target)
+        ]
+    )
+    sel = SimilaritySelector(budget=10, encoder=encoder).fit(pool, target)
+    p, t = TextFeaturizer(encoder=encoder).embed_sets(pool.texts, target.texts)
+    centroids = []
+    for idx in target.by_domain().values():
+        c = t[idx].astype(np.float64).mean(axis=0)
+        centroids.append(c / np.linalg.norm(c))
+    sims = p.astype(np.float64) @ np.array(centroids).T
+    assert sel.domains_ == ["a", "b"]
+    np.testing.assert_allclose(sel.domain_similarity_, sims, atol=1e-6)
+    np.testing.assert_allclose(sel.selection_.scores, sims.max(axis=1), atol=1e-6)
+    np.testing.assert_array_equal(sel.ranking, ranked_order(sel.selection_.scores)[:10])
+    mean = SimilaritySelector(budget=10, encoder=encoder, aggregate="mean").select(
+        pool, target
+    )
+    np.testing.assert_allclose(mean.scores, sims.mean(axis=1), atol=1e-6)
+
+
+def test_small_domain_is_not_drowned(make_pool, make_rows):
+    pool, labels = make_pool({"math": 40, "cooking": 40, "travel": 40}, seed=5)
+    # 30 math target rows, 2 travel rows: one global centroid would favour math only.
+    target = make_rows("math", 30, seed=61, domain="math") + make_rows(
+        "travel", 2, seed=62, domain="travel"
+    )
+    sel = SimilaritySelector(budget=40, encoder="tfidf").select(pool, target)
+    picked = labels[sel.indices]
+    assert np.sum(picked == "travel") >= 10 and np.sum(picked == "math") >= 10
+    assert np.sum(picked == "cooking") == 0
+
+
+def test_seed_does_not_change_the_ranking(two_topics):
+    pool, _, target = two_topics
+    a = SimilaritySelector(budget=12, encoder="tfidf", seed=0).select(pool, target)
+    b = SimilaritySelector(budget=12, encoder="tfidf", seed=5).select(pool, target)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_identical_rows_tie_by_index():
+    rows = [{"prompt": "same text", "response": "same"}] * 4 + [
+        {"prompt": "other words here", "response": "no"}
+    ]
+    sel = SimilaritySelector(budget=3, encoder="tfidf").select(
+        rows, [{"prompt": "same text", "response": "same"}]
+    )
+    assert sel.indices.tolist() == [0, 1, 2]
+
+
+def test_cost_and_gains(two_topics):
+    pool, _, target = two_topics
+    sel = SimilaritySelector(budget=5, encoder="tfidf").select(pool, target)
+    assert sel.cost.rows_scored == len(pool) + len(target)
+    assert np.isnan(sel.gains).all()
+    assert sel.cost.wall_seconds > 0

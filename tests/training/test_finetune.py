@@ -1,0 +1,169 @@
+"""Finetuning: label masking, truncation, determinism, LoRA vs full, NaN guard."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from harp.data import ExampleSet
+from harp.errors import NumericalError, ParameterError
+from harp.models import load_model
+from harp.training import TrainConfig, encode_examples, finetune, format_prompt
+from harp.training.finetune import IGNORE_INDEX
+
+WORDS = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
+
+
+def _train(n=16):
+    return ExampleSet.from_records(
+        [
+            {"prompt": f"rev: {w}", "response": w[::-1], "domain": "rev"}
+            for w in (WORDS * 4)[:n]
+        ]
+    )
+
+
+def _labelled(row_ids, row_labels):
+    return [t for t, lab in zip(row_ids, row_labels) if lab != IGNORE_INDEX]
+
+
+def test_labels_cover_response_and_eos_only(tiny):
+    _, tok = tiny
+    data = ExampleSet.from_records([{"prompt": "rev: abcd", "response": "dcba"}])
+    enc = encode_examples(tok, data, max_length=128)
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    expected = tok(format_prompt("rev: abcd") + "dcba")["input_ids"] + [
+        tok.eos_token_id
+    ]
+    assert list(ids) == expected
+    assert enc.n_prompt[0] == len(tok(format_prompt("rev: abcd"))["input_ids"])
+    assert all(lab == IGNORE_INDEX for lab in labels[: enc.n_prompt[0]])
+    assert tok.decode(_labelled(ids, labels)) == "dcba</s>"
+
+
+def test_prompt_change_leaves_labelled_tokens_unchanged(tiny):
+    _, tok = tiny
+    data = ExampleSet.from_records(
+        [
+            {"prompt": "short", "response": "same answer"},
+            {"prompt": "a longer prompt\nwith two lines", "response": "same answer"},
+        ]
+    )
+    enc = encode_examples(tok, data, max_length=128)
+    assert _labelled(enc.input_ids[0], enc.labels[0]) == _labelled(
+        enc.input_ids[1], enc.labels[1]
+    )
+    every = encode_examples(tok, data, max_length=128, response_only=False)
+    assert every.labels[0] == every.input_ids[0]
+
+
+def test_truncation_keeps_response_and_prompt_end(tiny):
+    _, tok = tiny
+    prompt = "x" * 50 + "QUESTION"
+    data = ExampleSet.from_records([{"prompt": prompt, "response": "answer"}])
+    enc = encode_examples(tok, data, max_length=40)
+    ids = enc.input_ids[0]
+    assert len(ids) == 40 and enc.truncated == 1
+    assert ids[0] == tok.bos_token_id  # BOS kept
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text.endswith("QUESTION\n### Response:\nanswer")
+    assert tok.decode(_labelled(ids, enc.labels[0])) == "answer</s>"
+    # A response longer than the budget is cut at its end; the prompt keeps half.
+    data = ExampleSet.from_records([{"prompt": prompt, "response": "r" * 100}])
+    enc = encode_examples(tok, data, max_length=30)
+    assert len(enc.input_ids[0]) == 30 and enc.n_prompt[0] == 15
+
+
+def test_rows_without_response_tokens_are_dropped(tiny):
+    _, tok = tiny
+    data = ExampleSet.from_records(
+        [{"prompt": "a", "response": ""}, {"prompt": "b", "response": "c"}]
+    )
+    enc = encode_examples(tok, data, max_length=64, add_eos=False)
+    assert enc.dropped == (0,) and enc.indices == (1,)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_same_seed_identical_weights_different_seed_different(tiny_dir):
+    config = TrainConfig(steps=6, batch_size=4, lr=1e-2, seed=1)
+    a = _params(finetune(tiny_dir, None, _train(), config))
+    b = _params(finetune(tiny_dir, None, _train(), config))
+    c = _params(
+        finetune(
+            tiny_dir, None, _train(), TrainConfig(**{**config.to_dict(), "seed": 2})
+        )
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lora = [k for k in a if "lora_" in k]
+    assert lora and any(not torch.equal(a[k], c[k]) for k in lora)
+
+
+def test_lora_changes_only_adapter_and_model_is_peft(tiny_dir):
+    base, tok = load_model(tiny_dir)
+    before = _params(base)
+    tuned = finetune(base, tok, _train(), TrainConfig(steps=4, batch_size=4, lr=1e-2))
+    from peft import PeftModel
+
+    assert isinstance(tuned, PeftModel) and not tuned.training
+    after = _params(tuned.get_base_model())
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert not changed  # the frozen base weights are untouched
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_full_finetune_changes_weights(tiny_dir):
+    base, tok = load_model(tiny_dir)
+    before = _params(base)
+    tuned = finetune(
+        base, tok, _train(), TrainConfig(method="full", steps=3, batch_size=4, lr=1e-2)
+    )
+    assert tuned is base
+    after = _params(tuned)
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_lowers_response_loss(tiny_dir):
+    from harp.training.evaluate import response_losses
+
+    base, tok = load_model(tiny_dir)
+    before = response_losses(base, tok, _train()).mean()
+    tuned = finetune(base, tok, _train(), TrainConfig(steps=20, batch_size=8, lr=1e-2))
+    assert response_losses(tuned, tok, _train()).mean() < before - 0.1
+
+
+def test_nan_loss_raises_numerical_error_with_ids(tiny_dir):
+    base, tok = load_model(tiny_dir)
+    with torch.no_grad():
+        base.model.embed_tokens.weight.fill_(float("nan"))
+    data = _train(4)
+    with pytest.raises(NumericalError) as info:
+        finetune(base, tok, data, TrainConfig(steps=2, batch_size=4))
+    assert "nan" in str(info.value)
+    assert all(ex.id in str(info.value) for ex in data)
+
+
+def test_bad_inputs(tiny_dir, tiny):
+    model, tok = tiny
+    with pytest.raises(ParameterError, match="empty"):
+        finetune(model, tok, ExampleSet(()), TrainConfig(steps=1))
+    with pytest.raises(ParameterError, match="tokenizer"):
+        finetune(model, None, _train(), TrainConfig(steps=1))
+    with pytest.raises(ParameterError, match="TrainConfig"):
+        finetune(model, tok, _train(), {"steps": 1})
+
+
+def test_caller_rng_untouched_and_epochs(tiny_dir, caplog):
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    with caplog.at_level(logging.DEBUG, logger="harp.training.finetune"):
+        finetune(tiny_dir, None, _train(8), TrainConfig(epochs=1.0, batch_size=4))
+    assert torch.equal(torch.rand(1), expected)
+    assert any("2 steps" in r.getMessage() for r in caplog.records)
