@@ -19,10 +19,10 @@ from harp.errors import HarpError
 app = typer.Typer(
     name="harp",
     help=(
-        "Select finetuning data for LLMs: give a pool of instruction examples and a small "
-        "target set; get back the subset that makes the finetuned model best on the target."
-        "\n\nStart with [bold]harp demo[/bold] (a 5-minute end-to-end run on a synthetic "
-        "skills suite), then [bold]harp select --help[/bold]."
+        "Select finetuning data for LLMs: give a pool of instruction examples and "
+        "a small target set; get back the subset that makes the finetuned model best "
+        "on the target.\n\nStart with [bold]harp demo[/bold] (a 4-minute end-to-end "
+        "run on a synthetic skills suite), then [bold]harp select --help[/bold]."
     ),
     rich_markup_mode="rich",
     no_args_is_help=True,
@@ -136,7 +136,7 @@ def _escape(text: str) -> str:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
-    """``--param key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+    """``--param key=value`` pairs; values are YAML scalars (numbers, bools, lists)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -330,7 +330,7 @@ def evaluate(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Finetune a model on a subset and report target scores per domain, beside the base."""
+    """Finetune a model on a subset; report target scores per domain beside the base."""
     _setup_logging(verbose)
     from harp.data import load_examples
     from harp.training.run import evaluate_subset
@@ -379,8 +379,8 @@ def evaluate(
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  harp demo                       # default size, about 5 minutes on 2 CPU cores\n\n"
-        "  harp demo --size tiny           # a one-minute smoke run\n\n"
+        "  harp demo               # default size, about 4 minutes on 2 CPU cores\n\n"
+        "  harp demo --size tiny   # a one-minute smoke run\n\n"
         "  harp demo --methods random,similarity --budget 15%"
     )
 )
@@ -405,8 +405,8 @@ def demo(
     """Run harp end to end on the synthetic skills suite and print a comparison table.
 
     Generates the suite (target tasks, off-target rows, harmful rows with known ground
-    truth), pretrains the tiny proxy model, selects with each method, finetunes the proxy
-    on each selection and scores the target. Reruns reuse finished steps.
+    truth), pretrains the tiny proxy model, selects with each method, finetunes the
+    proxy on each selection and scores the target. Reruns reuse finished steps.
     """
     _setup_logging(verbose)
     from harp.bench.demo import DemoConfig, run_demo

@@ -1,4 +1,4 @@
-"""Writing a selection out: the rows in the pool's own format plus a metadata sidecar."""
+"""Writing a selection: the rows in the pool's own format plus a metadata sidecar."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _PACKAGES = (
 
 
 def sidecar_path(out: str | Path) -> Path:
-    """The metadata file written beside an output: ``subset.jsonl`` → ``subset.jsonl.meta.json``."""
+    """The metadata file beside an output: ``a.jsonl`` → ``a.jsonl.meta.json``."""
     out = Path(out)
     return out.with_name(out.name + ".meta.json")
 
@@ -51,7 +51,7 @@ def _git_sha() -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions of Python, harp and the libraries that shape results, plus git sha and time."""
+    """Versions of Python, harp and the libraries behind results; git sha; time."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in _PACKAGES:
         try:

@@ -128,7 +128,8 @@ def test_config_file_supplies_flags_and_cli_wins(tmp_path):
     pool = _pool(tmp_path)
     cfg = tmp_path / "select.yaml"
     cfg.write_text(
-        f"pool: {pool}\nmethod: random\nbudget: 5\nseed: 2\nout: {tmp_path / 'c.jsonl'}\n"
+        f"pool: {pool}\nmethod: random\nbudget: 5\nseed: 2\n"
+        f"out: {tmp_path / 'c.jsonl'}\n"
     )
     result = runner.invoke(app, ["select", "--config", str(cfg), "--budget", "3"])
     assert result.exit_code == 0, result.output

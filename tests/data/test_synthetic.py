@@ -36,7 +36,7 @@ def test_kind_shares_follow_the_fractions(suite):
 
 
 def test_rows_are_right_or_wrong_as_labelled(suite):
-    """Every helpful row's answer follows its task's rule; every wrong answer breaks it."""
+    """Helpful rows follow their task's rule; every wrong answer breaks it."""
     regenerate = {
         "cipher": lambda w: "".join(
             "qwertyuiopasdfghjklzxcvbnm"[ord(c) - 97] for c in w

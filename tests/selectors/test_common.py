@@ -315,3 +315,27 @@ def test_property_budget_unique_subset(method, pool_rows, target, budget, seed):
     assert sel.scores.shape == (n,)
     again = build(method, budget=budget, seed=seed).select(pool_rows, t)
     assert again == sel
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_failed_refit_leaves_no_stale_result(method):
+    """After a refit that fails on its parameters, no fitted attribute survives."""
+    from harp.errors import NotFittedError
+
+    rows = [
+        {"prompt": f"question {i} about topic {i % 3}", "response": f"answer {i}"}
+        for i in range(30)
+    ]
+    target = rows[:5]
+    cls = get_selector_class(method)
+    params = {"budget": 5}
+    if "encoder" in cls._get_param_names():
+        params["encoder"] = "tfidf"
+    selector = cls(**params).fit(rows, target)
+    assert hasattr(selector, "selection_")
+    selector.set_params(budget="abc")
+    with pytest.raises(ParameterError):
+        selector.fit(rows, target)
+    assert not [k for k in vars(selector) if k.endswith("_") and not k.startswith("_")]
+    with pytest.raises(NotFittedError):
+        selector.ranking

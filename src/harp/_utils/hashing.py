@@ -21,7 +21,7 @@ def sha256_hex(data: str | bytes, length: int | None = None) -> str:
 
 
 def stable_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the same object always gives the same text."""
+    """Compact JSON with sorted keys: the same object always gives the same text."""
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
@@ -30,9 +30,9 @@ def stable_json(obj: Any) -> str:
 def fingerprint(
     stage: str, *, content: str, params: dict[str, Any], seed: Any = None
 ) -> str:
-    """Cache key of a stage: input content hash, stage name, params, seed, schema version.
+    """Cache key of a stage: input hash, stage name, params, seed, schema version.
 
-    Pass only non-default params so that a new defaulted parameter keeps old caches valid.
+    Pass only non-default params: a new defaulted parameter then keeps old caches valid.
     """
     payload = {
         "stage": stage,

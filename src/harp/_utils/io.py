@@ -54,13 +54,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def check_output_path(
     path: str | Path, *, inputs: tuple[str | Path, ...] = (), force: bool = False
 ) -> Path:
-    """Refuse to write onto an input file, or onto an existing file without ``force``."""
+    """Refuse to write onto an input, or onto an existing file without ``force``."""
     out = Path(path)
     resolved = out.resolve()
     for src in inputs:
         if src is not None and Path(src).resolve() == resolved:
             raise HarpError(
-                f"{out}: refusing to write the output onto an input file; choose another --out"
+                f"{out}: refusing to write the output onto an input file; "
+                "choose another --out"
             )
     if out.exists() and not force:
         raise HarpError(

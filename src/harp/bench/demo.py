@@ -165,7 +165,7 @@ def ensure_proxy(
 
 
 class _StepCache:
-    """JSON results of finished steps, one file per fingerprint (resume after a crash)."""
+    """JSON results of finished steps, one file per fingerprint (crash resume)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

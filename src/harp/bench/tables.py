@@ -65,9 +65,8 @@ def _demo_rows(
 
 def demo_table(result: dict[str, Any]):
     """A rich Table of the demo: exact match (%) per domain ± stderr, per method."""
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     header, lines = _demo_rows(result, compact=True)
     # Δ vs base and training seconds are in the Markdown file; without them the table
@@ -97,7 +96,8 @@ def demo_markdown(result: dict[str, Any]) -> str:
         "# harp demo — synthetic skills suite",
         "",
         f"Pool {result['suite']['n_pool']} rows, target domains "
-        f"{', '.join(result['domains'])} ({result['suite']['n_target_per_domain']} rows "
+        f"{', '.join(result['domains'])} "
+        f"({result['suite']['n_target_per_domain']} rows "
         f"each), budget {result['config']['budget']}, seed {result['config']['seed']}; "
         f"total {result['total_seconds']:.0f} s.",
         "Exact match in % ± standard error; references (not selections) in brackets.",
@@ -107,6 +107,10 @@ def demo_markdown(result: dict[str, Any]) -> str:
     ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out) + "\n"
+
+
+def _est(e: dict[str, Any]) -> str:
+    return f"{e['mean']:.3f} ± {e['stderr']:.3f}"
 
 
 def eval_table(result: dict[str, Any]):
@@ -123,12 +127,11 @@ def eval_table(result: dict[str, Any]):
     for domain in sorted(base):
         for metric, est in sorted(base[domain].items()):
             t = tuned.get(domain, {}).get(metric)
-            fmt = lambda e: f"{e['mean']:.3f} ± {e['stderr']:.3f}"
             table.add_row(
                 domain,
                 metric,
-                fmt(est),
-                fmt(t) if t else "-",
+                _est(est),
+                _est(t) if t else "-",
                 f"{t['mean'] - est['mean']:+.3f}" if t else "-",
             )
     return table

@@ -1,4 +1,4 @@
-"""Data stage: load pools and targets of any common schema into :class:`Example` rows."""
+"""Data stage: load pools and targets of any common schema as :class:`Example` rows."""
 
 from harp.data._records import (
     DEFAULT_DOMAIN,

@@ -145,7 +145,7 @@ class ExampleSet(Sequence[Example]):
         *,
         source: str = "<memory>",
     ) -> "ExampleSet":
-        """Build a set from ``{"prompt", "response", "domain"?}`` dicts held in memory."""
+        """Build a set from in-memory ``{"prompt", "response", "domain"?}`` dicts."""
         examples = []
         rows = []
         seen: dict[str, int] = {}
@@ -191,7 +191,7 @@ def unique_id(base: str, seen: dict[str, int]) -> str:
 
 
 def as_example_set(data: "ExampleSet | Sequence[dict] | str") -> ExampleSet:
-    """Coerce what users pass (a set, a list of dicts, a path) into an :class:`ExampleSet`."""
+    """Coerce a set, a list of dicts or a path into an :class:`ExampleSet`."""
     if isinstance(data, ExampleSet):
         return data
     if isinstance(data, (str,)) or hasattr(data, "__fspath__"):

@@ -214,14 +214,14 @@ class SkillsSuite:
         return np.isin(self.kinds, HARMFUL_KINDS)
 
     def kind_fractions(self, indices: Sequence[int]) -> dict[str, float]:
-        """Share of each kind among the pool rows at ``indices`` (0.0 for absent kinds)."""
+        """Share of each kind among the pool rows at ``indices`` (0.0 if absent)."""
         idx = np.asarray(indices, dtype=np.int64)
         kinds = self.kinds[idx] if len(idx) else np.array([], dtype=str)
         n = max(len(idx), 1)
         return {k: float(np.sum(kinds == k)) / n for k in KINDS}
 
     def save(self, directory: str | Path) -> dict[str, Path]:
-        """Write ``pool.jsonl``, ``target.jsonl``, ``pretrain.jsonl`` and ``truth.json``."""
+        """Write ``pool``, ``target``, ``pretrain`` (``.jsonl``) and ``truth.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = {}
@@ -285,7 +285,9 @@ def make_skills_suite(
         steps.
     n_target_per_domain : int, default=200
         Target rows per domain (a few hundred keep evaluation noise to a few points).
-    helpful_fraction, wrong_answer_fraction, wrong_format_fraction, near_duplicate_fraction : float
+    helpful_fraction, wrong_answer_fraction : float
+        Shares of the pool (see the module docstring for the kinds).
+    wrong_format_fraction, near_duplicate_fraction : float
         Shares of the pool; the rest is off-target.
     n_pretrain : int, default=6000
         Rows of the base model's pretraining corpus.

@@ -1,4 +1,4 @@
-"""Selectors: every method shares :class:`BaseSelector` and returns a :class:`Selection`."""
+"""Selectors: every method is a :class:`BaseSelector` returning a :class:`Selection`."""
 
 from harp.selectors._base import (
     BaseSelector,

@@ -127,7 +127,7 @@ def _describe(constraint: Any) -> str:
 
 
 def validate_params(owner: str, params: dict[str, Any], table: dict[str, list]) -> None:
-    """Check ``params`` against a constraint table; raise naming param, value and choices."""
+    """Check ``params`` against a constraint table; errors name param and choices."""
     for name, constraints in table.items():
         value = params[name]
         if not any(_accepts(c, value) for c in constraints):
@@ -154,7 +154,8 @@ def check_is_fitted(selector: "BaseSelector") -> None:
     """Raise :class:`NotFittedError` if ``selector`` has not been fitted."""
     if not hasattr(selector, "selection_"):
         raise NotFittedError(
-            f"This {type(selector).__name__} is not fitted yet; call fit(pool, target) first"
+            f"This {type(selector).__name__} is not fitted yet; "
+            "call fit(pool, target) first"
         )
 
 
@@ -175,7 +176,7 @@ class BaseSelector(ABC):
     uses_model: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list]] = {}
 
-    # -- scikit-learn parameter protocol -------------------------------------------------
+    # -- scikit-learn parameter protocol ----------------------------------------------
     @classmethod
     def _get_param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -232,6 +233,9 @@ class BaseSelector(ABC):
         self
             With the result in ``selection_``.
         """
+        # A failed refit must not leave the previous fit's results readable.
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)
         validate_params(
             type(self).__name__, self.get_params(), self._parameter_constraints
         )
@@ -272,7 +276,8 @@ class BaseSelector(ABC):
             budget=budget,
             n_pool=len(pool),
             method=self.name,
-            params=self.get_params(),
+            # How the work was shown is not part of the result.
+            params={k: v for k, v in self.get_params().items() if k != "progress"},
             seed=self.seed,
             cost=cost,
             fingerprint=fp,
@@ -310,7 +315,7 @@ class BaseSelector(ABC):
         budget: int,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict | None]:
-        """Return ``(indices in pick order, per-row scores, per-pick gains, cost fields)``.
+        """Return ``(indices in pick order, row scores, pick gains, cost fields)``.
 
         ``indices`` may be shorter than ``budget``; it is cut to ``budget`` if longer.
         """

@@ -16,7 +16,10 @@ _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _FRACTION = re.compile(r"^\s*[+-]?(?:\d*\.\d+|\d+\.)\s*$")
 
-_HOW = 'give a row count (e.g. 500), a fraction in (0, 1] (e.g. 0.1) or a percentage ("10%")'
+_HOW = (
+    "give a row count (e.g. 500), a fraction in (0, 1] (e.g. 0.1) "
+    'or a percentage ("10%")'
+)
 
 
 def parse_budget(budget: Budget) -> int | float:
@@ -53,7 +56,8 @@ def parse_budget(budget: Budget) -> int | float:
         value = float(budget)
         if not math.isfinite(value) or not 0 < value <= 1:
             raise ParameterError(
-                f"budget={budget!r}: a float budget is a fraction of the pool in (0, 1]; "
+                f"budget={budget!r}: a float budget is a fraction of the pool "
+                "in (0, 1]; "
                 f"{_HOW}"
             )
         return value

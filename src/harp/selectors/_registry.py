@@ -37,7 +37,7 @@ def get_selector_class(method: str) -> type:
 
 
 def make_selector(method: str, **params: Any):
-    """Build the selector registered as ``method`` with ``params``; unknown params fail."""
+    """Build the selector registered as ``method``; unknown ``params`` fail."""
     cls = get_selector_class(method)
     valid = set(cls._get_param_names())
     unknown = sorted(set(params) - valid)

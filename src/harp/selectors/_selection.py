@@ -68,7 +68,8 @@ class Selection:
     gains : ndarray of float64, shape (k,)
         Marginal gain of each pick (greedy methods); NaN where undefined.
     budget : int
-        Rows the budget allowed. ``len(indices)`` may be smaller (recorded, not an error).
+        Rows the budget allowed. ``len(indices)`` may be smaller (recorded, not an
+        error).
     n_pool : int
         Rows in the pool.
     method : str
@@ -156,7 +157,7 @@ class Selection:
         return sha256_hex(stable_json(self.to_dict(include_cost=False)), 32)
 
     def save(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
-        """Write the selection as JSON, atomically. ``extra`` keys are stored alongside."""
+        """Write the selection as JSON, atomically; ``extra`` keys are stored too."""
         payload = self.to_dict()
         if extra:
             payload = {**extra, **payload}

@@ -1,4 +1,4 @@
-"""``harp evaluate`` as a library call: finetune a local model on a subset, score a target."""
+"""``harp evaluate`` as a library call: finetune on a subset, score a target."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def evaluate_subset(
     trust_remote_code: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Score ``model`` on ``target`` per domain; with ``train``, also after finetuning on it.
+    """Score ``model`` on ``target`` per domain; with ``train``, also after finetuning.
 
     Parameters
     ----------
