@@ -1,14 +1,10 @@
-"""Fixtures: a tiny random Llama (hidden 32, 2 layers) and a folder holding it."""
+"""Shared fixtures: a tiny random Llama, the folder holding it, one torch thread."""
 
 from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
-from harp.models import ProxyConfig, build_proxy, save_model  # noqa: E402
+from harp.models import ProxyConfig
 
 TINY = ProxyConfig(
     hidden_size=32,
@@ -20,9 +16,11 @@ TINY = ProxyConfig(
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread per test: the CI machine has 2 cores shared by several jobs,
-    and oversubscribed OpenMP is many times slower than one thread."""
+def _one_torch_thread():
+    """One torch thread per test: CI's 2 cores may be shared, and oversubscribed OpenMP
+    was measured many times slower than one thread on these tiny models."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -38,12 +36,16 @@ def tiny_config():
 @pytest.fixture
 def tiny():
     """A fresh tiny model and its character tokenizer (seed 0)."""
+    from harp.models import build_proxy
+
     return build_proxy(TINY, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A folder holding the tiny model (config.json, model.safetensors, tokenizer)."""
+    from harp.models import build_proxy, save_model
+
     model, tok = build_proxy(TINY, seed=0)
     path = tmp_path_factory.mktemp("tiny") / "model"
     save_model(model, tok, path)
