@@ -437,6 +437,165 @@ def demo(
     )
 
 
+# -- features -------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp features --kind embeddings --data pool.jsonl --out features/\n\n"
+        "  harp features --kind gradients --data pool.jsonl --model ./my-llama "
+        "--dim 8192 --out features/"
+    )
+)
+def features(
+    data: Path = typer.Option(..., help="Rows to featurise (any format harp reads)."),
+    out: Path = typer.Option(
+        Path(".harp-cache/features"),
+        help="Folder holding feature stores; each store is a fingerprinted sub-folder.",
+    ),
+    kind: str = typer.Option("embeddings", help="'embeddings' or 'gradients'."),
+    model: Optional[str] = typer.Option(
+        None, help="gradients: a local HF model folder, or 'proxy' (the default)."
+    ),
+    encoder: str = typer.Option(
+        "auto", help="embeddings: 'auto', 'minilm' or 'tfidf'."
+    ),
+    dim: int = typer.Option(8192, min=0, help="gradients: projection dimension."),
+    projection: str = typer.Option("rademacher", help="'rademacher' or 'gaussian'."),
+    seed: int = typer.Option(0, min=0, help="Projection (and adapter) seed."),
+    batch_size: int = typer.Option(16, min=1, help="Rows per batch."),
+    max_length: int = typer.Option(256, min=8, help="gradients: token limit of a row."),
+    cache_dir: Path = typer.Option(
+        Path(".harp-cache"), help="Where the built-in proxy model is cached."
+    ),
+    prompt_field: Optional[str] = typer.Option(None, help="Prompt field."),
+    response_field: Optional[str] = typer.Option(None, help="Response field."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Compute features (embeddings or projected LoRA gradients) into a feature store.
+
+    A store is a folder of memory-mapped shards plus a manifest naming what the
+    features are. A killed run resumes at the first missing shard; a store built
+    with another model, data or projection is refused, never mixed.
+    """
+    _setup_logging(verbose)
+    logging.getLogger("harp.features").setLevel(
+        min(logging.INFO, log.getEffectiveLevel())
+    )
+    from harp.data import load_examples
+    from harp.features.extract import (
+        extract_embedding_features,
+        extract_gradient_features,
+    )
+
+    rows = _run(
+        load_examples, data, prompt_field=prompt_field, response_field=response_field
+    )
+    progress = sys.stderr.isatty()
+    if kind == "embeddings":
+        store = _run(
+            extract_embedding_features,
+            rows,
+            out,
+            encoder=encoder,
+            batch_size=max(batch_size, 16),
+            progress=progress,
+        )
+    elif kind == "gradients":
+        from harp.models.choice import resolve_model
+
+        model_dir = _run(
+            resolve_model,
+            model,
+            rows,
+            cache_dir=cache_dir,
+            seed=seed,
+            progress=progress,
+        )
+        store = _run(
+            extract_gradient_features,
+            model_dir,
+            rows,
+            out,
+            dim=dim,
+            projection=projection,
+            seed=seed,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+        )
+    else:
+        _fail(f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'")
+    typer.echo(
+        f"{store.n_rows} rows x {store.dim} ({store.dtype}) -> {store.directory}"
+    )
+
+
+# -- warmup ---------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp warmup --pool pool.jsonl --model ./my-llama --out runs/warmup\n\n"
+        "  harp warmup --pool pool.jsonl --fraction 0.05 --epochs 4 --checkpoints 4"
+    )
+)
+def warmup(
+    pool: Path = typer.Option(
+        ..., help="The pool; a random share of it is trained on."
+    ),
+    out: Path = typer.Option(Path(".harp-cache/warmup"), help="Checkpoint folder."),
+    model: Optional[str] = typer.Option(
+        None, help="A local HF model folder, or 'proxy' (the default)."
+    ),
+    fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of the pool."),
+    epochs: float = typer.Option(4.0, min=0.0, help="Epochs over that share."),
+    checkpoints: int = typer.Option(4, min=1, help="Checkpoints to keep."),
+    batch_size: int = typer.Option(16, min=1, help="Training batch size."),
+    seed: int = typer.Option(0, min=0, help="Seed of the subset and the training."),
+    cache_dir: Path = typer.Option(
+        Path(".harp-cache"), help="Where the built-in proxy model is cached."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """LESS warm-up: LoRA-train on a small random share of the pool, keep checkpoints.
+
+    Each checkpoint keeps its adapter and its Adam state (safetensors), which LESS
+    uses to precondition the pool's gradients.
+    """
+    _setup_logging(verbose)
+    from harp.data import load_examples
+    from harp.models.choice import resolve_model
+    from harp.training import TrainConfig
+    from harp.training.warmup import warmup as warmup_fn
+
+    rows = _run(load_examples, pool)
+    progress = sys.stderr.isatty()
+    model_dir = _run(
+        resolve_model, model, rows, cache_dir=cache_dir, seed=seed, progress=progress
+    )
+    train_config = _run(
+        TrainConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        lora_target_modules=None,
+    )
+    result = _run(
+        warmup_fn,
+        model_dir,
+        rows,
+        out,
+        fraction=fraction,
+        config=train_config,
+        n_checkpoints=checkpoints,
+        seed=seed,
+        progress=progress,
+    )
+    for ckpt in result.checkpoints:
+        typer.echo(f"step {ckpt.step:6d}  lr {ckpt.lr:.2e}  {ckpt.path}")
+
+
 # -- methods --------------------------------------------------------------------------
 @app.command()
 def methods() -> None:

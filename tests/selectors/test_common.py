@@ -30,11 +30,28 @@ METHODS = available_methods()
 
 #: Parameters that make a method fast and offline in these checks.
 FAST_PARAMS = {"encoder": "tfidf"}
+#: For methods that run a model: the tiny random Llama of tests/conftest.py, a small
+#: projection and a one-epoch warm-up, all cached in one folder for the session.
+MODEL_PARAMS: dict = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_params(tiny_dir, tmp_path_factory):
+    MODEL_PARAMS.update(
+        model=str(tiny_dir),
+        dim=64,
+        warmup_epochs=1.0,
+        n_checkpoints=2,
+        batch_size=8,
+        max_length=64,
+        cache_dir=str(tmp_path_factory.mktemp("harp-cache")),
+    )
 
 
 def fast_params(cls: type) -> dict:
     names = set(cls._get_param_names())
-    return {k: v for k, v in FAST_PARAMS.items() if k in names}
+    params = {**FAST_PARAMS, **(MODEL_PARAMS if cls.uses_model else {})}
+    return {k: v for k, v in params.items() if k in names}
 
 
 def build(method: str, **params) -> BaseSelector:
@@ -297,7 +314,11 @@ budgets = st.one_of(
 )
 
 
-@pytest.mark.parametrize("method", METHODS)
+# Methods that train and differentiate a model are checked by the tests above; twenty
+# random pools each would mean twenty warm-ups.
+@pytest.mark.parametrize(
+    "method", [m for m in METHODS if not get_selector_class(m).uses_model]
+)
 @settings(
     max_examples=20,
     deadline=None,
@@ -333,6 +354,7 @@ def test_failed_refit_leaves_no_stale_result(method):
     params = {"budget": 5}
     if "encoder" in cls._get_param_names():
         params["encoder"] = "tfidf"
+    params.update({k: v for k, v in fast_params(cls).items() if k != "budget"})
     selector = cls(**params).fit(rows, target)
     assert hasattr(selector, "selection_")
     selector.set_params(budget="abc")

@@ -1,9 +1,30 @@
-"""features stage: what selectors compute from examples (text embeddings, ...).
+"""features stage: what selectors compute from examples.
 
-Heavy libraries (scikit-learn, sentence-transformers) are imported inside the functions
-that use them, so importing this package stays fast.
+Text embeddings (offline sentence encoder or hashed TF-IDF), exact per-example LoRA
+gradients with a seeded random projection, and the on-disk feature store (memory-mapped
+shards plus a manifest) that extraction fills resumably. Heavy libraries (torch,
+scikit-learn, sentence-transformers) are imported inside the functions that use them,
+so importing this package stays fast.
 """
 
+from harp.features.extract import (
+    extract_embedding_features,
+    extract_gradient_features,
+    gradient_spec,
+)
+from harp.features.gradients import (
+    gradient_dim,
+    per_sample_gradients,
+    per_sample_gradients_loop,
+    trainable_names,
+)
+from harp.features.projection import RandomProjector
+from harp.features.store import (
+    FeatureStore,
+    estimate_store_bytes,
+    fill_store,
+    format_bytes,
+)
 from harp.features.text import (
     ENCODERS,
     TextFeaturizer,
@@ -14,8 +35,20 @@ from harp.features.text import (
 
 __all__ = [
     "ENCODERS",
+    "FeatureStore",
+    "RandomProjector",
     "TextFeaturizer",
     "embed_texts",
+    "estimate_store_bytes",
+    "extract_embedding_features",
+    "extract_gradient_features",
+    "fill_store",
+    "format_bytes",
+    "gradient_dim",
+    "gradient_spec",
     "minilm_available",
+    "per_sample_gradients",
+    "per_sample_gradients_loop",
     "resolve_encoder",
+    "trainable_names",
 ]

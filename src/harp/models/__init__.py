@@ -4,6 +4,7 @@ Nothing in this package imports torch, transformers or peft at import time; they
 imported inside the functions that need them.
 """
 
+from harp.models.choice import resolve_model
 from harp.models.loading import attach_lora, load_model, model_fingerprint, save_model
 from harp.models.proxy import ProxyConfig, build_proxy, pretrain_proxy
 from harp.models.tokenizer import build_char_tokenizer
@@ -16,5 +17,6 @@ __all__ = [
     "load_model",
     "model_fingerprint",
     "pretrain_proxy",
+    "resolve_model",
     "save_model",
 ]

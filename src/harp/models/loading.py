@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "load_model",
+    "load_tokenizer",
     "save_model",
     "attach_lora",
     "model_fingerprint",
@@ -208,7 +209,7 @@ def load_model(
     'LlamaForCausalLM'
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = Path(path).expanduser()
     config = _check_model_dir(path, trust_remote_code)
@@ -241,6 +242,25 @@ def load_model(
             f"{path}: transformers could not load the model "
             f"(model_type {config.get('model_type')!r}): {exc}"
         ) from exc
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    _ensure_pad_token(model, tokenizer, path)
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(
+    path: str | Path, *, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a local model folder (for callers that load the model
+    another way, e.g. a warm-up checkpoint's adapter).
+
+    Raises
+    ------
+    harp.errors.ModelError
+        When the folder holds no usable tokenizer.
+    """
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
@@ -250,9 +270,9 @@ def load_model(
             f"{path}: no usable tokenizer in the model folder ({exc}); save the "
             "tokenizer next to the model with tokenizer.save_pretrained(dir)"
         ) from exc
-    _ensure_pad_token(model, tokenizer, path)
-    model.eval()
-    return model, tokenizer
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _ensure_pad_token(

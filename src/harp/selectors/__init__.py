@@ -18,7 +18,8 @@ from harp.selectors._selection import Cost, Selection
 
 # Importing the modules registers the built-in methods.
 from harp.selectors.cluster import ClusterSelector  # noqa: E402
-from harp.selectors.dsir import DSIRSelector  # noqa: E402
+from harp.selectors.dsir import DSIRSelector
+from harp.selectors.less import GradNormSelector, LESSSelector  # noqa: E402
 from harp.selectors.random import RandomSelector  # noqa: E402
 from harp.selectors.similarity import SimilaritySelector  # noqa: E402
 
@@ -27,6 +28,8 @@ __all__ = [
     "ClusterSelector",
     "Cost",
     "DSIRSelector",
+    "GradNormSelector",
+    "LESSSelector",
     "Interval",
     "Options",
     "RandomSelector",

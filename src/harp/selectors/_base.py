@@ -234,7 +234,8 @@ class BaseSelector(ABC):
             With the result in ``selection_``.
         """
         # A failed refit must not leave the previous fit's results readable.
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+        fitted = [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]
+        for name in fitted:
             delattr(self, name)
         validate_params(
             type(self).__name__, self.get_params(), self._parameter_constraints

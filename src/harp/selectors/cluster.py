@@ -177,7 +177,12 @@ class ClusterSelector(BaseSelector):
             )
         else:
             model = KMeans(n_clusters=k, n_init=self.n_init, random_state=random_state)
-        with warnings.catch_warnings():
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS/OpenMP thread: k-means' parallel reductions otherwise change the
+        # last bits of centres and distances with the thread count, and the same seed
+        # must give a byte-identical selection on any machine.
+        with warnings.catch_warnings(), threadpool_limits(limits=1):
             # Fewer distinct points than clusters: some clusters stay empty; handled.
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(x)

@@ -16,8 +16,14 @@ from harp.training.evaluate import (
     normalize_answer,
 )
 from harp.training.finetune import encode_examples, finetune
+from harp.training.run import evaluate_subset
+from harp.training.warmup import Checkpoint, WarmupResult, warmup
 
 __all__ = [
+    "Checkpoint",
+    "WarmupResult",
+    "evaluate_subset",
+    "warmup",
     "Estimate",
     "EvalConfig",
     "EvalReport",

@@ -1,0 +1,268 @@
+"""Feature extraction into the feature store: gradients of a model, or text embeddings.
+
+Every extraction is keyed by a *spec* (what the features are: model fingerprint,
+checkpoint, LoRA shape, projection dim/kind/seed, optimizer, data hash) whose
+fingerprint names the store directory. A rerun with the same spec finds the store and
+computes only the shards that are missing, so a killed extraction resumes where it
+stopped and yields the identical array; another spec never reuses the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harp._utils.hashing import fingerprint
+from harp.data._records import ExampleSet
+from harp.errors import ParameterError
+
+__all__ = ["extract_embedding_features", "extract_gradient_features", "gradient_spec"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def gradient_spec(
+    base_dir: str | Path,
+    examples: ExampleSet,
+    *,
+    checkpoint: Any = None,
+    dim: int = 8192,
+    projection: str = "rademacher",
+    seed: int = 0,
+    optimizer: str = "sgd",
+    max_length: int = 256,
+    lora: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The spec that identifies a gradient feature store (see the module docstring)."""
+    from harp.models.loading import model_fingerprint
+
+    if optimizer not in OPTIMIZERS:
+        raise ParameterError(
+            f"optimizer={optimizer!r} is not allowed; expected one of {OPTIMIZERS}"
+        )
+    if (
+        checkpoint is not None
+        and optimizer == "adam"
+        and not hasattr(checkpoint, "optimizer_state")
+    ):
+        raise ParameterError("optimizer='adam' needs a warm-up checkpoint")
+    return {
+        "kind": "gradients",
+        "model": model_fingerprint(base_dir),
+        "checkpoint": None
+        if checkpoint is None
+        else {"path": Path(checkpoint.path).name, "step": int(checkpoint.step)},
+        "lora": lora or {},
+        "projection": {"dim": int(dim), "kind": projection, "seed": int(seed)},
+        "optimizer": optimizer,
+        "max_length": int(max_length),
+        "data": examples.content_hash(),
+    }
+
+
+def extract_gradient_features(
+    base_dir: str | Path,
+    examples: ExampleSet,
+    store_root: str | Path,
+    *,
+    checkpoint: Any = None,
+    dim: int = 8192,
+    projection: str = "rademacher",
+    seed: int = 0,
+    optimizer: str = "sgd",
+    batch_size: int = 16,
+    max_length: int = 256,
+    shard_rows: int = 2048,
+    progress: bool = False,
+):
+    """Projected per-example LoRA gradients of ``examples``, in a feature store.
+
+    Parameters
+    ----------
+    base_dir : str or Path
+        The base model folder.
+    examples : ExampleSet
+        Rows to featurise (loss on response tokens only).
+    store_root : str or Path
+        Folder under which the store ``gradients-<fingerprint>`` is created or reused.
+    checkpoint : warm-up Checkpoint, optional
+        LoRA adapter (and Adam state) to take gradients at; without it a fresh LoRA
+        adapter (seeded) on the base model.
+    dim : int, default=8192
+        Projection dimension (0 keeps the full gradient).
+    projection : {"rademacher", "gaussian"}, default="rademacher"
+        Projection matrix entries.
+    seed : int, default=0
+        Projection seed (and fresh-adapter seed).
+    optimizer : {"sgd", "adam"}, default="sgd"
+        ``"adam"`` preconditions with the checkpoint's Adam state (LESS's pool
+        features); ``"sgd"`` keeps the plain gradient (LESS's target features).
+    batch_size, max_length : int
+        Per-sample gradient batch and token limit.
+    shard_rows : int, default=2048
+        Rows per store shard: the unit of resume.
+    progress : bool, default=False
+        Show progress bars.
+
+    Returns
+    -------
+    FeatureStore
+        Opened read-only and complete.
+    """
+    from harp.features.store import FeatureStore, estimate_store_bytes, fill_store
+    from harp.models.loading import load_model
+
+    spec = gradient_spec(
+        base_dir,
+        examples,
+        checkpoint=checkpoint,
+        dim=dim,
+        projection=projection,
+        seed=seed,
+        optimizer=optimizer,
+        max_length=max_length,
+    )
+    directory = (
+        Path(store_root)
+        / f"gradients-{fingerprint('gradients', content='', params=spec)[:16]}"
+    )
+    state: dict[str, Any] = {}
+
+    def model_and_parts():
+        # Built lazily: a complete store needs no model at all.
+        if not state:
+            from harp.features.gradients import gradient_dim
+            from harp.features.projection import RandomProjector
+            from harp.models.loading import attach_lora
+
+            if checkpoint is not None:
+                from harp.models.loading import load_tokenizer
+
+                model = checkpoint.load_model(base_dir)
+                tokenizer = load_tokenizer(base_dir)
+            else:
+                import torch
+
+                model, tokenizer = load_model(base_dir)
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    model = attach_lora(model)
+            model.eval()
+            in_dim = gradient_dim(model)
+            state["model"], state["tokenizer"] = model, tokenizer
+            state["projector"] = (
+                RandomProjector(in_dim, dim, kind=projection, seed=seed)
+                if dim
+                else None
+            )
+            state["preconditioner"] = (
+                checkpoint.optimizer_state() if optimizer == "adam" else None
+            )
+            state["dim"] = dim or in_dim
+        return state
+
+    out_dim = dim
+    if not dim:
+        out_dim = model_and_parts()["dim"]
+    log.info(
+        "gradient features of %d rows -> %s (dim %d, about %s on disk)",
+        len(examples),
+        directory,
+        out_dim,
+        _fmt_bytes(estimate_store_bytes(len(examples), out_dim, "float32")),
+    )
+    store = FeatureStore.create(
+        directory,
+        ids=examples.ids,
+        dim=out_dim,
+        dtype="float32",
+        spec=spec,
+        shard_rows=shard_rows,
+    )
+
+    def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
+        from harp.features.gradients import per_sample_gradients
+
+        parts = model_and_parts()
+        block = np.empty((stop - start, out_dim), dtype=np.float32)
+        rows = examples.subset(range(start, stop))
+        for idx, grads in per_sample_gradients(
+            parts["model"],
+            parts["tokenizer"],
+            rows,
+            batch_size=batch_size,
+            max_length=max_length,
+            projector=parts["projector"],
+            preconditioner=parts["preconditioner"],
+            progress=progress,
+        ):
+            block[np.asarray(idx)] = grads
+        return block
+
+    # Also when nothing is pending: a crash after the last shard left it unfinalized.
+    fill_store(store, compute_shard, progress=progress)
+    return FeatureStore.open(directory, expect_spec=spec, expect_ids=examples.ids)
+
+
+def extract_embedding_features(
+    examples: ExampleSet,
+    store_root: str | Path,
+    *,
+    encoder: str = "auto",
+    batch_size: int = 64,
+    shard_rows: int = 8192,
+    progress: bool = False,
+):
+    """Sentence embeddings of ``examples`` (``prompt + response``) in a feature store.
+
+    ``encoder="tfidf"`` fits its IDF on ``examples`` alone, so its features are only
+    comparable within one store.
+    """
+    from harp.features.store import FeatureStore, fill_store
+    from harp.features.text import TextFeaturizer, resolve_encoder
+
+    resolved = resolve_encoder(encoder)
+    featurizer = TextFeaturizer(
+        encoder=resolved, batch_size=batch_size, progress=progress
+    )
+    spec = {"kind": "embeddings", "encoder": resolved, "data": examples.content_hash()}
+    directory = (
+        Path(store_root)
+        / f"embeddings-{fingerprint('embeddings', content='', params=spec)[:16]}"
+    )
+    texts = examples.texts
+    if resolved == "tfidf":
+        # TF-IDF depends on the whole corpus: embed once, then shard the result.
+        whole = featurizer.embed(texts)
+        dim = whole.shape[1]
+    else:
+        whole = None
+        dim = featurizer.embed(texts[:1]).shape[1]
+    store = FeatureStore.create(
+        directory,
+        ids=examples.ids,
+        dim=dim,
+        dtype="float32",
+        spec=spec,
+        shard_rows=shard_rows,
+    )
+
+    def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
+        if whole is not None:
+            return whole[start:stop]
+        return featurizer.embed(texts[start:stop])
+
+    # Also when nothing is pending: a crash after the last shard left it unfinalized.
+    fill_store(store, compute_shard, progress=progress)
+    return FeatureStore.open(directory, expect_spec=spec, expect_ids=examples.ids)
+
+
+def _fmt_bytes(n: int) -> str:
+    from harp.features.store import format_bytes
+
+    return format_bytes(n)

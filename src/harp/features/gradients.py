@@ -1,0 +1,665 @@
+"""Exact per-example gradients of the trainable (LoRA) parameters, in batches.
+
+The gradient of example ``i`` is that of its own loss — the mean next-token
+cross-entropy over its response tokens — with respect to the model's trainable
+parameters (those with ``requires_grad``; the LoRA ``A``/``B`` matrices of a peft
+model), flattened in sorted-name order, optionally Adam-preconditioned as in LESS,
+then optionally randomly projected (:class:`~harp.features.projection.RandomProjector`).
+
+Two batched methods compute the exact per-example gradients of a whole batch:
+
+``"hooks"`` (default when it applies)
+    One batched forward and one ``torch.autograd.grad`` call of the summed
+    per-example losses with respect to the *outputs* of the linear layers that own
+    trainable parameters. Rows of a batch do not interact (causal attention, right
+    padding, no batch-norm), so the output gradient of row ``i`` is that of its own
+    loss, and the per-example weight gradient of ``y = x Wᵀ`` is
+    ``Σ_t ∂L_i/∂y_t ⊗ x_t`` (an einsum; the LoGra / "ghost" trick). No parameter
+    gradient (``.grad``) is ever formed.
+``"vmap"``
+    ``torch.func.vmap(torch.func.grad(loss))`` over the batch with
+    ``torch.func.functional_call``; trainable parameters are the differentiated
+    arguments, frozen ones are passed as constants. Works for any trainable
+    parameter, but is several times slower on CPU.
+
+:func:`per_sample_gradients_loop` is the reference (LESS's procedure: one forward and
+backward per example, projection every 16 examples).
+
+Padding does not change a row's gradient: batches are right padded and the model is
+called without an attention mask, so real tokens never attend to padding (causal
+attention) and positions are ``0..n-1`` exactly as for the row alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harp.errors import DataError, NumericalError, ParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from harp.data import ExampleSet
+    from harp.features.projection import RandomProjector
+
+__all__ = [
+    "per_sample_gradients",
+    "per_sample_gradients_loop",
+    "gradient_dim",
+    "trainable_names",
+    "adam_direction",
+    "GRADIENT_METHODS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names accepted by ``per_sample_gradients(method=...)``.
+GRADIENT_METHODS: tuple[str, ...] = ("auto", "hooks", "vmap")
+
+_IGNORE = -100
+
+#: Most bytes of unprojected gradient rows buffered before a projection call.
+_PROJECT_BUFFER_BYTES = 256 * 1024**2
+
+
+def trainable_names(model: Any) -> list[str]:
+    """Sorted names of the parameters that require gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model (a peft LoRA model trains only its adapter).
+
+    Returns
+    -------
+    list of str
+        The names, sorted; this is the order of the flattened gradient.
+    """
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def gradient_dim(model: Any) -> int:
+    """Number of trainable parameters (length of a flattened gradient).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model.
+
+    Returns
+    -------
+    int
+        The total number of elements of the parameters with ``requires_grad``.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adam_direction(
+    grads: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """The Adam update direction that gradients would produce (LESS's features).
+
+    ``m = beta1 * exp_avg + (1 - beta1) * g``,
+    ``v = beta2 * exp_avg_sq + (1 - beta2) * g²``, result ``m / (sqrt(v) + eps)``,
+    elementwise; no bias correction (as in LESS).
+
+    Parameters
+    ----------
+    grads : torch.Tensor
+        ``(n, dim)`` flattened gradients.
+    exp_avg, exp_avg_sq : torch.Tensor
+        ``(dim,)`` Adam moments of the warm-up optimizer (same flattening order).
+    beta1, beta2 : float, default 0.9, 0.999
+        Adam's decay rates.
+    eps : float, default 1e-8
+        Added to ``sqrt(v)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, dim)`` preconditioned rows.
+
+    Notes
+    -----
+    LESS's released code divides by ``sqrt(v + eps)``; harp follows the Adam update
+    itself, ``sqrt(v) + eps``. The two differ only where ``v`` is ~``eps``.
+    """
+    import torch
+
+    m = exp_avg.unsqueeze(0) * beta1 + (1.0 - beta1) * grads
+    v = exp_avg_sq.unsqueeze(0) * beta2 + (1.0 - beta2) * grads.square()
+    return m / (torch.sqrt(v) + eps)
+
+
+def _flat_moments(
+    model: Any, names: list[str], preconditioner: dict[str, Any], device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    missing = [n for n in names if n not in preconditioner]
+    if missing:
+        raise ParameterError(
+            f"preconditioner lacks the Adam moments of {len(missing)} trainable "
+            f"parameter(s), e.g. {missing[:3]}; expected a dict name -> (exp_avg, "
+            "exp_avg_sq) keyed by the names of trainable_names(model)"
+        )
+    params = dict(model.named_parameters())
+    ms, vs = [], []
+    for n in names:
+        m, v = preconditioner[n]
+        m, v = torch.as_tensor(m), torch.as_tensor(v)
+        if m.numel() != params[n].numel() or v.numel() != params[n].numel():
+            raise ParameterError(
+                f"preconditioner[{n!r}] has {m.numel()}/{v.numel()} elements; the "
+                f"parameter has {params[n].numel()}"
+            )
+        ms.append(m.reshape(-1).float())
+        vs.append(v.reshape(-1).float())
+    return torch.cat(ms).to(device), torch.cat(vs).to(device)
+
+
+def _row_ids(examples: Any, rows: Sequence[int]) -> list[str]:
+    ids = getattr(examples, "ids", None)
+    if ids is None:
+        return [str(r) for r in rows]
+    return [str(ids[r]) for r in rows]
+
+
+def _check_finite(
+    values: torch.Tensor, examples: Any, rows: Sequence[int], what: str
+) -> None:
+    import torch
+
+    bad = ~torch.isfinite(values).all(dim=1)
+    if bool(bad.any()):
+        which = [rows[i] for i in torch.nonzero(bad).flatten().tolist()]
+        ids = _row_ids(examples, which)
+        raise NumericalError(
+            f"{what} of {len(which)} example(s) is NaN or infinite: ids "
+            f"{ids[:10]}{' ...' if len(ids) > 10 else ''} (rows {which[:10]}); check "
+            "the model weights, the learning rate of the warm-up, or the examples"
+        )
+
+
+def _per_row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over each row's labelled tokens: ``(batch,)``."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    tok = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=_IGNORE,
+        reduction="none",
+    ).view(shift_labels.shape)
+    count = (shift_labels != _IGNORE).sum(dim=1).clamp_min(1)
+    return tok.sum(dim=1) / count.to(tok.dtype)
+
+
+def _hook_plan(model: Any, names: list[str]) -> dict[Any, dict[str, str]] | None:
+    """Map each linear module owning trainable params to ``{"weight"/"bias": name}``.
+
+    None when some trainable parameter is not the (unshared) weight or bias of a
+    ``torch.nn.Linear``: the hooks method cannot serve that model.
+    """
+    import torch
+
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    wanted = set(names)
+    plan: dict[Any, dict[str, str]] = {}
+    covered: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for attr in ("weight", "bias"):
+            p = getattr(module, attr, None)
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            if p is not None and p.requires_grad and full in wanted:
+                if counts.get(id(p), 0) != 1:
+                    return None
+                plan.setdefault(module, {})[attr] = full
+                covered.add(full)
+    return plan if covered == wanted else None
+
+
+def _batch_hooks(
+    model: Any,
+    plan: dict[Any, dict[str, str]],
+    names: list[str],
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Per-example flattened gradients ``(batch, dim)`` from one batched backward."""
+    import torch
+
+    inputs: dict[Any, list[torch.Tensor]] = {m: [] for m in plan}
+    outputs: dict[Any, list[torch.Tensor]] = {m: [] for m in plan}
+
+    def hook(module: Any, args: tuple, out: torch.Tensor) -> None:
+        inputs[module].append(args[0].detach())
+        outputs[module].append(out)
+
+    handles = [m.register_forward_hook(hook) for m in plan]
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=input_ids, use_cache=False).logits
+            total = _per_row_losses(logits, labels).sum()
+            order = [(m, k) for m in plan for k in range(len(outputs[m]))]
+            if not order:
+                raise ParameterError("no trainable linear layer ran in the forward")
+            grads = torch.autograd.grad(
+                total, [outputs[m][k] for m, k in order], allow_unused=True
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    batch = input_ids.shape[0]
+    per_param: dict[str, torch.Tensor] = {}
+    for (module, k), g_out in zip(order, grads):
+        x = inputs[module][k]
+        out = outputs[module][k]
+        if g_out is None:
+            g_out = torch.zeros_like(out)
+        g_out = g_out.reshape(batch, -1, g_out.shape[-1]).float()
+        x = x.reshape(batch, -1, x.shape[-1]).float()
+        spec = plan[module]
+        if "weight" in spec:
+            gw = torch.einsum("bto,bti->boi", g_out, x)
+            name = spec["weight"]
+            per_param[name] = per_param[name] + gw if name in per_param else gw
+        if "bias" in spec:
+            gb = g_out.sum(dim=1)
+            name = spec["bias"]
+            per_param[name] = per_param[name] + gb if name in per_param else gb
+    params = dict(model.named_parameters())
+    flat = []
+    for n in names:
+        g = per_param.get(n)
+        if g is None:  # the module never ran: the gradient is zero
+            g = torch.zeros((batch, params[n].numel()), device=input_ids.device)
+        flat.append(g.reshape(batch, -1))
+    return torch.cat(flat, dim=1)
+
+
+def _batch_vmap(
+    model: Any, names: list[str], input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Per-example flattened gradients with ``vmap(grad(functional_call))``."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    wanted = set(names)
+    trainable = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in wanted}
+    frozen.update(dict(model.named_buffers()))
+
+    def loss(params: dict[str, torch.Tensor], ids: torch.Tensor, labs: torch.Tensor):
+        out = functional_call(
+            model,
+            (params, frozen),
+            args=(),
+            kwargs={"input_ids": ids.unsqueeze(0), "use_cache": False},
+            strict=False,
+        )
+        return _per_row_losses(out.logits, labs.unsqueeze(0)).sum()
+
+    with torch.enable_grad(), warnings.catch_warnings():
+        # torch has no batching rule for CPU flash attention: it loops (correctly)
+        warnings.filterwarnings("ignore", message=".*performance drop.*")
+        grads = vmap(grad(loss), in_dims=(None, 0, 0))(trainable, input_ids, labels)
+    batch = input_ids.shape[0]
+    return torch.cat([grads[n].reshape(batch, -1).float() for n in names], dim=1)
+
+
+def _model_device(model: Any) -> Any:
+    for p in model.parameters():
+        return p.device
+    import torch
+
+    return torch.device("cpu")
+
+
+def _encode_chunk(
+    tokenizer: Any,
+    examples: Any,
+    chunk: Sequence[int],
+    max_length: int,
+    skip_empty: bool,
+) -> tuple[list[int], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    from harp.training.finetune import encode_examples
+
+    enc = encode_examples(
+        tokenizer, [examples[i] for i in chunk], max_length=max_length
+    )
+    if enc.dropped:
+        lost = [chunk[i] for i in enc.dropped]
+        ids = _row_ids(examples, lost)
+        if not skip_empty:
+            raise DataError(
+                f"{len(lost)} example(s) keep no response token within "
+                f"max_length={max_length}: ids {ids[:10]} (rows {lost[:10]}); raise "
+                "max_length, shorten their prompts, or pass skip_empty=True"
+            )
+        logger.warning(
+            "skipping %d example(s) with no response token within max_length=%d: %s",
+            len(lost),
+            max_length,
+            ids[:10],
+        )
+    rows = [chunk[i] for i in enc.indices]
+    return rows, list(zip(enc.input_ids, enc.labels))
+
+
+def _check_args(batch_size: int, max_length: int, projector: Any, dim: int) -> None:
+    if int(batch_size) < 1:
+        raise ParameterError(f"batch_size={batch_size!r} is not allowed; expected >= 1")
+    if int(max_length) < 2:
+        raise ParameterError(f"max_length={max_length!r} is not allowed; expected >= 2")
+    if dim == 0:
+        raise ParameterError("the model has no trainable parameter (requires_grad)")
+    if projector is not None and projector.in_dim != dim:
+        raise ParameterError(
+            f"the projector expects in_dim={projector.in_dim}, but the model has "
+            f"{dim} trainable parameters"
+        )
+
+
+class _EvalMode:
+    """Put a model in eval mode (no dropout) and restore its training flag after."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.was_training = bool(getattr(model, "training", False))
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+def per_sample_gradients(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet,
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
+    projector: RandomProjector | None = None,
+    preconditioner: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    method: str = "auto",
+    skip_empty: bool = False,
+    project_rows: int | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Exact per-example gradients of the trainable parameters, batch by batch.
+
+    For every example, the gradient of its mean response-token loss (prompt tokens
+    carry no loss; the template of :func:`harp.training.format_prompt`) with respect
+    to the parameters that require gradients, flattened in :func:`trainable_names`
+    order; then optionally Adam-preconditioned (:func:`adam_direction`) and
+    projected. A generator: memory is bounded by one batch, the buffer of
+    ``project_rows`` unprojected rows and one projection block (or the cached
+    projection matrix), never by the size of ``examples``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM, typically a peft LoRA model (only the adapter requires
+        gradients). It is run in eval mode (no dropout) and restored afterwards;
+        its parameters and their ``.grad`` are left untouched. Gradient
+        checkpointing must be off.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer (with a pad token).
+    examples : ExampleSet
+        Rows with ``prompt`` and ``response``.
+    batch_size : int, default 16
+        Examples per batched forward/backward.
+    max_length : int, default 256
+        Most tokens per row (see :func:`harp.training.encode_examples`).
+    projector : RandomProjector or None, default None
+        Projection applied to the (preconditioned) gradients; its ``in_dim`` must be
+        :func:`gradient_dim` of the model.
+    preconditioner : dict or None, default None
+        ``{name: (exp_avg, exp_avg_sq)}`` of a warm-up Adam optimizer for every
+        trainable parameter; when given, rows are the Adam update direction
+        ``m / (sqrt(v) + eps)`` with ``m = beta1·exp_avg + (1-beta1)·g``,
+        ``v = beta2·exp_avg_sq + (1-beta2)·g²`` (LESS).
+    beta1, beta2 : float, default 0.9, 0.999
+        Adam decay rates of the preconditioner.
+    eps : float, default 1e-8
+        Adam epsilon.
+    method : {"auto", "hooks", "vmap"}, default "auto"
+        Per-example gradient algorithm (module docstring). ``"auto"`` uses
+        ``"hooks"`` when every trainable parameter is the weight or bias of a linear
+        layer (LoRA), else ``"vmap"``.
+    skip_empty : bool, default False
+        Examples that keep no response token within ``max_length`` raise
+        :class:`~harp.errors.DataError` (naming their ids) when False; when True they
+        are skipped with a warning and absent from the yielded row indices.
+    project_rows : int or None, default None
+        Rows gathered before one projection call (and one yield). Projecting is
+        memory bound for few rows (``P`` is read once per call), so small batches
+        are grouped: None means ``max(batch_size, min(64, 256 MiB / (4 · dim)))``
+        rows, so the buffer of unprojected rows stays under ~256 MiB.
+    progress : bool, default False
+        Log progress every few batches (INFO).
+
+    Yields
+    ------
+    rows : numpy.ndarray
+        ``(b,)`` int64 positions of the examples in ``examples`` (consecutive groups
+        of about ``project_rows`` rows, in order).
+    features : numpy.ndarray
+        ``(b, dim)`` float32 gradients (``dim`` = ``projector.out_dim`` or
+        :func:`gradient_dim`).
+
+    Raises
+    ------
+    harp.errors.NumericalError
+        When a gradient (or preconditioned row) is NaN or infinite; the message
+        names the examples' ids.
+    harp.errors.DataError
+        When an example keeps no response token (unless ``skip_empty``).
+    harp.errors.ParameterError
+        For bad arguments, a projector of the wrong size, or a preconditioner
+        missing some trainable parameter.
+    """
+    import torch
+
+    names = trainable_names(model)
+    dim = gradient_dim(model)
+    _check_args(batch_size, max_length, projector, dim)
+    if method not in GRADIENT_METHODS:
+        raise ParameterError(
+            f"method={method!r} is not allowed; expected one of {GRADIENT_METHODS}"
+        )
+    plan = _hook_plan(model, names) if method in ("auto", "hooks") else None
+    if method == "hooks" and plan is None:
+        raise ParameterError(
+            "method='hooks' needs every trainable parameter to be the (unshared) "
+            "weight or bias of a torch.nn.Linear; use method='vmap'"
+        )
+    use_hooks = plan is not None
+    device = _model_device(model)
+    moments = (
+        _flat_moments(model, names, preconditioner, device)
+        if preconditioner is not None
+        else None
+    )
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    n = len(examples)
+    n_batches = -(-n // batch_size)
+    from harp.training.finetune import collate
+
+    if project_rows is None:
+        project_rows = max(batch_size, min(64, _PROJECT_BUFFER_BYTES // (4 * dim)))
+    elif int(project_rows) < 1:
+        raise ParameterError(
+            f"project_rows={project_rows!r} is not allowed; expected >= 1 or None"
+        )
+    if projector is None:
+        project_rows = 1  # nothing to amortise: yield every batch
+    pending_rows: list[int] = []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> tuple[np.ndarray, np.ndarray]:
+        grads = pending[0] if len(pending) == 1 else torch.cat(pending)
+        if projector is not None:
+            grads = projector.project(grads)
+        out = grads.detach().to("cpu", torch.float32).numpy()
+        rows = np.asarray(pending_rows, dtype=np.int64)
+        pending.clear()
+        pending_rows.clear()
+        return rows, out
+
+    with _EvalMode(model):
+        for b, start in enumerate(range(0, n, batch_size)):
+            chunk = list(range(start, min(start + batch_size, n)))
+            rows, encoded = _encode_chunk(
+                tokenizer, examples, chunk, max_length, skip_empty
+            )
+            if rows:
+                input_ids, _, labels = collate(encoded, pad_id)
+                input_ids, labels = input_ids.to(device), labels.to(device)
+                if use_hooks:
+                    assert plan is not None
+                    grads = _batch_hooks(model, plan, names, input_ids, labels)
+                else:
+                    grads = _batch_vmap(model, names, input_ids, labels)
+                _check_finite(grads, examples, rows, "the gradient")
+                if moments is not None:
+                    grads = adam_direction(
+                        grads, moments[0], moments[1], beta1=beta1, beta2=beta2, eps=eps
+                    )
+                    _check_finite(grads, examples, rows, "the preconditioned gradient")
+                pending.append(grads.detach())
+                pending_rows.extend(rows)
+            if progress and (b % 10 == 0 or b == n_batches - 1):
+                logger.info("per-sample gradients: batch %d/%d", b + 1, n_batches)
+            if pending_rows and len(pending_rows) >= project_rows:
+                yield flush()
+        if pending_rows:
+            yield flush()
+
+
+def per_sample_gradients_loop(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet,
+    *,
+    max_length: int = 256,
+    projector: RandomProjector | None = None,
+    preconditioner: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    project_every: int = 16,
+    skip_empty: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Reference: one forward and backward per example, as LESS does.
+
+    Same results as :func:`per_sample_gradients` (up to float rounding), computed
+    the slow way: ``loss.backward()`` on each example alone, ``.grad`` flattened,
+    preconditioned, and projected in groups of ``project_every`` rows. Used by the
+    tests and the throughput benchmark.
+
+    Parameters
+    ----------
+    model, tokenizer, examples, max_length, projector, preconditioner, beta1, \
+beta2, eps, skip_empty
+        As in :func:`per_sample_gradients`.
+    project_every : int, default 16
+        Rows gathered before one projection (LESS uses 16).
+
+    Yields
+    ------
+    rows : numpy.ndarray
+        ``(b,)`` int64 positions in ``examples``.
+    features : numpy.ndarray
+        ``(b, dim)`` float32 rows.
+    """
+    import torch
+
+    names = trainable_names(model)
+    dim = gradient_dim(model)
+    _check_args(project_every, max_length, projector, dim)
+    params = dict(model.named_parameters())
+    device = _model_device(model)
+    moments = (
+        _flat_moments(model, names, preconditioner, device)
+        if preconditioner is not None
+        else None
+    )
+    saved = {n: params[n].grad for n in names}
+    pending_rows: list[int] = []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> tuple[np.ndarray, np.ndarray]:
+        grads = torch.stack(pending)
+        _check_finite(grads, examples, pending_rows, "the gradient")
+        if moments is not None:
+            grads = adam_direction(
+                grads, moments[0], moments[1], beta1=beta1, beta2=beta2, eps=eps
+            )
+            _check_finite(grads, examples, pending_rows, "the preconditioned gradient")
+        if projector is not None:
+            grads = projector.project(grads)
+        out = grads.detach().to("cpu", torch.float32).numpy()
+        rows = np.asarray(pending_rows, dtype=np.int64)
+        pending.clear()
+        pending_rows.clear()
+        return rows, out
+
+    try:
+        with _EvalMode(model):
+            for i in range(len(examples)):
+                kept, encoded = _encode_chunk(
+                    tokenizer, examples, [i], max_length, skip_empty
+                )
+                if not kept:
+                    continue
+                ids, labs = encoded[0]
+                input_ids = torch.tensor([ids], device=device)
+                labels = torch.tensor([labs], device=device)
+                for n in names:
+                    params[n].grad = None
+                with torch.enable_grad():
+                    logits = model(input_ids=input_ids, use_cache=False).logits
+                    _per_row_losses(logits, labels).sum().backward()
+                flat = [
+                    params[n].grad.reshape(-1).float()
+                    if params[n].grad is not None
+                    else torch.zeros(params[n].numel(), device=device)
+                    for n in names
+                ]
+                pending.append(torch.cat(flat))
+                pending_rows.append(i)
+                if len(pending) >= project_every:
+                    yield flush()
+            if pending:
+                yield flush()
+    finally:
+        for n in names:
+            params[n].grad = saved[n]

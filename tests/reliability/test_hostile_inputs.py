@@ -1,0 +1,176 @@
+"""Hostile input through `harp select`: one clean line, and no output left behind.
+
+Each case writes a pool (and maybe a target), runs the command, and asserts exit code 2,
+a message naming the file, the line and/or field where that makes sense, no traceback,
+and that neither the output nor its sidecar exists afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from harp.cli import app
+
+runner = CliRunner()
+GOOD = {"prompt": "q", "response": "a"}
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _good(n=10) -> bytes:
+    return _jsonl(
+        {"prompt": f"question {i}", "response": f"answer {i}"} for i in range(n)
+    )
+
+
+# (case id, pool bytes, target bytes or None, extra CLI args, expected fragments)
+CASES = [
+    (
+        "malformed json line",
+        _good(3) + b'{"prompt": "x", \n',
+        None,
+        [],
+        ["pool.jsonl:4"],
+    ),
+    ("row not an object", _good(2) + b"[1, 2]\n", None, [], ["pool.jsonl:3"]),
+    (
+        "wrong type",
+        _jsonl([GOOD, {"prompt": "q", "response": 5}]),
+        None,
+        [],
+        ["pool.jsonl:2", "response"],
+    ),
+    (
+        "missing response",
+        _jsonl([GOOD, {"prompt": "only"}]),
+        None,
+        [],
+        ["pool.jsonl:2"],
+    ),
+    (
+        "empty response",
+        _jsonl([GOOD, {"prompt": "q2", "response": "   "}]),
+        None,
+        [],
+        ["pool.jsonl:2", "response"],
+    ),
+    (
+        "empty prompt",
+        _jsonl([GOOD, {"prompt": "", "response": "a2"}]),
+        None,
+        [],
+        ["pool.jsonl:2", "prompt"],
+    ),
+    (
+        "non-utf8 bytes",
+        _good(2) + b'{"prompt": "\xff\xfe", "response": "a"}\n',
+        None,
+        [],
+        ["pool.jsonl:3"],
+    ),
+    (
+        "10 MB single row",
+        _jsonl([GOOD, {"prompt": "x" * 10_000_000, "response": "a"}]),
+        None,
+        [],
+        ["pool.jsonl:2"],
+    ),
+    ("empty pool", b"", None, [], ["pool.jsonl"]),
+    ("blank-lines-only pool", b"\n\n  \n", None, [], ["pool.jsonl"]),
+    (
+        "duplicate ids",
+        _jsonl([{"id": 1, **GOOD}, {"id": 1, "prompt": "b", "response": "c"}]),
+        None,
+        [],
+        ["pool.jsonl:2", "id"],
+    ),
+    ("empty target", _good(), b"", ["--method", "dsir"], ["target.jsonl"]),
+    (
+        "target with no usable rows",
+        _good(),
+        _jsonl([{"text": "no schema"}]),
+        ["--method", "dsir"],
+        ["target.jsonl:1"],
+    ),
+    ("budget 0", _good(), None, ["--budget", "0"], ["budget", "at least 1"]),
+    ("budget negative", _good(), None, ["--budget", "-5"], ["budget", "at least 1"]),
+    (
+        "budget larger than pool",
+        _good(),
+        None,
+        ["--budget", "11"],
+        ["larger than the pool (10 rows)"],
+    ),
+    ("budget 10%%", _good(), None, ["--budget", "10%%"], ["cannot be read"]),
+    ("budget abc", _good(), None, ["--budget", "abc"], ["cannot be read"]),
+    ("budget 0%", _good(), None, ["--budget", "0%"], ["percentage"]),
+    ("budget 1.5", _good(), None, ["--budget", "1.5"], ["fraction"]),
+    ("unknown method", _good(), None, ["--method", "nope"], ["unknown method 'nope'"]),
+    (
+        "method needs a target",
+        _good(),
+        None,
+        ["--method", "similarity"],
+        ["needs a target"],
+    ),
+    ("unknown method parameter", _good(), None, ["-p", "bogus=1"], ["bogus"]),
+    (
+        "bad method parameter value",
+        _good(),
+        _good(),
+        ["--method", "dsir", "-p", "num_buckets=-3"],
+        ["num_buckets"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "pool_bytes, target_bytes, args, fragments",
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_hostile_input_gives_one_clean_line_and_no_output(
+    tmp_path, pool_bytes, target_bytes, args, fragments
+):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(pool_bytes)
+    cmd = ["select", "--pool", str(pool), "--out", str(tmp_path / "out.jsonl"), *args]
+    if target_bytes is not None:
+        target = tmp_path / "target.jsonl"
+        target.write_bytes(target_bytes)
+        cmd += ["--target", str(target)]
+    before = pool.read_bytes()
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("error:"), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output, (fragment, result.output)
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.meta.json").exists()
+    assert pool.read_bytes() == before  # inputs are never modified
+
+
+def test_missing_pool_file(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            "--pool",
+            str(tmp_path / "nope.jsonl"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2 and "nope.jsonl" in result.output
+
+
+def test_count_of_hostile_cases():
+    """The closing note of the reliability issue reports this count; keep it honest."""
+    assert len(CASES) >= 20
