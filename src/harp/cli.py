@@ -103,6 +103,12 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
+def _narrate(*loggers: str) -> None:
+    """Show these loggers' INFO lines without -v: long steps say what they do."""
+    for name in loggers:
+        logging.getLogger(name).setLevel(min(logging.INFO, log.getEffectiveLevel()))
+
+
 def _err_console():
     from rich.console import Console
 
@@ -196,6 +202,12 @@ def select(
         None, help="Target examples (rows may carry a 'domain' or 'task' field)."
     ),
     method: str = typer.Option("random", help="Selection method; see 'harp methods'."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Model-based methods (less, grad-norm): a local Hugging Face model "
+        "folder, or 'proxy' for the built-in tiny model pretrained on the pool "
+        "(the default).",
+    ),
     budget: str = typer.Option(
         "10%",
         help="Rows to select: a count (500), a fraction (0.1) or a percentage (10%).",
@@ -230,6 +242,7 @@ def select(
 ) -> None:
     """Select a subset of a pool for finetuning towards a target set."""
     _setup_logging(verbose)
+    _narrate("harp.models.choice", "harp.features.extract", "harp.training.warmup")
     from harp.api import select as select_fn
     from harp.data import load_examples
     from harp.output import write_selection
@@ -244,8 +257,13 @@ def select(
     params = _parse_params(param)
     from harp.selectors import get_selector_class
 
-    if "progress" in _run(get_selector_class, method)._get_param_names():
+    method_params = _run(get_selector_class, method)._get_param_names()
+    if "progress" in method_params:
         params.setdefault("progress", sys.stderr.isatty())
+    if model is not None:
+        if "model" not in method_params:
+            _fail(f"--model: method {method!r} uses no model; drop the flag")
+        params["model"] = model
     # Refuse a doomed output before spending time on the selection.
     from harp._utils.io import check_output_path
     from harp.output import sidecar_path
@@ -266,6 +284,7 @@ def select(
         "pool": str(pool),
         "target": None if target is None else str(target),
         "method": method,
+        "model": model,
         "budget": budget,
         "seed": seed,
         "params": params,
@@ -423,10 +442,7 @@ def demo(
         methods=method_list,
         budget=budget,
     )
-    # The demo narrates its steps (one line each) even without -v: it runs for minutes.
-    logging.getLogger("harp.bench.demo").setLevel(
-        min(logging.INFO, log.getEffectiveLevel())
-    )
+    _narrate("harp.bench.demo")
     result = _run(run_demo, cfg, progress=sys.stderr.isatty())
     from rich.console import Console
 
@@ -479,9 +495,7 @@ def features(
     with another model, data or projection is refused, never mixed.
     """
     _setup_logging(verbose)
-    logging.getLogger("harp.features").setLevel(
-        min(logging.INFO, log.getEffectiveLevel())
-    )
+    _narrate("harp.models.choice", "harp.features.extract")
     from harp.data import load_examples
     from harp.features.extract import (
         extract_embedding_features,
@@ -564,6 +578,7 @@ def warmup(
     uses to precondition the pool's gradients.
     """
     _setup_logging(verbose)
+    _narrate("harp.models.choice", "harp.training.warmup")
     from harp.data import load_examples
     from harp.models.choice import resolve_model
     from harp.training import TrainConfig

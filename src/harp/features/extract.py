@@ -164,6 +164,21 @@ def extract_gradient_features(
                 checkpoint.optimizer_state() if optimizer == "adam" else None
             )
             state["dim"] = dim or in_dim
+            projector = state["projector"]
+            log.info(
+                "%d trainable gradient coordinates; projection to %d needs about %s "
+                "of memory (%s), plus one batch of activations",
+                in_dim,
+                state["dim"],
+                _fmt_bytes(
+                    0
+                    if projector is None
+                    else projector.nbytes
+                    if projector.cached
+                    else projector.block_size * projector.dim * 4
+                ),
+                "cached" if projector is not None and projector.cached else "streamed",
+            )
         return state
 
     out_dim = dim
