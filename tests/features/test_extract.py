@@ -1,0 +1,71 @@
+"""Gradient extraction: resume after a real kill, reuse, one store per spec."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harp.data.synthetic import make_skills_suite
+from harp.features import FeatureStore, extract_gradient_features
+
+SCRIPT = """
+import sys
+from harp.data.synthetic import make_skills_suite
+from harp.features import extract_gradient_features
+pool = make_skills_suite(n_pool=240, n_target_per_domain=2, n_pretrain=10).pool
+extract_gradient_features(sys.argv[1], pool, sys.argv[2], dim=64, shard_rows=16,
+                          batch_size=4)
+"""
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_skills_suite(n_pool=240, n_target_per_domain=2, n_pretrain=10).pool
+
+
+def _run_to_end(model_dir, root):
+    subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(model_dir), str(root)], check=True
+    )
+    (directory,) = root.glob("gradients-*")
+    return directory
+
+
+def test_killed_extraction_resumes_to_identical_features(tiny_dir, tmp_path, pool):
+    reference = FeatureStore.open(_run_to_end(tiny_dir, tmp_path / "ref")).read()
+
+    root = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tiny_dir), str(root)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(root.glob("gradients-*/shard-*.done"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "extraction finished before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (directory,) = root.glob("gradients-*")
+    done_before = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.done")}
+    assert 2 <= len(done_before) < 15
+
+    _run_to_end(tiny_dir, root)
+    resumed = FeatureStore.open(directory)
+    np.testing.assert_array_equal(resumed.read(), reference)
+    for name, mtime in done_before.items():
+        assert (directory / name).stat().st_mtime_ns == mtime, f"{name} recomputed"
+
+
+def test_other_projection_gets_its_own_store(tiny_dir, tmp_path, pool):
+    rows = pool.subset(range(12))
+    a = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, seed=0)
+    b = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, seed=1)
+    assert a.directory != b.directory
+    assert not np.array_equal(a.read(), b.read())
+    again = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, seed=0)
+    assert again.directory == a.directory
+    np.testing.assert_array_equal(again.read(), a.read())
