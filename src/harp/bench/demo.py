@@ -321,12 +321,20 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         )
         hit = cache.get(sel_key)
         if hit is None:
+            # Model-based methods work on the demo's own proxy (the model that is then
+            # finetuned), with their warm-ups and feature stores cached beside it.
+            extra = (
+                {"model": str(proxy_dir), "cache_dir": str(out_dir / "model-cache")}
+                if get_selector_class(method).uses_model
+                else {}
+            )
             selection = select(
                 suite.pool,
                 suite.target,
                 method=method,
                 budget=config.budget,
                 seed=config.seed,
+                **extra,
             )
             hit = {
                 "indices": selection.indices.tolist(),
