@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,10 +346,14 @@ def _train_loop(
     seed: int,
     progress: bool,
     description: str,
+    on_step: Callable[[int, float, float, Any], None] | None = None,
 ) -> list[float]:
     """AdamW on ``params`` over seeded batches of ``rows``; returns the step losses.
 
-    The caller must have seeded torch's global RNG (dropout) inside a fork.
+    ``on_step(step, lr, loss, optimizer)`` is called after every optimiser step
+    (``step`` counts from 1, ``lr`` is the rate that step used): the warm-up saves its
+    checkpoints from there. The caller must have seeded torch's global RNG (dropout)
+    inside a fork.
     Right padding needs no attention mask for a causal model (real tokens never
     attend to later padding), so the batch runs with the causal fast path.
     """
@@ -387,10 +391,13 @@ def _train_loop(
             loss.backward()
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            step_lr = float(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(value)
+            if on_step is not None:
+                on_step(step + 1, step_lr, value, optimizer)
             if bar is not None:
                 bar[0].update(
                     bar[1], advance=1, description=f"{description} {value:.3f}"

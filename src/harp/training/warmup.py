@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from harp._utils.hashing import fingerprint
 from harp._utils.io import atomic_write_json
-from harp.errors import HarpError, ModelError, NumericalError, ParameterError
+from harp.errors import HarpError, ModelError, ParameterError
 from harp.training.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -507,15 +507,7 @@ def _run(
     import torch
 
     from harp.models.loading import attach_lora, load_model
-    from harp.training.finetune import (
-        _batch_stream,
-        _lr_lambda,
-        _pad_id,
-        _progress_bar,
-        causal_lm_loss,
-        collate,
-        encode_examples,
-    )
+    from harp.training.finetune import _pad_id, _train_loop, encode_examples
 
     model, tokenizer = load_model(model_dir, progress=progress)
     enc = encode_examples(tokenizer, train, max_length=config.max_length)
@@ -550,50 +542,15 @@ def _run(
         if not named:
             raise ParameterError("the model has no trainable parameters")
         params = [p for _, p in named]
-        # The same optimiser, schedule and batch stream as finetune's _train_loop.
-        generator = torch.Generator().manual_seed(int(config.seed))
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            betas=_BETAS,
-            eps=_EPS,
-        )
-        warm = int(round(config.warmup_ratio * steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(steps, warm, config.schedule)
-        )
-        bar = _progress_bar(progress, "warm-up (lora)", steps)
         segment_lrs: list[float] = []
         segment_losses: list[float] = []
-        model.train()
-        try:
-            batches = _batch_stream(len(rows), config.batch_size, steps, generator)
-            for step, batch in enumerate(batches, start=1):
-                input_ids, _, labels = collate([rows[i] for i in batch], pad_id)
-                logits = model(input_ids=input_ids, use_cache=False).logits
-                loss = causal_lm_loss(logits, labels)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    ids = [row_ids[i] for i in batch]
-                    raise NumericalError(
-                        f"warm-up: the loss became {value} at step {step}/{steps}; "
-                        f"the batch held example ids {ids}. Lower the learning "
-                        "rate, check the model weights, or drop those rows"
-                    )
-                loss.backward()
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                lr = float(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                segment_lrs.append(lr)
-                segment_losses.append(value)
-                if bar is not None:
-                    bar[0].update(bar[1], advance=1, description=f"warm-up {value:.3f}")
-                if step in save_at:
-                    record = _save_checkpoint(
+
+        def save_checkpoints(step: int, lr: float, loss: float, optimizer: Any) -> None:
+            segment_lrs.append(lr)
+            segment_losses.append(loss)
+            if step in save_at:
+                saved.append(
+                    _save_checkpoint(
                         model,
                         optimizer,
                         named,
@@ -603,12 +560,29 @@ def _run(
                         mean_lr=sum(segment_lrs) / len(segment_lrs),
                         mean_loss=sum(segment_losses) / len(segment_losses),
                     )
-                    saved.append(record)
-                    segment_lrs, segment_losses = [], []
-        finally:
-            model.eval()
-            if bar is not None:
-                bar[0].stop()
+                )
+                segment_lrs.clear()
+                segment_losses.clear()
+
+        # finetune's own loop: the same optimiser, schedule and batch stream.
+        _train_loop(
+            model,
+            rows,
+            row_ids,
+            params,
+            pad_id=pad_id,
+            steps=steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            warmup_ratio=config.warmup_ratio,
+            schedule=config.schedule,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            progress=progress,
+            description="warm-up (lora)",
+            on_step=save_checkpoints,
+        )
     return saved, dropped
 
 
