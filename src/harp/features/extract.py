@@ -57,11 +57,47 @@ def gradient_spec(
         "checkpoint": None
         if checkpoint is None
         else {"path": Path(checkpoint.path).name, "step": int(checkpoint.step)},
-        "lora": lora or {},
+        "lora": lora or _lora_identity(checkpoint, seed),
         "projection": {"dim": int(dim), "kind": projection, "seed": int(seed)},
         "optimizer": optimizer,
         "max_length": int(max_length),
         "data": examples.content_hash(),
+    }
+
+
+def _lora_identity(checkpoint: Any, seed: int) -> dict[str, Any]:
+    """What the gradients are taken with respect to.
+
+    The checkpoint's adapter (its config and a hash of its weights and Adam state), or
+    the fresh seeded adapter that ``attach_lora`` makes.
+    """
+    import json
+
+    from harp._utils.hashing import sha256_hex
+
+    if checkpoint is None:
+        return {
+            "adapter": "fresh",
+            "r": 8,
+            "alpha": 16,
+            "targets": "default",
+            "seed": seed,
+        }
+    folder = Path(checkpoint.path)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    digests = {
+        name: sha256_hex((folder / name).read_bytes(), 16)
+        for name in ("adapter_model.safetensors", "optimizer.safetensors")
+        if (folder / name).exists()
+    }
+    keep = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
+    adapter = {k: config.get(k) for k in keep}
+    if isinstance(adapter["target_modules"], list):
+        # peft writes a set: its order changes from process to process.
+        adapter["target_modules"] = sorted(adapter["target_modules"])
+    return {
+        "adapter": adapter,
+        "weights": digests,
     }
 
 
