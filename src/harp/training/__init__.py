@@ -15,11 +15,12 @@ from harp.training.evaluate import (
     is_correct,
     normalize_answer,
 )
-from harp.training.finetune import encode_examples, finetune
+from harp.training.finetune import TrainStep, encode_examples, finetune
 from harp.training.run import evaluate_subset
 from harp.training.warmup import Checkpoint, WarmupResult, warmup
 
 __all__ = [
+    "TrainStep",
     "Checkpoint",
     "WarmupResult",
     "evaluate_subset",

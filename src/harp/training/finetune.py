@@ -329,6 +329,37 @@ def _batch_stream(n: int, batch_size: int, steps: int, generator: Any):
         yield batch
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """What an ``on_step`` callback of :func:`finetune` sees after each optimiser step.
+
+    Attributes
+    ----------
+    step : int
+        Steps done so far (from 1).
+    total : int
+        Steps the run will take.
+    lr : float
+        Learning rate the step used.
+    loss : float
+        The step's batch loss.
+    optimizer : torch.optim.Optimizer
+        The optimiser, with its state after the step (the warm-up saves Adam moments).
+    model : torch.nn.Module
+        The model being trained (the peft model under LoRA).
+    row_ids : tuple of str
+        Ids of the rows the run trains on (rows lost to truncation are not among them).
+    """
+
+    step: int
+    total: int
+    lr: float
+    loss: float
+    optimizer: Any
+    model: Any
+    row_ids: tuple[str, ...]
+
+
 def _train_loop(
     model: Any,
     rows: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -346,14 +377,12 @@ def _train_loop(
     seed: int,
     progress: bool,
     description: str,
-    on_step: Callable[[int, float, float, Any], None] | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
 ) -> list[float]:
     """AdamW on ``params`` over seeded batches of ``rows``; returns the step losses.
 
-    ``on_step(step, lr, loss, optimizer)`` is called after every optimiser step
-    (``step`` counts from 1, ``lr`` is the rate that step used): the warm-up saves its
-    checkpoints from there. The caller must have seeded torch's global RNG (dropout)
-    inside a fork.
+    ``on_step`` receives a :class:`TrainStep` after every optimiser step. The caller
+    must have seeded torch's global RNG (dropout) inside a fork.
     Right padding needs no attention mask for a causal model (real tokens never
     attend to later padding), so the batch runs with the causal fast path.
     """
@@ -372,6 +401,7 @@ def _train_loop(
         optimizer, _lr_lambda(steps, warmup, schedule)
     )
     losses: list[float] = []
+    ids = tuple(row_ids)
     bar = _progress_bar(progress, description, steps)
     model.train()
     try:
@@ -397,7 +427,9 @@ def _train_loop(
             optimizer.zero_grad(set_to_none=True)
             losses.append(value)
             if on_step is not None:
-                on_step(step + 1, step_lr, value, optimizer)
+                on_step(
+                    TrainStep(step + 1, steps, step_lr, value, optimizer, model, ids)
+                )
             if bar is not None:
                 bar[0].update(
                     bar[1], advance=1, description=f"{description} {value:.3f}"
@@ -430,6 +462,8 @@ def finetune(
     config: TrainConfig | None = None,
     *,
     progress: bool = False,
+    description: str | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
 ) -> Any:
     """Finetune a causal LM on ``train`` (LoRA or full), loss on response tokens only.
 
@@ -459,6 +493,12 @@ def finetune(
         Hyper-parameters; None uses :class:`TrainConfig` defaults.
     progress : bool, default False
         Show a rich progress bar.
+    description : str or None, default None
+        Name of the run in progress bars and error messages (default
+        ``"finetuning (lora)"`` or ``"finetuning (full)"``).
+    on_step : callable or None, default None
+        Called with a :class:`TrainStep` after every optimiser step (the LESS warm-up
+        saves its checkpoints from there).
 
     Returns
     -------
@@ -550,7 +590,8 @@ def finetune(
             max_grad_norm=config.max_grad_norm,
             seed=config.seed,
             progress=progress,
-            description=f"finetuning ({config.method})",
+            description=description or f"finetuning ({config.method})",
+            on_step=on_step,
         )
     return model
 

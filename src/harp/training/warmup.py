@@ -503,87 +503,53 @@ def _run(
     n_checkpoints: int,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Train as :func:`finetune` does, saving checkpoints; return their records."""
-    import torch
-
-    from harp.models.loading import attach_lora, load_model
-    from harp.training.finetune import _pad_id, _train_loop, encode_examples
+    """:func:`finetune` with LoRA, saving checkpoints as it goes; return their records
+    and the ids of rows lost to truncation."""
+    from harp.models.loading import load_model
+    from harp.training.finetune import TrainStep, finetune
 
     model, tokenizer = load_model(model_dir, progress=progress)
-    enc = encode_examples(tokenizer, train, max_length=config.max_length)
-    dropped = [train[i].id for i in enc.dropped]
-    if dropped:
-        logger.warning(
-            "%d warm-up row(s) excluded: no response token fits max_length=%d "
-            "(ids: %s)",
-            len(dropped),
-            config.max_length,
-            ", ".join(dropped),
-        )
-    rows = list(zip(enc.input_ids, enc.labels))
-    row_ids = [train[i].id for i in enc.indices]
-    if not rows:
-        raise ParameterError("no warm-up rows left (all were empty or truncated)")
-    steps = config.total_steps(len(rows))
-    save_at = set(checkpoint_steps(steps, n_checkpoints))
-    pad_id = _pad_id(tokenizer)
     saved: list[dict[str, Any]] = []
+    segment_lrs: list[float] = []
+    segment_losses: list[float] = []
+    trained_ids: set[str] = set()
+    save_at: set[int] = set()
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = attach_lora(
-            model,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-        )
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ParameterError("the model has no trainable parameters")
-        params = [p for _, p in named]
-        segment_lrs: list[float] = []
-        segment_losses: list[float] = []
-
-        def save_checkpoints(step: int, lr: float, loss: float, optimizer: Any) -> None:
-            segment_lrs.append(lr)
-            segment_losses.append(loss)
-            if step in save_at:
-                saved.append(
-                    _save_checkpoint(
-                        model,
-                        optimizer,
-                        named,
-                        out_dir,
-                        step=step,
-                        lr=lr,
-                        mean_lr=sum(segment_lrs) / len(segment_lrs),
-                        mean_loss=sum(segment_losses) / len(segment_losses),
-                    )
+    def save_checkpoints(info: TrainStep) -> None:
+        if info.step == 1:
+            trained_ids.update(info.row_ids)
+            save_at.update(checkpoint_steps(info.total, n_checkpoints))
+        segment_lrs.append(info.lr)
+        segment_losses.append(info.loss)
+        if info.step in save_at:
+            named = [
+                (n, p) for n, p in info.model.named_parameters() if p.requires_grad
+            ]
+            saved.append(
+                _save_checkpoint(
+                    info.model,
+                    info.optimizer,
+                    named,
+                    out_dir,
+                    step=info.step,
+                    lr=info.lr,
+                    mean_lr=sum(segment_lrs) / len(segment_lrs),
+                    mean_loss=sum(segment_losses) / len(segment_losses),
                 )
-                segment_lrs.clear()
-                segment_losses.clear()
+            )
+            segment_lrs.clear()
+            segment_losses.clear()
 
-        # finetune's own loop: the same optimiser, schedule and batch stream.
-        _train_loop(
-            model,
-            rows,
-            row_ids,
-            params,
-            pad_id=pad_id,
-            steps=steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            warmup_ratio=config.warmup_ratio,
-            schedule=config.schedule,
-            weight_decay=config.weight_decay,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
-            progress=progress,
-            description="warm-up (lora)",
-            on_step=save_checkpoints,
-        )
-    return saved, dropped
+    finetune(
+        model,
+        tokenizer,
+        train,
+        config,
+        progress=progress,
+        description="warm-up (lora)",
+        on_step=save_checkpoints,
+    )
+    return saved, [i for i in train.ids if i not in trained_ids]
 
 
 def _save_checkpoint(
