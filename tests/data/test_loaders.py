@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import needs_shared, shared, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,26 +21,6 @@ from harp.data import (
 )
 from harp.data.loaders import detect_format
 from harp.errors import DataError
-
-SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent"
-)
-
-
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"{path} is absent from the shared data")
-    return path
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-        encoding="utf-8",
-    )
-    return path
 
 
 def user(content):

@@ -8,17 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from _helpers import needs_shared, shared, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harp.data import Example, ExampleSet, load_examples, write_rows
 from harp.data.writers import detect_format
 from harp.errors import DataError, HarpError, ParameterError
-
-SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent"
-)
 
 
 def alpaca(instruction: str, input: str, output: str, domain: str) -> dict:
@@ -32,21 +28,6 @@ ROWS = [
     alpaca("Add 2 and 3.", "", "5", "math"),  # an exact repeat of row 0
     alpaca("Name a prime.", "", "7", "math"),
 ]
-
-
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"{path} is absent from the shared data")
-    return path
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-        encoding="utf-8",
-    )
-    return path
 
 
 def make_pool(tmp_path: Path, kind: str, rows: list[dict] = ROWS) -> Path:
