@@ -10,6 +10,7 @@ stopped and yields the identical array; another spec never reuses the directory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from harp._utils.hashing import fingerprint
 from harp.data._records import ExampleSet
-from harp.errors import ParameterError
+from harp.errors import HarpError, ParameterError
 
 __all__ = ["extract_embedding_features", "extract_gradient_features", "gradient_spec"]
 
@@ -150,7 +151,7 @@ def extract_gradient_features(
     FeatureStore
         Opened read-only and complete.
     """
-    from harp.features.store import FeatureStore, estimate_store_bytes, fill_store
+    from harp.features.store import estimate_store_bytes
     from harp.models.loading import load_model
 
     spec = gradient_spec(
@@ -217,30 +218,22 @@ def extract_gradient_features(
             )
         return state
 
-    out_dim = dim
-    if not dim:
-        out_dim = model_and_parts()["dim"]
-    log.info(
-        "gradient features of %d rows -> %s (dim %d, about %s on disk)",
-        len(examples),
-        directory,
-        out_dim,
-        _fmt_bytes(estimate_store_bytes(len(examples), out_dim, "float32")),
-    )
-    store = FeatureStore.create(
-        directory,
-        ids=examples.ids,
-        dim=out_dim,
-        dtype="float32",
-        spec=spec,
-        shard_rows=shard_rows,
-    )
+    def out_dim() -> int:
+        width = dim or model_and_parts()["dim"]
+        log.info(
+            "gradient features of %d rows -> %s (dim %d, about %s on disk)",
+            len(examples),
+            directory,
+            width,
+            _fmt_bytes(estimate_store_bytes(len(examples), width, "float32")),
+        )
+        return width
 
     def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
         from harp.features.gradients import per_sample_gradients
 
         parts = model_and_parts()
-        block = np.empty((stop - start, out_dim), dtype=np.float32)
+        block = np.empty((stop - start, parts["dim"]), dtype=np.float32)
         rows = examples.subset(range(start, stop))
         for idx, grads in per_sample_gradients(
             parts["model"],
@@ -255,9 +248,9 @@ def extract_gradient_features(
             block[np.asarray(idx)] = grads
         return block
 
-    # Also when nothing is pending: a crash after the last shard left it unfinalized.
-    fill_store(store, compute_shard, progress=progress)
-    return FeatureStore.open(directory, expect_spec=spec, expect_ids=examples.ids)
+    return _complete_store(
+        directory, examples, spec, out_dim, compute_shard, shard_rows, progress
+    )
 
 
 def extract_embedding_features(
@@ -274,7 +267,6 @@ def extract_embedding_features(
     ``encoder="tfidf"`` fits its IDF on ``examples`` alone, so its features are only
     comparable within one store.
     """
-    from harp.features.store import FeatureStore, fill_store
     from harp.features.text import TextFeaturizer, resolve_encoder
 
     resolved = resolve_encoder(encoder)
@@ -287,28 +279,61 @@ def extract_embedding_features(
         / f"embeddings-{fingerprint('embeddings', content='', params=spec)[:16]}"
     )
     texts = examples.texts
-    if resolved == "tfidf":
+    whole: list[np.ndarray] = []
+
+    def embed_all() -> np.ndarray:
         # TF-IDF depends on the whole corpus: embed once, then shard the result.
-        whole = featurizer.embed(texts)
-        dim = whole.shape[1]
-    else:
-        whole = None
-        dim = featurizer.embed(texts[:1]).shape[1]
+        if not whole:
+            whole.append(featurizer.embed(texts))
+        return whole[0]
+
+    def out_dim() -> int:
+        if resolved == "tfidf":
+            return embed_all().shape[1]
+        return featurizer.embed(texts[:1]).shape[1]
+
+    def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
+        if resolved == "tfidf":
+            return embed_all()[start:stop]
+        return featurizer.embed(texts[start:stop])
+
+    return _complete_store(
+        directory, examples, spec, out_dim, compute_shard, shard_rows, progress
+    )
+
+
+def _complete_store(
+    directory: Path,
+    examples: ExampleSet,
+    spec: dict[str, Any],
+    out_dim: Callable[[], int],
+    compute_shard: Callable[[int, int, int], np.ndarray],
+    shard_rows: int,
+    progress: bool,
+):
+    """Open the store at ``directory`` if complete; else create or resume and fill it.
+
+    A complete store is opened before anything is computed (not even its width);
+    otherwise missing shards are computed, and the store is finalised even when none
+    is missing (a crash after the last shard leaves it unfinalised).
+    """
+    from harp.features.store import FeatureStore, fill_store
+
+    if (directory / "manifest.json").exists():
+        try:
+            return FeatureStore.open(
+                directory, expect_spec=spec, expect_ids=examples.ids
+            )
+        except HarpError:
+            pass  # incomplete: resumed below; mismatched: create() says what differs
     store = FeatureStore.create(
         directory,
         ids=examples.ids,
-        dim=dim,
+        dim=out_dim(),
         dtype="float32",
         spec=spec,
         shard_rows=shard_rows,
     )
-
-    def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
-        if whole is not None:
-            return whole[start:stop]
-        return featurizer.embed(texts[start:stop])
-
-    # Also when nothing is pending: a crash after the last shard left it unfinalized.
     fill_store(store, compute_shard, progress=progress)
     return FeatureStore.open(directory, expect_spec=spec, expect_ids=examples.ids)
 
