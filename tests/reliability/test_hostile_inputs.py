@@ -169,8 +169,3 @@ def test_missing_pool_file(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "nope.jsonl" in result.output
-
-
-def test_count_of_hostile_cases():
-    """The closing note of the reliability issue reports this count; keep it honest."""
-    assert len(CASES) >= 20

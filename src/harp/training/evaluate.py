@@ -797,6 +797,7 @@ def finetune_and_evaluate(
     eval_config: EvalConfig | None = None,
     *,
     base_report: EvalReport | None = None,
+    trust_remote_code: bool = False,
     progress: bool = False,
 ) -> tuple[EvalReport, EvalReport]:
     """Finetune a fresh copy of a base model on ``train`` and score it on ``target``.
@@ -820,6 +821,8 @@ def finetune_and_evaluate(
         Evaluation settings.
     base_report : EvalReport or None, default None
         A report of the same base on the same target, reused as is.
+    trust_remote_code : bool, default False
+        Allow the model folder's own Python code.
     progress : bool, default False
         Show progress bars.
 
@@ -835,7 +838,7 @@ def finetune_and_evaluate(
 
     eval_config = EvalConfig() if eval_config is None else eval_config
     train_config = TrainConfig() if train_config is None else train_config
-    model, tokenizer = load_model(base)
+    model, tokenizer = load_model(base, trust_remote_code=trust_remote_code)
     if base_report is None:
         base_report = evaluate(model, tokenizer, target, eval_config, progress=progress)
     start = time.perf_counter()

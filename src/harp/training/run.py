@@ -48,17 +48,27 @@ def evaluate_subset(
         :meth:`harp.training.EvalReport.to_dict` (per-domain mean, variance, n, stderr).
     """
     from harp.models import load_model
-    from harp.training import EvalConfig, TrainConfig, evaluate, finetune
+    from harp.training import EvalConfig, TrainConfig, evaluate, finetune_and_evaluate
 
     start = time.perf_counter()
     train_config = TrainConfig(**(train_overrides or {}))
     eval_config = EvalConfig(max_new_tokens=max_new_tokens)
-    net, tokenizer = load_model(model, trust_remote_code=trust_remote_code)
-    base = evaluate(net, tokenizer, target, eval_config, progress=progress)
-    tuned = None
-    if train is not None:
-        net = finetune(net, tokenizer, train, train_config, progress=progress)
-        tuned = evaluate(net, tokenizer, target, eval_config, progress=progress)
+    if train is None:
+        net, tokenizer = load_model(model, trust_remote_code=trust_remote_code)
+        base, tuned = (
+            evaluate(net, tokenizer, target, eval_config, progress=progress),
+            None,
+        )
+    else:
+        tuned, base = finetune_and_evaluate(
+            model,
+            train,
+            target,
+            train_config,
+            eval_config,
+            trust_remote_code=trust_remote_code,
+            progress=progress,
+        )
     return {
         "model": str(model),
         "base": base.to_dict(),
