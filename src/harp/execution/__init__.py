@@ -1,1 +1,14 @@
-"""execution stage."""
+"""Executors: run feature shards and HARP's leaf evaluations locally or on Ray.
+
+See :mod:`harp.execution.executor`. Ray is imported only by :class:`RayExecutor`.
+"""
+
+from harp.execution.executor import (
+    EXECUTORS,
+    Executor,
+    LocalExecutor,
+    RayExecutor,
+    make_executor,
+)
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "make_executor"]

@@ -116,6 +116,7 @@ def extract_gradient_features(
     max_length: int = 256,
     shard_rows: int = 2048,
     progress: bool = False,
+    executor: Any = None,
 ):
     """Projected per-example LoRA gradients of ``examples``, in a feature store.
 
@@ -142,9 +143,16 @@ def extract_gradient_features(
     batch_size, max_length : int
         Per-sample gradient batch and token limit.
     shard_rows : int, default=2048
-        Rows per store shard: the unit of resume.
+        Rows per store shard: the unit of resume and of parallel work.
     progress : bool, default=False
         Show progress bars.
+    executor : Executor, str or None, default=None
+        Runs the pending shards as tasks (see :mod:`harp.execution`): each task
+        loads the model from ``base_dir`` (once per worker process), computes its
+        shard and writes it into the store; the store is finalised once every shard
+        is in. None computes the shards here, one after another. The features are
+        bit-identical either way (same shards, seeded projection) given the same
+        torch thread count per task.
 
     Returns
     -------
@@ -152,7 +160,6 @@ def extract_gradient_features(
         Opened read-only and complete.
     """
     from harp.features.store import estimate_store_bytes
-    from harp.models.loading import load_model
 
     spec = gradient_spec(
         base_dir,
@@ -168,54 +175,20 @@ def extract_gradient_features(
         Path(store_root)
         / f"gradients-{fingerprint('gradients', content='', params=spec)[:16]}"
     )
+    model_args = dict(
+        base_dir=str(base_dir),
+        checkpoint=checkpoint,
+        dim=dim,
+        projection=projection,
+        seed=seed,
+        optimizer=optimizer,
+    )
     state: dict[str, Any] = {}
 
     def model_and_parts():
         # Built lazily: a complete store needs no model at all.
         if not state:
-            from harp.features.gradients import gradient_dim
-            from harp.features.projection import RandomProjector
-            from harp.models.loading import attach_lora
-
-            if checkpoint is not None:
-                from harp.models.loading import load_tokenizer
-
-                model = checkpoint.load_model(base_dir)
-                tokenizer = load_tokenizer(base_dir)
-            else:
-                import torch
-
-                model, tokenizer = load_model(base_dir)
-                with torch.random.fork_rng():
-                    torch.manual_seed(seed)
-                    model = attach_lora(model)
-            model.eval()
-            in_dim = gradient_dim(model)
-            state["model"], state["tokenizer"] = model, tokenizer
-            state["projector"] = (
-                RandomProjector(in_dim, dim, kind=projection, seed=seed)
-                if dim
-                else None
-            )
-            state["preconditioner"] = (
-                checkpoint.optimizer_state() if optimizer == "adam" else None
-            )
-            state["dim"] = dim or in_dim
-            projector = state["projector"]
-            log.info(
-                "%d trainable gradient coordinates; projection to %d needs about %s "
-                "of memory (%s), plus one batch of activations",
-                in_dim,
-                state["dim"],
-                _fmt_bytes(
-                    0
-                    if projector is None
-                    else projector.nbytes
-                    if projector.cached
-                    else projector.block_size * projector.dim * 4
-                ),
-                "cached" if projector is not None and projector.cached else "streamed",
-            )
+            state.update(_gradient_parts(**model_args))
         return state
 
     def out_dim() -> int:
@@ -230,26 +203,34 @@ def extract_gradient_features(
         return width
 
     def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
-        from harp.features.gradients import per_sample_gradients
-
-        parts = model_and_parts()
-        block = np.empty((stop - start, parts["dim"]), dtype=np.float32)
-        rows = examples.subset(range(start, stop))
-        for idx, grads in per_sample_gradients(
-            parts["model"],
-            parts["tokenizer"],
-            rows,
+        return _gradient_block(
+            model_and_parts(),
+            examples.subset(range(start, stop)),
             batch_size=batch_size,
             max_length=max_length,
-            projector=parts["projector"],
-            preconditioner=parts["preconditioner"],
             progress=progress,
-        ):
-            block[np.asarray(idx)] = grads
-        return block
+        )
+
+    def shard_job(k: int, start: int, stop: int) -> tuple[Callable, dict[str, Any]]:
+        return _gradient_shard_task, {
+            "directory": str(directory),
+            "shard": k,
+            "rows": examples.subset(range(start, stop)),
+            "model": model_args,
+            "batch_size": batch_size,
+            "max_length": max_length,
+        }
 
     return _complete_store(
-        directory, examples, spec, out_dim, compute_shard, shard_rows, progress
+        directory,
+        examples,
+        spec,
+        out_dim,
+        compute_shard,
+        shard_rows,
+        progress,
+        executor=executor,
+        shard_job=shard_job,
     )
 
 
@@ -261,11 +242,17 @@ def extract_embedding_features(
     batch_size: int = 64,
     shard_rows: int = 8192,
     progress: bool = False,
+    executor: Any = None,
 ):
     """Sentence embeddings of ``examples`` (``prompt + response``) in a feature store.
 
     ``encoder="tfidf"`` fits its IDF on ``examples`` alone, so its features are only
     comparable within one store.
+
+    With an ``executor`` (see :func:`extract_gradient_features`), the shards of a
+    neural encoder are embedded and written by tasks, each loading the encoder once
+    per worker process. TF-IDF depends on the whole corpus and is cheap: it is
+    always computed and written here, whatever the executor.
     """
     from harp.features.text import TextFeaturizer, resolve_encoder
 
@@ -297,8 +284,25 @@ def extract_embedding_features(
             return embed_all()[start:stop]
         return featurizer.embed(texts[start:stop])
 
+    def shard_job(k: int, start: int, stop: int) -> tuple[Callable, dict[str, Any]]:
+        return _embedding_shard_task, {
+            "directory": str(directory),
+            "shard": k,
+            "texts": list(texts[start:stop]),
+            "encoder": resolved,
+            "batch_size": batch_size,
+        }
+
     return _complete_store(
-        directory, examples, spec, out_dim, compute_shard, shard_rows, progress
+        directory,
+        examples,
+        spec,
+        out_dim,
+        compute_shard,
+        shard_rows,
+        progress,
+        executor=None if resolved == "tfidf" else executor,
+        shard_job=shard_job,
     )
 
 
@@ -310,12 +314,18 @@ def _complete_store(
     compute_shard: Callable[[int, int, int], np.ndarray],
     shard_rows: int,
     progress: bool,
+    *,
+    executor: Any = None,
+    shard_job: Callable[[int, int, int], tuple[Callable, Any]] | None = None,
 ):
     """Open the store at ``directory`` if complete; else create or resume and fill it.
 
     A complete store is opened before anything is computed (not even its width);
     otherwise missing shards are computed, and the store is finalised even when none
-    is missing (a crash after the last shard leaves it unfinalised).
+    is missing (a crash after the last shard leaves it unfinalised). With an
+    ``executor``, ``shard_job(k, start, stop)`` gives the ``(task, argument)`` that
+    computes and writes shard ``k`` in a worker; the pending shards are mapped over
+    it, then the store is finalised here.
     """
     from harp.features.store import FeatureStore, fill_store
 
@@ -334,8 +344,185 @@ def _complete_store(
         spec=spec,
         shard_rows=shard_rows,
     )
-    fill_store(store, compute_shard, progress=progress)
+    if executor is None or shard_job is None:
+        fill_store(store, compute_shard, progress=progress)
+    else:
+        from harp.execution import make_executor
+
+        runner = make_executor(executor)
+        pending = store.pending_shards()
+        jobs = [shard_job(k, *store.shard_range(k)) for k in pending]
+        if jobs:
+            log.info(
+                "feature store %s: %d of %d shards to compute on %s (%d workers)",
+                directory,
+                len(jobs),
+                store.n_shards,
+                runner.name,
+                runner.n_workers,
+            )
+            task = jobs[0][0]
+            try:
+                runner.map(task, [arg for _, arg in jobs], desc=f"features {directory}")
+            finally:
+                if runner is not executor:
+                    runner.shutdown()
+        store.finalize()
     return FeatureStore.open(directory, expect_spec=spec, expect_ids=examples.ids)
+
+
+# ---------------------------------------------------------------- shard tasks
+#
+# Module-level functions of plain picklable arguments, run by an executor in another
+# process (or machine): each opens the store, skips a shard already written (a retry
+# of a task that finished, or a shard done before a crash), computes and writes its
+# own shard files, and returns a small marker. The model is loaded from its folder
+# once per worker process and kept for the next shard of the same spec.
+
+#: The last model (or encoder) a worker built, by what it was built from.
+_WORKER_MODEL: dict[str, Any] = {}
+
+
+def _gradient_parts(
+    *,
+    base_dir: str | Path,
+    checkpoint: Any,
+    dim: int,
+    projection: str,
+    seed: int,
+    optimizer: str,
+) -> dict[str, Any]:
+    """The model (with its LoRA adapter), tokenizer, projector and preconditioner."""
+    from harp.features.gradients import gradient_dim
+    from harp.features.projection import RandomProjector
+    from harp.models.loading import attach_lora, load_model
+
+    if checkpoint is not None:
+        from harp.models.loading import load_tokenizer
+
+        model = checkpoint.load_model(base_dir)
+        tokenizer = load_tokenizer(base_dir)
+    else:
+        import torch
+
+        model, tokenizer = load_model(base_dir)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = attach_lora(model)
+    model.eval()
+    in_dim = gradient_dim(model)
+    projector = (
+        RandomProjector(in_dim, dim, kind=projection, seed=seed) if dim else None
+    )
+    width = dim or in_dim
+    log.info(
+        "%d trainable gradient coordinates; projection to %d needs about %s "
+        "of memory (%s), plus one batch of activations",
+        in_dim,
+        width,
+        _fmt_bytes(
+            0
+            if projector is None
+            else projector.nbytes
+            if projector.cached
+            else projector.block_size * projector.dim * 4
+        ),
+        "cached" if projector is not None and projector.cached else "streamed",
+    )
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "projector": projector,
+        "preconditioner": (
+            checkpoint.optimizer_state() if optimizer == "adam" else None
+        ),
+        "dim": width,
+    }
+
+
+def _gradient_block(
+    parts: dict[str, Any],
+    rows: ExampleSet,
+    *,
+    batch_size: int,
+    max_length: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """The projected gradients of ``rows``, one float32 row each."""
+    from harp.features.gradients import per_sample_gradients
+
+    block = np.empty((len(rows), parts["dim"]), dtype=np.float32)
+    for idx, grads in per_sample_gradients(
+        parts["model"],
+        parts["tokenizer"],
+        rows,
+        batch_size=batch_size,
+        max_length=max_length,
+        projector=parts["projector"],
+        preconditioner=parts["preconditioner"],
+        progress=progress,
+    ):
+        block[np.asarray(idx)] = grads
+    return block
+
+
+def _worker_cached(key: str, build: Callable[[], Any]) -> Any:
+    if _WORKER_MODEL.get("key") != key:
+        _WORKER_MODEL.clear()  # one model per worker: free the last one first
+        _WORKER_MODEL["value"] = build()
+        _WORKER_MODEL["key"] = key
+    return _WORKER_MODEL["value"]
+
+
+def _writable_store(directory: str):
+    """Reopen an existing (incomplete) store for writing, from what is on disk."""
+    from harp.features.store import FeatureStore
+
+    found = FeatureStore.open(directory, allow_incomplete=True)
+    return FeatureStore.create(
+        directory,
+        ids=found.ids,
+        dim=found.dim,
+        dtype=found.dtype,
+        spec=found.spec,
+        shard_rows=found.shard_rows,
+    )
+
+
+def _gradient_shard_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Compute and write one shard of a gradient store (see ``_complete_store``)."""
+    from harp._utils.hashing import stable_json
+
+    store = _writable_store(job["directory"])
+    k = job["shard"]
+    if store.is_done(k):
+        return {"shard": k, "computed": False}
+    model = job["model"]
+    checkpoint = model["checkpoint"]
+    where = None if checkpoint is None else [str(checkpoint.path), checkpoint.step]
+    key = stable_json({**model, "checkpoint": where})
+    parts = _worker_cached(key, lambda: _gradient_parts(**model))
+    block = _gradient_block(
+        parts, job["rows"], batch_size=job["batch_size"], max_length=job["max_length"]
+    )
+    store.write_shard(k, block)
+    return {"shard": k, "computed": True}
+
+
+def _embedding_shard_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Embed and write one shard of an embedding store (neural encoders only)."""
+    from harp.features.text import TextFeaturizer
+
+    store = _writable_store(job["directory"])
+    k = job["shard"]
+    if store.is_done(k):
+        return {"shard": k, "computed": False}
+    featurizer = _worker_cached(
+        f"embed:{job['encoder']}:{job['batch_size']}",
+        lambda: TextFeaturizer(encoder=job["encoder"], batch_size=job["batch_size"]),
+    )
+    store.write_shard(k, featurizer.embed(job["texts"]))
+    return {"shard": k, "computed": True}
 
 
 def _fmt_bytes(n: int) -> str:

@@ -1,0 +1,510 @@
+"""Executors: run independent tasks in-process, in a process pool or on a Ray cluster.
+
+Feature shards and the train-evaluate calls of one HARP round are independent tasks.
+An :class:`Executor` maps a function over such tasks and returns the results in
+input order, whatever ran where. Tasks are pure module-level functions of picklable
+arguments (paths, rows, settings) that write their output to fingerprinted paths
+(a feature-store shard, an oracle cache file), so results never depend on the
+executor or the number of workers, and a task that is run twice does no harm.
+
+Failure rules, the same for every executor: a :class:`~harp.errors.HarpError`
+raised by a task (bad data, a bad parameter) is the caller's error and propagates
+unchanged, without retry; any other failure (an unexpected exception, a worker that
+died or was killed) is retried up to ``max_retries`` times, then raised as a
+:class:`~harp.errors.HarpError` that names the item.
+
+Ray is optional (``pip install 'harp-select[ray]'``) and imported only by
+:class:`RayExecutor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from harp.errors import HarpError, ParameterError
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "make_executor",
+]
+
+log = logging.getLogger(__name__)
+
+#: Executor names accepted by :func:`make_executor` (and ``--executor``).
+EXECUTORS = ("local", "ray")
+
+_RAY_HINT = "pip install 'harp-select[ray]'"
+
+
+def _label(item: Any, limit: int = 80) -> str:
+    text = repr(item)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _failure(desc: str, index: int, item: Any, attempts: int, cause: Any) -> HarpError:
+    what = desc or "task"
+    return HarpError(
+        f"{what}: item {index} ({_label(item)}) failed after {attempts} "
+        f"attempt{'s' if attempts != 1 else ''}: {cause}"
+    )
+
+
+def _set_threads(threads: int | None) -> None:
+    """Limit a worker's math libraries to ``threads`` (before or after torch loads)."""
+    if not threads:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+class _Raised:
+    """A HarpError caught inside a worker, returned so that nothing retries it."""
+
+    def __init__(self, error: HarpError) -> None:
+        self.error = error
+
+
+def _call(fn: Callable[[Any], Any], item: Any, threads: int | None) -> Any:
+    """What a worker runs: set its threads, call ``fn``, hand back harp's errors."""
+    _set_threads(threads)
+    try:
+        out = fn(item)
+    except HarpError as exc:
+        return _Raised(exc)
+    torch = sys.modules.get("torch")  # imported by fn: hold it to the same threads
+    if threads and torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return out
+
+
+class Executor(ABC):
+    """Runs a function over independent items; results come back in input order.
+
+    Subclasses implement :meth:`map` and :attr:`n_workers`; :meth:`shutdown` frees
+    what the executor started (executors are also context managers).
+
+    Attributes
+    ----------
+    name : str
+        The registry name (``"local"``, ``"ray"``).
+    max_retries : int
+        Retries of a task that failed with anything but a ``HarpError``.
+    """
+
+    name: str = "executor"
+    max_retries: int = 0
+
+    @property
+    @abstractmethod
+    def n_workers(self) -> int:
+        """Tasks that can run at the same time."""
+
+    @abstractmethod
+    def map(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str = ""
+    ) -> list:
+        """``[fn(item) for item in items]``, possibly in parallel.
+
+        Parameters
+        ----------
+        fn : callable
+            A module-level function (or a ``functools.partial`` of one) of one
+            picklable item; it must be picklable for every executor but the
+            in-process one.
+        items : iterable
+            The tasks' inputs.
+        desc : str, default=""
+            What the tasks do, for logs and error messages.
+
+        Returns
+        -------
+        list
+            The results, in the order of ``items``.
+
+        Raises
+        ------
+        HarpError
+            A task's own ``HarpError`` (unchanged), or a task that still failed
+            after ``max_retries`` retries (the message names the item).
+        """
+
+    def shutdown(self) -> None:
+        """Free the workers this executor started (a no-op by default)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LocalExecutor(Executor):
+    """Tasks on this machine: in-process for one worker, else a process pool.
+
+    Parameters
+    ----------
+    workers : int, default=1
+        With 1, tasks run one after another in the calling process (no pickling,
+        no overhead: what harp does without an executor). With more, a
+        ``concurrent.futures.ProcessPoolExecutor`` of that many ``spawn``-ed
+        processes (safe with torch), created per :meth:`map` call.
+    max_retries : int, default=0
+        Retries of a failed task (not of a ``HarpError``). A pool worker that dies
+        (killed, out of memory) fails the tasks it held; they are retried in a new
+        pool.
+    threads_per_task : int or None, default=None
+        Math-library threads of a pool worker; None divides the CPU cores among the
+        workers. The in-process executor leaves the threads as they are.
+
+    Examples
+    --------
+    >>> LocalExecutor().map(abs, [-2, 3, -1])
+    [2, 3, 1]
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        max_retries: int = 0,
+        threads_per_task: int | None = None,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ParameterError(f"workers={workers!r}: expected an integer >= 1")
+        if (
+            isinstance(max_retries, bool)
+            or not isinstance(max_retries, int)
+            or max_retries < 0
+        ):
+            raise ParameterError(
+                f"max_retries={max_retries!r}: expected an integer >= 0"
+            )
+        self.workers = workers
+        self.max_retries = max_retries
+        self.threads_per_task = threads_per_task
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(workers={self.workers}, max_retries={self.max_retries})"
+
+    def map(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str = ""
+    ) -> list:
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            return [self._run_here(fn, i, item, desc) for i, item in enumerate(items)]
+        return self._run_pool(fn, items, desc)
+
+    def _run_here(self, fn, index: int, item: Any, desc: str) -> Any:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return fn(item)
+            except HarpError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                if attempt == self.max_retries:
+                    raise _failure(desc, index, item, attempt + 1, exc) from exc
+                log.warning(
+                    "%s: item %d failed (%s); retrying", desc or "task", index, exc
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_pool(self, fn, items: list, desc: str) -> list:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = self.threads_per_task or max(1, (os.cpu_count() or 1) // self.workers)
+        results: dict[int, Any] = {}
+        attempts = dict.fromkeys(range(len(items)), 0)
+        todo = list(range(len(items)))
+        context = multiprocessing.get_context("spawn")
+        while todo:
+            failed: list[int] = []
+            workers = min(self.workers, len(todo))
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {i: pool.submit(_call, fn, items[i], threads) for i in todo}
+                for i, future in futures.items():
+                    attempts[i] += 1
+                    try:
+                        out = future.result()
+                    except Exception as exc:  # noqa: BLE001 - a crash or an error
+                        if attempts[i] > self.max_retries:
+                            for other in futures.values():
+                                other.cancel()
+                            raise _failure(desc, i, items[i], attempts[i], exc) from exc
+                        log.warning(
+                            "%s: item %d failed (%s); retrying", desc or "task", i, exc
+                        )
+                        failed.append(i)
+                        continue
+                    if isinstance(out, _Raised):
+                        for other in futures.values():
+                            other.cancel()
+                        raise out.error
+                    results[i] = out
+            todo = failed
+        return [results[i] for i in range(len(items))]
+
+
+class RayExecutor(Executor):
+    """Tasks on a Ray cluster: a local one it starts, or an existing one.
+
+    Parameters
+    ----------
+    address : None, "auto" or "HOST:PORT", default=None
+        None starts a private local cluster (stopped by :meth:`shutdown`); ``"auto"``
+        joins the cluster started on this machine by ``ray start --head``;
+        ``"HOST:PORT"`` joins the cluster of that head node. When Ray is already
+        initialised in this process, that session is used as is.
+    num_cpus : int or None, default=None
+        CPUs of a local cluster that this executor starts (None: all cores).
+    cpus_per_task : float, default=1
+        CPUs Ray reserves per task; also the task's torch threads.
+    gpus_per_task : float, default=0
+        GPUs Ray reserves per task; Ray sets the task's ``CUDA_VISIBLE_DEVICES`` to
+        them.
+    max_retries : int, default=3
+        Retries of a task whose worker died or that raised anything but a
+        ``HarpError``.
+    init_kwargs : dict, optional
+        More keyword arguments of ``ray.init`` (e.g. ``runtime_env``).
+
+    Raises
+    ------
+    HarpError
+        Ray is not installed.
+
+    Notes
+    -----
+    The function of one :meth:`map` call is put into the object store once; each
+    task receives it and one item. Workers must be able to import ``harp`` and
+    reach the paths in the items (a shared filesystem on a multi-node cluster).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        cpus_per_task: float = 1,
+        gpus_per_task: float = 0,
+        max_retries: int = 3,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self._ray_module()  # fail now, with the fix, when Ray is missing
+        if cpus_per_task is None or cpus_per_task <= 0:
+            raise ParameterError(f"cpus_per_task={cpus_per_task!r}: expected > 0")
+        if gpus_per_task is None or gpus_per_task < 0:
+            raise ParameterError(f"gpus_per_task={gpus_per_task!r}: expected >= 0")
+        if (
+            isinstance(max_retries, bool)
+            or not isinstance(max_retries, int)
+            or (max_retries < 0)
+        ):
+            raise ParameterError(
+                f"max_retries={max_retries!r}: expected an integer >= 0"
+            )
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.max_retries = max_retries
+        self.init_kwargs = dict(init_kwargs or {})
+        self._started = False
+        self._remote = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus}, "
+            f"cpus_per_task={self.cpus_per_task}, gpus_per_task={self.gpus_per_task}, "
+            f"max_retries={self.max_retries})"
+        )
+
+    @staticmethod
+    def _ray_module():
+        try:
+            import ray
+        except ImportError as exc:
+            raise HarpError(
+                f"the Ray executor needs Ray, which is not installed: {_RAY_HINT}"
+            ) from exc
+        return ray
+
+    def _ensure_started(self):
+        ray = self._ray_module()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": logging.ERROR,
+                **self.init_kwargs,
+            }
+            if self.address is None:
+                kwargs.setdefault("num_cpus", self.num_cpus)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                where = self.address or "a local cluster"
+                raise HarpError(f"cannot start or join Ray at {where}: {exc}") from exc
+            self._started = True
+            log.info("Ray: %s", ray.cluster_resources())
+        if self._remote is None:
+            self._remote = ray.remote(
+                num_cpus=self.cpus_per_task,
+                num_gpus=self.gpus_per_task,
+                max_retries=self.max_retries,
+                retry_exceptions=True,
+            )(_call)
+        return ray
+
+    @property
+    def n_workers(self) -> int:
+        ray = self._ensure_started()
+        resources = ray.cluster_resources()
+        by_cpu = int(resources.get("CPU", 1) // self.cpus_per_task)
+        if self.gpus_per_task:
+            by_gpu = int(resources.get("GPU", 0) // self.gpus_per_task)
+            return max(1, min(by_cpu, by_gpu))
+        return max(1, by_cpu)
+
+    def map(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str = ""
+    ) -> list:
+        items = list(items)
+        if not items:
+            return []
+        ray = self._ensure_started()
+        threads = max(1, int(self.cpus_per_task))
+        fn_ref = ray.put(fn)
+        refs = [self._remote.remote(fn_ref, item, threads) for item in items]
+        log.info("%s: %d Ray tasks", desc or "tasks", len(refs))
+        results = []
+        for i, ref in enumerate(refs):
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self._cancel(ray, refs[i + 1 :])
+                cause = getattr(exc, "cause", None) or exc
+                raise _failure(
+                    desc, i, items[i], self.max_retries + 1, _first_line(cause)
+                ) from exc
+            if isinstance(out, _Raised):
+                self._cancel(ray, refs[i + 1 :])
+                raise out.error
+            results.append(out)
+        return results
+
+    @staticmethod
+    def _cancel(ray, refs) -> None:
+        for ref in refs:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - finished already: nothing to cancel
+                pass
+
+    def shutdown(self) -> None:
+        """Disconnect from Ray if this executor connected.
+
+        A local cluster it started stops; a cluster it joined keeps running, and a
+        Ray session that was already open in this process is left alone.
+        """
+        if self._started:
+            ray = self._ray_module()
+            ray.shutdown()
+            self._started = False
+            self._remote = None
+
+
+def _first_line(exc: Any) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def make_executor(
+    executor: str | Executor | None = None,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_task: float | None = None,
+    **options: Any,
+) -> Executor:
+    """An executor by name (``"local"``, ``"ray"``), or the instance given.
+
+    Parameters
+    ----------
+    executor : {"local", "ray"}, Executor or None, default=None
+        None means ``"local"``.
+    workers : int, optional
+        Local: pool processes (1 = in-process). Ray: CPUs of the local cluster it
+        starts (ignored when joining a cluster).
+    address : str, optional
+        Ray only: None (start a local cluster), ``"auto"`` or ``"HOST:PORT"``.
+    gpus_per_task : float, optional
+        Ray only: GPUs per task.
+    **options
+        More keyword arguments of the executor class (``max_retries``,
+        ``cpus_per_task``, ...).
+
+    Returns
+    -------
+    Executor
+
+    Raises
+    ------
+    ParameterError
+        An unknown name, an option the chosen executor does not take, or options
+        given along with an instance.
+
+    Examples
+    --------
+    >>> make_executor()
+    LocalExecutor(workers=1, max_retries=0)
+    >>> make_executor("local", workers=2).n_workers
+    2
+    """
+    if isinstance(executor, Executor):
+        given = {"workers": workers, "address": address, "gpus_per_task": gpus_per_task}
+        if options or any(v is not None for v in given.values()):
+            raise ParameterError(
+                "executor options go to make_executor with a name, not an instance"
+            )
+        return executor
+    name = "local" if executor is None else executor
+    if name == "local":
+        if address is not None or gpus_per_task:
+            raise ParameterError(
+                "address and gpus_per_task are Ray options; use executor='ray'"
+            )
+        return LocalExecutor(workers if workers is not None else 1, **options)
+    if name == "ray":
+        return RayExecutor(
+            address,
+            num_cpus=workers,
+            gpus_per_task=gpus_per_task or 0,
+            **options,
+        )
+    raise ParameterError(
+        f"executor={executor!r} is not allowed; expected one of {EXECUTORS} or an "
+        "Executor instance"
+    )
