@@ -19,20 +19,27 @@ from harp.selectors._selection import Cost, Selection
 # Importing the modules registers the built-in methods.
 from harp.selectors.cluster import ClusterSelector  # noqa: E402
 from harp.selectors.dsir import DSIRSelector
+from harp.selectors.harp.selector import HARPCSelector, HARPESelector  # noqa: E402
 from harp.selectors.less import GradNormSelector, LESSSelector  # noqa: E402
 from harp.selectors.random import RandomSelector  # noqa: E402
 from harp.selectors.similarity import SimilaritySelector  # noqa: E402
+from harp.selectors.spice import DPPSelector, FisherSelector, SPICESelector  # noqa: E402
 
 __all__ = [
     "BaseSelector",
     "ClusterSelector",
     "Cost",
+    "DPPSelector",
     "DSIRSelector",
+    "FisherSelector",
+    "HARPCSelector",
+    "HARPESelector",
     "GradNormSelector",
     "LESSSelector",
     "Interval",
     "Options",
     "RandomSelector",
+    "SPICESelector",
     "Selection",
     "SimilaritySelector",
     "available_methods",

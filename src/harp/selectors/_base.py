@@ -174,6 +174,12 @@ class BaseSelector(ABC):
     #: Whether the method runs a language model (gradients, finetuning); the demo's
     #: default method list leaves these out.
     uses_model: ClassVar[bool] = False
+    #: Whether a fit always selects exactly ``budget`` rows (HARP's best-prefix rule
+    #: and early stops select fewer on purpose).
+    fills_budget: ClassVar[bool] = True
+    #: Parameters that say how the work runs (progress bars, an executor), not what
+    #: it computes: kept out of the Selection's params and fingerprint.
+    _execution_params: ClassVar[tuple[str, ...]] = ("progress",)
     _parameter_constraints: ClassVar[dict[str, list]] = {}
 
     # -- scikit-learn parameter protocol ----------------------------------------------
@@ -211,7 +217,7 @@ class BaseSelector(ABC):
         out = {}
         for name, value in self.get_params().items():
             default = sig.parameters[name].default
-            if name in ("seed", "budget", "progress"):
+            if name in ("seed", "budget", *self._execution_params):
                 continue
             if default is inspect.Parameter.empty or value != default:
                 out[name] = value
@@ -277,8 +283,12 @@ class BaseSelector(ABC):
             budget=budget,
             n_pool=len(pool),
             method=self.name,
-            # How the work was shown is not part of the result.
-            params={k: v for k, v in self.get_params().items() if k != "progress"},
+            # How the work ran is not part of the result.
+            params={
+                k: v
+                for k, v in self.get_params().items()
+                if k not in self._execution_params
+            },
             seed=self.seed,
             cost=cost,
             fingerprint=fp,

@@ -1,0 +1,122 @@
+"""Text rendering of a HARP run's tree for ``harp inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harp.errors import HarpError
+
+__all__ = ["format_tree", "load_diagnostics"]
+
+
+def load_diagnostics(path: str | Path) -> dict[str, Any]:
+    """The HARP diagnostics of a run: a selection's output, its sidecar, or a JSON.
+
+    ``path`` may be the rows file ``harp select`` wrote (its ``.meta.json`` sidecar is
+    read), the sidecar itself, or a diagnostics JSON saved by ``harp bench``.
+
+    Raises
+    ------
+    harp.errors.HarpError
+        When the file is missing, unreadable, or holds no HARP diagnostics.
+    """
+    from harp.output import sidecar_path
+
+    path = Path(path)
+    candidates = [path] if path.name.endswith(".json") else []
+    candidates.append(sidecar_path(path))
+    for candidate in candidates:
+        if candidate.is_file():
+            break
+    else:
+        raise HarpError(
+            f"{path}: no such run; pass the output of 'harp select' (or its "
+            ".meta.json sidecar) or a diagnostics JSON from 'harp bench'"
+        )
+    try:
+        data = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HarpError(f"{candidate}: not a readable JSON file ({exc})") from None
+    diag = data.get("diagnostics", data) if isinstance(data, dict) else None
+    if not isinstance(diag, dict) or diag.get("kind") != "harp":
+        raise HarpError(
+            f"{candidate}: holds no HARP tree (it was not made by harp-c or harp-e); "
+            "run 'harp select --method harp-c ...' first"
+        )
+    return diag
+
+
+def _fmt(values: list[float] | None, scale: float) -> str:
+    if values is None:
+        return "-"
+    return " ".join(f"{scale * v:+7.2f}" for v in values)
+
+
+def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
+    """Nodes → parents → leaves, each leaf with its posterior per domain.
+
+    Marks: ``M`` measured (its measured effect follows), ``*`` chosen. Exact-match
+    effects are shown in points (×100), loss reductions in nats ×100.
+
+    Parameters
+    ----------
+    diag : dict
+        A HARP selector's :meth:`diagnostics`.
+    max_leaves : int or None
+        Show at most this many leaves per parent (the highest posterior first).
+
+    Returns
+    -------
+    str
+        The rendered tree.
+    """
+    scale = 100.0
+    domains = diag["domains"]
+    oracle = diag.get("oracle", {})
+    greedy = diag.get("greedy", {})
+    leaves = diag["leaves"]
+    lines = [
+        f"{diag.get('method', 'harp')}: {len(leaves)} leaves, "
+        f"{sum(1 for x in leaves if x['measured'])} measured "
+        f"({oracle.get('calls', '?')} calls run, {oracle.get('cache_hits', 0)} "
+        f"cached, {oracle.get('seconds', 0):.1f}s), "
+        f"{sum(1 for x in leaves if x['chosen'])} chosen "
+        f"({sum(x['size'] for x in leaves if x['chosen'])} rows)",
+        f"metric: {diag.get('metric')} (effects x100); domains: "
+        + ", ".join(domains)
+        + "; active: "
+        + ", ".join(diag.get("active_domains", [])),
+        f"greedy order: {greedy.get('order', [])[:20]}"
+        f"{' ...' if len(greedy.get('order', [])) > 20 else ''}; best prefix "
+        f"{greedy.get('prefix', '?')}",
+        "",
+        f"{'':28s}{'posterior mean (sd) per domain':s}",
+    ]
+    by_node: dict[int, dict[int, list[dict]]] = {}
+    for leaf in leaves:
+        by_node.setdefault(leaf["node"], {}).setdefault(leaf["parent"], []).append(leaf)
+    for node in sorted(by_node):
+        parents = by_node[node]
+        n_rows = sum(x["size"] for p in parents.values() for x in p)
+        lines.append(f"node {node}  ({len(parents)} parents, {n_rows} rows)")
+        for parent in sorted(parents):
+            group = sorted(parents[parent], key=lambda x: -sum(x["mean"]))
+            lines.append(f"  parent {parent}  ({len(group)} leaves)")
+            shown = group if max_leaves is None else group[:max_leaves]
+            for leaf in shown:
+                mark = ("M" if leaf["measured"] else " ") + (
+                    "*" if leaf["chosen"] else " "
+                )
+                sd = " ".join(f"({scale * s:5.2f})" for s in leaf["sd"])
+                line = (
+                    f"    {mark} leaf {leaf['leaf']:4d} n={leaf['size']:4d}  "
+                    f"{_fmt(leaf['mean'], scale)}  {sd}"
+                )
+                if leaf["measured"]:
+                    line += f"  measured {_fmt(leaf.get('effect'), scale)}"
+                lines.append(line)
+            if len(shown) < len(group):
+                lines.append(f"      ... {len(group) - len(shown)} more leaves")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""The HARP oracle: real finetune-and-evaluate calls on a tiny model, cached on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harp.data.synthetic import make_skills_suite
+from harp.errors import ParameterError
+from harp.selectors.harp.oracle import LeafOracle, _paired_bootstrap
+from harp.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return make_skills_suite(n_pool=120, n_target_per_domain=8, n_pretrain=10)
+
+
+def _oracle(tiny_dir, suite, cache, **kw):
+    return LeafOracle(
+        tiny_dir,
+        suite.target,
+        train_config=TrainConfig(steps=4, batch_size=4, seed=0),
+        cache_dir=cache,
+        bootstrap=50,
+        **kw,
+    )
+
+
+def test_calls_are_cached_and_counted(tiny_dir, suite, tmp_path):
+    oracle = _oracle(tiny_dir, suite, tmp_path)
+    leaf = suite.pool.subset(range(10))
+    first = oracle(leaf)
+    assert (oracle.calls, oracle.hits) == (1, 0)
+    assert first.effect.shape == (len(suite.target.domains),)
+    assert np.all(first.var > 0) and not first.cached
+    again = oracle(leaf)
+    assert (oracle.calls, oracle.hits) == (1, 1)
+    np.testing.assert_array_equal(again.effect, first.effect)
+    assert again.cached and again.key == first.key
+    # A new process (a new oracle) finds the finished call on disk: no rerun.
+    fresh = _oracle(tiny_dir, suite, tmp_path)
+    assert fresh.is_cached(leaf)
+    np.testing.assert_array_equal(fresh(leaf).effect, first.effect)
+    assert (fresh.calls, fresh.hits) == (0, 1)
+    # Other rows, or another recipe, are another call.
+    oracle(suite.pool.subset(range(10, 20)))
+    assert oracle.calls == 2
+    other = LeafOracle(
+        tiny_dir,
+        suite.target,
+        train_config=TrainConfig(steps=5, batch_size=4, seed=0),
+        cache_dir=tmp_path,
+        bootstrap=50,
+    )
+    assert not other.is_cached(leaf)
+
+
+def test_loss_effect_is_the_loss_reduction(tiny_dir, suite, tmp_path):
+    """The effect equals base loss minus tuned loss, per domain, computed directly."""
+    from harp.models import load_model
+    from harp.training import EvalConfig, evaluate, finetune
+
+    oracle = _oracle(tiny_dir, suite, tmp_path)
+    leaf = suite.pool.subset(range(12))
+    result = oracle(leaf)
+    model, tok = load_model(tiny_dir)
+    cfg = EvalConfig(metrics=("loss",))
+    base = evaluate(model, tok, suite.target, cfg)
+    tuned = evaluate(
+        finetune(model, tok, leaf, oracle.train_config), tok, suite.target, cfg
+    )
+    for k, d in enumerate(oracle.domains):
+        expect = base.estimate(d, "loss").mean - tuned.estimate(d, "loss").mean
+        assert result.effect[k] == pytest.approx(expect, abs=1e-9)
+    np.testing.assert_allclose(
+        oracle.base_scores, [-base.estimate(d, "loss").mean for d in oracle.domains]
+    )
+    assert not oracle.bounded
+
+
+def test_paired_bootstrap_variance_matches_analytic():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=400)
+    tuned = base + 0.3 + rng.normal(scale=0.5, size=400)
+    mean, var = _paired_bootstrap(tuned, base, 2000, seed=1)
+    diff = tuned - base
+    assert mean == pytest.approx(diff.mean())
+    assert var == pytest.approx(diff.var(ddof=1) / len(diff), rel=0.15)
+    # Pairing removes the shared item difficulty: far smaller than unpaired.
+    assert var < 0.5 * (tuned.var() + base.var()) / len(diff)
+
+
+def test_bad_metric_is_refused(tiny_dir, suite, tmp_path):
+    with pytest.raises(ParameterError, match="metric='accuracy'"):
+        _oracle(tiny_dir, suite, tmp_path, metric="accuracy")
