@@ -707,3 +707,82 @@ def test_fuzz_jsonl_gives_a_set_or_a_data_error(tmp_path_factory, data):
     except DataError:
         return
     assert isinstance(pool, ExampleSet) and len(pool) >= 1
+
+
+# ----------------------------------------------------------------- on_invalid="skip"
+
+
+def test_on_invalid_skip_leaves_out_bad_rows_with_one_warning(tmp_path, caplog):
+    path = write_jsonl(
+        tmp_path / "t0.jsonl",
+        [
+            {"prompt": "a", "completion": "x<|endoftext|>"},
+            {"prompt": "b", "completion": "<|endoftext|>"},  # empty after stripping
+            {"prompt": "c", "completion": "   "},
+            {"prompt": "d", "completion": "y"},
+        ],
+    )
+    with pytest.raises(DataError, match="response is empty") as err:
+        load_examples(path)
+    assert err.value.line == 2
+    with caplog.at_level("WARNING", logger="harp.data.loaders"):
+        pool = load_examples(path, on_invalid="skip")
+    assert [e.prompt for e in pool] == ["a", "d"]
+    assert [e.line for e in pool] == [1, 4]
+    assert len(pool.rows) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "skipped 2 invalid row(s)" in warnings[0] and "t0.jsonl" in warnings[0]
+
+
+def test_on_invalid_skip_counts_per_file_in_a_folder(tmp_path, caplog):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_jsonl(
+        folder / "a.jsonl",
+        [{"prompt": "p", "response": ""}] * 3 + [{"prompt": "q", "response": "r"}],
+    )
+    write_jsonl(folder / "b.jsonl", [{"prompt": "s", "response": "t"}])
+    with caplog.at_level("WARNING", logger="harp.data.loaders"):
+        pool = load_examples(folder, on_invalid="skip")
+    assert len(pool) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "a.jsonl: skipped 3 invalid" in warnings[0]
+
+
+def test_on_invalid_skip_keeps_file_level_errors(tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
+    with pytest.raises(DataError, match="malformed JSON"):
+        load_examples(bad_json, on_invalid="skip")
+    all_bad = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "a", "response": ""}])
+    with pytest.raises(DataError, match="no rows"):
+        load_examples(all_bad, on_invalid="skip")
+    with pytest.raises(Exception, match="on_invalid='ignore' is not allowed"):
+        load_examples(all_bad, on_invalid="ignore")
+
+
+def test_on_invalid_default_is_unchanged_and_ids_stay_stable(tmp_path):
+    rows = [{"prompt": "a", "response": "x"}, {"prompt": "b", "response": "y"}]
+    path = write_jsonl(tmp_path / "ok.jsonl", rows)
+    assert load_examples(path).ids == load_examples(path, on_invalid="skip").ids
+
+
+@needs_shared
+def test_on_invalid_skip_on_t0_templates_with_empty_completions(caplog):
+    # Some T0 templates (trec_*) have only empty completions: with "skip" they are
+    # counted in one warning, then refused as having no rows.
+    file = shared("t0_train_50k/data_per_template/trec_trec1.jsonl")
+    with pytest.raises(DataError, match="response is empty"):
+        load_examples(file)
+    n_lines = sum(1 for line in file.read_text().splitlines() if line.strip())
+    with caplog.at_level("WARNING", logger="harp.data.loaders"):
+        with pytest.raises(DataError, match="no rows"):
+            load_examples(file, on_invalid="skip")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"skipped {n_lines} invalid" in warnings[0]
+    good = shared("t0_train_50k/data_per_template/trec_trec1.jsonl").with_name(
+        "ag_news_classify.jsonl"
+    )
+    if good.exists():
+        assert len(load_examples(good, on_invalid="skip")) == len(load_examples(good))

@@ -19,15 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from harp._utils.cache import JsonCache
 from harp._utils.hashing import fingerprint, stable_json
 from harp._utils.io import atomic_write_json, atomic_write_text
+from harp.bench._steps import PROXY_MARKER as _PROXY_MARKER
+from harp.bench._steps import ensure_proxy
 from harp.errors import ParameterError
 
 __all__ = ["DemoConfig", "run_demo", "ensure_proxy"]
 
 log = logging.getLogger(__name__)
-
-_PROXY_MARKER = "harp-proxy.json"
 
 
 @dataclass
@@ -102,88 +103,6 @@ def _default_methods() -> list[str]:
     return [m for m in available_methods() if not get_selector_class(m).uses_model]
 
 
-def ensure_proxy(
-    corpus,
-    directory: Path,
-    *,
-    seed: int,
-    pretrain: dict[str, Any],
-    progress: bool = False,
-) -> Path:
-    """Build and pretrain the proxy on ``corpus`` unless ``directory`` already holds it.
-
-    The folder is reused only when its marker file records the same corpus hash, model
-    shape and pretraining arguments; otherwise it is rebuilt. Writing goes to a
-    temporary sibling folder that is renamed at the end, so a crash never leaves a
-    half-saved model that a rerun would trust.
-    """
-    from harp.models import ProxyConfig, build_proxy, pretrain_proxy, save_model
-
-    config = ProxyConfig()
-    key = fingerprint(
-        "proxy",
-        content=corpus.content_hash(),
-        params={"model": config.to_dict(), "pretrain": pretrain},
-        seed=seed,
-    )
-    marker = directory / _PROXY_MARKER
-    if marker.exists():
-        try:
-            if json.loads(marker.read_text())["fingerprint"] == key:
-                log.info("reusing the pretrained proxy in %s", directory)
-                return directory
-        except (ValueError, KeyError):
-            pass
-    start = time.perf_counter()
-    model, tokenizer = build_proxy(config, seed=seed)
-    model = pretrain_proxy(
-        model, tokenizer, corpus, seed=seed, progress=progress, **pretrain
-    )
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    save_model(model, tokenizer, tmp)
-    atomic_write_json(
-        tmp / _PROXY_MARKER,
-        {
-            "fingerprint": key,
-            "model": config.to_dict(),
-            "pretrain": pretrain,
-            "seed": seed,
-            "corpus_rows": len(corpus),
-            "seconds": round(time.perf_counter() - start, 2),
-        },
-    )
-    if directory.exists():
-        import shutil
-
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-    return directory
-
-
-class _StepCache:
-    """JSON results of finished steps, one file per fingerprint (crash resume)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        path = self.directory / f"{key}.json"
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None  # a torn file from an old crash: recompute
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        atomic_write_json(self.directory / f"{key}.json", value)
-
-
 def _report_row(
     name: str, kind: str, indices, suite, tuned, base, seconds
 ) -> dict[str, Any]:
@@ -256,7 +175,7 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
     proxy_key = json.loads((proxy_dir / _PROXY_MARKER).read_text())["fingerprint"]
     train_config = TrainConfig(seed=config.seed, **config.train)
     eval_config = EvalConfig(seed=config.seed)
-    cache = _StepCache(out_dir / "cache")
+    cache = JsonCache(out_dir / "cache")
     common = {
         "proxy": proxy_key,
         "target": suite.target.content_hash(),

@@ -890,6 +890,7 @@ class _Builder:
     """Accumulates examples over one or more files, sharing the id namespace."""
 
     parser_args: dict[str, Any]
+    on_invalid: str = "error"
 
     def __post_init__(self) -> None:
         self.examples: list[Example] = []
@@ -902,45 +903,64 @@ class _Builder:
         self, path: Path, records: Iterable[tuple[int, Any]], default_domain: str
     ) -> int:
         parser = _Parser(path=path, **self.parser_args)
-        seen, examples, rows = self.seen, self.examples, self.rows
+        examples = self.examples
         start = len(examples)
-        source_prefix = f"{path}:"
+        skipped: list[DataError] = []
         for line, row in records:
-            prompt, response, domain, raw_id, schema = parser.parse(
-                row, line, default_domain
+            if self.on_invalid == "skip":
+                try:
+                    self._add_row(parser, path, line, row, default_domain)
+                except DataError as exc:
+                    skipped.append(exc)
+                continue
+            self._add_row(parser, path, line, row, default_domain)
+        if skipped:
+            logger.warning(
+                "%s: skipped %d invalid row(s) (on_invalid='skip'); first: %s",
+                path,
+                len(skipped),
+                skipped[0],
             )
-            source = f"{source_prefix}{line}"
-            if raw_id is not None:
-                if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                    raise DataError(
-                        f"must be a string or an integer, got a JSON "
-                        f"{_json_type(raw_id)}; fix it or drop the field to use "
-                        "content hashes",
-                        path=path,
-                        line=line,
-                        field="id",
-                    )
-                ex_id = str(raw_id)
-                if ex_id in seen:
-                    raise DataError(
-                        f"duplicate id {ex_id!r}: {seen[ex_id]} has it too; ids must "
-                        "be unique; fix one of them, or drop the id field to use "
-                        "content hashes",
-                        path=path,
-                        line=line,
-                        field="id",
-                    )
-            else:
-                base = content_id(prompt, response)
-                ex_id, count = base, 1
-                while ex_id in seen:
-                    count += 1
-                    ex_id = f"{base}#{count}"
-            seen[ex_id] = source
-            examples.append(Example(ex_id, prompt, response, domain, source, line))
-            rows.append(row)
-            self.schemas[schema] = None
         return len(examples) - start
+
+    def _add_row(
+        self, parser: _Parser, path: Path, line: int, row: Any, default_domain: str
+    ) -> None:
+        seen, examples, rows = self.seen, self.examples, self.rows
+        prompt, response, domain, raw_id, schema = parser.parse(
+            row, line, default_domain
+        )
+        source = f"{path}:{line}"
+        if raw_id is not None:
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                raise DataError(
+                    f"must be a string or an integer, got a JSON "
+                    f"{_json_type(raw_id)}; fix it or drop the field to use "
+                    "content hashes",
+                    path=path,
+                    line=line,
+                    field="id",
+                )
+            ex_id = str(raw_id)
+            if ex_id in seen:
+                raise DataError(
+                    f"duplicate id {ex_id!r}: {seen[ex_id]} has it too; ids must "
+                    "be unique; fix one of them, or drop the id field to use "
+                    "content hashes",
+                    path=path,
+                    line=line,
+                    field="id",
+                )
+        else:
+            base = content_id(prompt, response)
+            ex_id, count = base, 1
+            while ex_id in seen:
+                count += 1
+                ex_id = f"{base}#{count}"
+        seen[ex_id] = source
+        examples.append(Example(ex_id, prompt, response, domain, source, line))
+        rows.append(row)
+        self.schemas[schema] = None
 
 
 def _records_of(
@@ -988,6 +1008,7 @@ def load_examples(
     response_field: str | None = None,
     domain_field: str | None = None,
     max_chars: int | None = 1_000_000,
+    on_invalid: str = "error",
 ) -> ExampleSet:
     """Load a pool or target file into an :class:`~harp.data.ExampleSet`.
 
@@ -1015,6 +1036,13 @@ def load_examples(
         :data:`~harp.data.DEFAULT_DOMAIN` otherwise).
     max_chars : int or None, default 1_000_000
         Largest ``len(prompt) + len(response)`` a row may have; None for no limit.
+    on_invalid : {"error", "skip"}, default "error"
+        What to do with a row that parses but fails validation (empty prompt or
+        response, missing or mistyped field, over ``max_chars``, duplicate id, …):
+        raise (``"error"``), or leave it out (``"skip"``) with one warning per file
+        that counts the skipped rows and quotes the first error. Malformed JSON and
+        other file-level faults are errors either way, and so is a file left with
+        no rows.
 
     Returns
     -------
@@ -1026,7 +1054,8 @@ def load_examples(
     Raises
     ------
     ParameterError
-        If ``max_chars`` is not a positive integer or None.
+        If ``max_chars`` is not a positive integer or None, or ``on_invalid`` is
+        not ``"error"`` or ``"skip"``.
     DataError
         Naming the file, line (record number for JSON arrays and Parquet), field and
         fix, for: a missing file; a folder of unknown layout; no rows; bytes that
@@ -1074,6 +1103,10 @@ def load_examples(
         raise ParameterError(
             f"max_chars must be a positive integer or None, got {max_chars!r}"
         )
+    if on_invalid not in ("error", "skip"):
+        raise ParameterError(
+            f"on_invalid={on_invalid!r} is not allowed; expected 'error' or 'skip'"
+        )
     p = Path(path)
     fmt = _normalise_format(format, p) if format is not None else detect_format(p)
     if not p.exists():
@@ -1084,7 +1117,8 @@ def load_examples(
             response_field=response_field,
             domain_field=domain_field,
             max_chars=max_chars,
-        )
+        ),
+        on_invalid=on_invalid,
     )
     columns: tuple[str, ...] = ()
     with _csv_field_limit():
