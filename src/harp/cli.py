@@ -157,6 +157,61 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# -- executors (harp select, harp features) --------------------------------------------
+ExecutorOption = typer.Option(
+    None,
+    "--executor",
+    help="Where feature shards and HARP's leaf evaluations run: 'local' (this "
+    "process, or a pool of --workers processes) or 'ray' (needs "
+    "harp-select[ray]; see docs/ray.md).",
+)
+WorkersOption = typer.Option(
+    None,
+    "--workers",
+    min=1,
+    help="local: worker processes (default 1: this process). ray: CPUs of the "
+    "local cluster started when --ray-address is not given (default: all).",
+)
+RayAddressOption = typer.Option(
+    None,
+    "--ray-address",
+    help="ray: join a running cluster, 'auto' or HOST:PORT (default: start a "
+    "local one for this run).",
+)
+GpusPerTaskOption = typer.Option(
+    0.0, "--gpus-per-task", min=0.0, help="ray: GPUs reserved per task."
+)
+
+
+def _executor_from_flags(
+    executor: Optional[str],
+    workers: Optional[int],
+    ray_address: Optional[str],
+    gpus_per_task: float,
+):
+    """The executor the flags ask for, or None for the default in-process run."""
+    if executor is None and workers is None and ray_address is None:
+        if gpus_per_task:
+            _fail("--gpus-per-task needs --executor ray")
+        return None
+    from harp.execution import EXECUTORS, make_executor
+
+    name = executor or "local"
+    if name not in EXECUTORS:
+        _fail(f"--executor {name!r} is not allowed; expected 'local' or 'ray'")
+    if name != "ray" and (ray_address is not None or gpus_per_task):
+        _fail("--ray-address and --gpus-per-task need --executor ray")
+    if name == "local":
+        return _run(make_executor, "local", workers=workers or 1)
+    return _run(
+        make_executor,
+        "ray",
+        workers=workers,
+        address=ray_address,
+        gpus_per_task=gpus_per_task,
+    )
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"harp {__version__}")
@@ -215,12 +270,26 @@ def select(
     seed: int = typer.Option(
         0, min=0, help="Random seed; same inputs + seed = same output."
     ),
+    evals: Optional[str] = typer.Option(
+        None,
+        help="HARP: train-evaluate calls, a count (12) or a fraction of the "
+        "leaves (0.2).",
+    ),
+    schedule: Optional[str] = typer.Option(
+        None,
+        help="SPICE: 'global' (one greedy over the pool, default) or 'online' (the "
+        "paper's pools of 120, 12 picks each, a proxy step every 10 pools).",
+    ),
     param: list[str] = typer.Option(
         [],
         "--param",
         "-p",
         help="Method hyper-parameter KEY=VALUE (repeatable), e.g. -p encoder=tfidf.",
     ),
+    executor: Optional[str] = ExecutorOption,
+    workers: Optional[int] = WorkersOption,
+    ray_address: Optional[str] = RayAddressOption,
+    gpus_per_task: float = GpusPerTaskOption,
     prompt_field: Optional[str] = typer.Option(
         None, help="Field holding the prompt, for schemas harp does not recognise."
     ),
@@ -243,7 +312,6 @@ def select(
     """Select a subset of a pool for finetuning towards a target set."""
     _setup_logging(verbose)
     _narrate("harp.models.choice", "harp.features.extract", "harp.training.warmup")
-    from harp.api import select as select_fn
     from harp.data import load_examples
     from harp.output import write_selection
 
@@ -264,6 +332,14 @@ def select(
         if "model" not in method_params:
             _fail(f"--model: method {method!r} uses no model; drop the flag")
         params["model"] = model
+    if evals is not None:
+        if "evals" not in method_params:
+            _fail(f"--evals: method {method!r} makes no train-evaluate calls")
+        params["evals"] = _parse_params([f"evals={evals}"])["evals"]
+    if schedule is not None:
+        if "schedule" not in method_params:
+            _fail(f"--schedule: method {method!r} has no schedule (spice has)")
+        params["schedule"] = schedule
     # Refuse a doomed output before spending time on the selection.
     from harp._utils.io import check_output_path
     from harp.output import sidecar_path
@@ -271,15 +347,19 @@ def select(
     inputs = tuple(p for p in (pool, target) if p is not None)
     _run(check_output_path, out, inputs=inputs, force=force)
     _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
-    selection = _run(
-        select_fn,
-        pool_set,
-        target_set,
-        method=method,
-        budget=budget,
-        seed=seed,
-        **params,
-    )
+    from harp.selectors import make_selector
+
+    run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
+    if run_on is not None and "executor" not in method_params:
+        _fail(f"--executor: method {method!r} has no tasks to run in parallel")
+    extra = {} if run_on is None else {"executor": run_on}
+    selector = _run(make_selector, method, budget=budget, seed=seed, **params, **extra)
+    try:
+        selection = _run(selector.select, pool_set, target_set)
+    finally:
+        if run_on is not None:
+            run_on.shutdown()
+    diagnostics = getattr(selector, "diagnostics", None)
     resolved = {
         "pool": str(pool),
         "target": None if target is None else str(target),
@@ -289,6 +369,16 @@ def select(
         "seed": seed,
         "params": params,
         **{k: v for k, v in fields.items() if v is not None},
+        **(
+            {}
+            if run_on is None
+            else {
+                "executor": run_on.name,
+                "workers": workers,
+                "ray_address": ray_address,
+                "gpus_per_task": gpus_per_task,
+            }
+        ),
     }
     rows_path, meta_path = _run(
         write_selection,
@@ -299,6 +389,7 @@ def select(
         config=resolved,
         force=force,
         out_format=out_format,
+        diagnostics=None if diagnostics is None else diagnostics(),
     )
     typer.echo(
         f"selected {len(selection)} of {selection.n_pool} rows with {method} "
@@ -453,6 +544,147 @@ def demo(
     )
 
 
+# -- bench ----------------------------------------------------------------------------
+def _bench_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``-p METHOD.KEY=VALUE`` pairs grouped by method."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        head = item.split("=", 1)[0]
+        if "." not in head:
+            _fail(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. -p less.dim=1024")
+        method, _, key = head.partition(".")
+        value = _parse_params(
+            [f"{key}={item.split('=', 1)[1]}"] if "=" in item else [item]
+        )
+        out.setdefault(method.strip(), {}).update(value)
+    return out
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp bench --suite skills --methods random,dsir --budgets 5%,10% "
+        "--seeds 0,1 --out runs/bench\n\n"
+        "  harp bench --suite text --size 3000 --evals 200 --out runs/text\n\n"
+        "  harp bench --suite my-suite.yaml -p less.dim=1024 --out runs/mine\n\n"
+        "  harp report runs/bench   # tables and plots"
+    )
+)
+def bench(
+    suite: str = typer.Option(
+        "skills",
+        help="'skills' (synthetic, known harmful rows), 'text' (real data from "
+        "../shared/data) or a suite YAML file of your own data.",
+    ),
+    out: Path = typer.Option(
+        Path("harp-runs/bench"),
+        help="Output folder: results.jsonl, selections/, diagnostics/, cache/.",
+    ),
+    methods: Optional[str] = typer.Option(
+        None, help="Comma-separated methods (default: the suite's)."
+    ),
+    budgets: Optional[str] = typer.Option(
+        None, help="Comma-separated budgets, e.g. 5%,10% (default: the suite's)."
+    ),
+    seeds: Optional[str] = typer.Option(
+        None, help="Comma-separated seeds of selection and finetuning, e.g. 0,1."
+    ),
+    size: Optional[int] = typer.Option(
+        None, min=1, help="Pool rows (default: the suite's)."
+    ),
+    evals: Optional[int] = typer.Option(
+        None, min=1, help="Target rows per domain (default: the suite's)."
+    ),
+    param: list[str] = typer.Option(
+        [],
+        "--param",
+        "-p",
+        help="Method hyper-parameter METHOD.KEY=VALUE (repeatable), "
+        "e.g. -p less.dim=1024.",
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Benchmark selection methods: select, finetune with one recipe, score the target.
+
+    Runs every method x budget x seed on a suite, plus reference rows (the base
+    model, full data), and appends one row per run to OUT/results.jsonl. A rerun
+    skips finished rows, so an interrupted bench resumes. Then: harp report OUT.
+    """
+    _setup_logging(verbose)
+    from harp.bench.harness import run_bench
+    from harp.bench.suites import load_suite
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in _split(seeds)]
+        except ValueError:
+            _fail(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1")
+    params = _bench_params(param)
+    cfg = _run(
+        load_suite,
+        suite,
+        out_dir=out,
+        methods=_split(methods),
+        budgets=_split(budgets),
+        seeds=seed_list,
+        size=size,
+        evals=evals,
+    )
+    if params:
+        merged = {m: dict(v) for m, v in cfg.params.items()}
+        for method, values in params.items():
+            merged.setdefault(method, {}).update(values)
+        cfg = _run(cfg.with_overrides, params=merged)
+    _narrate(
+        "harp.bench.harness",
+        "harp.bench.suites",
+        "harp.bench._steps",
+        "harp.models.choice",
+    )
+    rows = _run(run_bench, cfg, progress=sys.stderr.isatty())
+    typer.echo(
+        f"{len(rows)} rows -> {out / 'results.jsonl'}; tables and plots: "
+        f"harp report {out}"
+    )
+
+
+# -- report ---------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp report runs/bench   # writes report.md, report.html and plots/*.png"
+    )
+)
+def report(
+    directory: Path = typer.Argument(..., help="A 'harp bench' output folder."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Tables and plots of a bench: report.md, a self-contained report.html, PNGs.
+
+    The main table has one line per method @ budget (mean ± stderr over seeds) and a
+    column per target domain; the plots show score vs data fraction, selection cost
+    vs score, HARP's posterior over its hierarchy and the greedy gain decay of the
+    log-det selectors. Needs matplotlib: pip install 'harp-select[report]'.
+    """
+    _setup_logging(verbose)
+    from harp.bench.report import write_report
+
+    result = _run(write_report, directory)
+    typer.echo(
+        f"report -> {result['markdown']}, {result['html']} "
+        f"({len(result['plots'])} plots in {directory / 'plots'})"
+    )
+
+
 # -- features -------------------------------------------------------------------------
 @app.command(
     epilog=(
@@ -485,6 +717,10 @@ def features(
     ),
     prompt_field: Optional[str] = typer.Option(None, help="Prompt field."),
     response_field: Optional[str] = typer.Option(None, help="Response field."),
+    executor: Optional[str] = ExecutorOption,
+    workers: Optional[int] = WorkersOption,
+    ray_address: Optional[str] = RayAddressOption,
+    gpus_per_task: float = GpusPerTaskOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -506,40 +742,49 @@ def features(
         load_examples, data, prompt_field=prompt_field, response_field=response_field
     )
     progress = sys.stderr.isatty()
-    if kind == "embeddings":
-        store = _run(
-            extract_embedding_features,
-            rows,
-            out,
-            encoder=encoder,
-            batch_size=max(batch_size, 16),
-            progress=progress,
-        )
-    elif kind == "gradients":
-        from harp.models.choice import resolve_model
+    run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
+    try:
+        if kind == "embeddings":
+            store = _run(
+                extract_embedding_features,
+                rows,
+                out,
+                encoder=encoder,
+                batch_size=max(batch_size, 16),
+                progress=progress,
+                executor=run_on,
+            )
+        elif kind == "gradients":
+            from harp.models.choice import resolve_model
 
-        model_dir = _run(
-            resolve_model,
-            model,
-            rows,
-            cache_dir=cache_dir,
-            seed=seed,
-            progress=progress,
-        )
-        store = _run(
-            extract_gradient_features,
-            model_dir,
-            rows,
-            out,
-            dim=dim,
-            projection=projection,
-            seed=seed,
-            batch_size=batch_size,
-            max_length=max_length,
-            progress=progress,
-        )
-    else:
-        _fail(f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'")
+            model_dir = _run(
+                resolve_model,
+                model,
+                rows,
+                cache_dir=cache_dir,
+                seed=seed,
+                progress=progress,
+            )
+            store = _run(
+                extract_gradient_features,
+                model_dir,
+                rows,
+                out,
+                dim=dim,
+                projection=projection,
+                seed=seed,
+                batch_size=batch_size,
+                max_length=max_length,
+                progress=progress,
+                executor=run_on,
+            )
+        else:
+            _fail(
+                f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'"
+            )
+    finally:
+        if run_on is not None:
+            run_on.shutdown()
     typer.echo(
         f"{store.n_rows} rows x {store.dim} ({store.dtype}) -> {store.directory}"
     )
@@ -609,6 +854,38 @@ def warmup(
     )
     for ckpt in result.checkpoints:
         typer.echo(f"step {ckpt.step:6d}  lr {ckpt.lr:.2e}  {ckpt.path}")
+
+
+# -- inspect --------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  harp select --method harp-c --pool pool.jsonl --target dev.jsonl "
+        "--out sub.jsonl\n\n"
+        "  harp inspect sub.jsonl --max-leaves 5"
+    )
+)
+def inspect(
+    run: Path = typer.Argument(
+        ...,
+        help="The output of 'harp select --method harp-c|harp-e' (or its "
+        ".meta.json), or a diagnostics JSON from 'harp bench'.",
+    ),
+    max_leaves: Optional[int] = typer.Option(
+        None, min=1, help="Leaves shown per parent (highest posterior first)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """Show a HARP run's tree: every leaf's posterior, what was measured and chosen."""
+    import json
+
+    from harp.selectors.harp.inspect import format_tree, load_diagnostics
+
+    diag = _run(load_diagnostics, run)
+    if as_json:
+        typer.echo(json.dumps(diag, indent=1))
+    else:
+        typer.echo(format_tree(diag, max_leaves=max_leaves))
 
 
 # -- methods --------------------------------------------------------------------------

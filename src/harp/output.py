@@ -74,6 +74,7 @@ def write_selection(
     config: dict[str, Any] | None = None,
     force: bool = False,
     out_format: str | None = None,
+    diagnostics: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write the selected rows and a ``.meta.json`` sidecar; return both paths.
 
@@ -82,7 +83,9 @@ def write_selection(
     per-row scores, per-pick gains, cost and timings, the resolved config, input paths
     and content hashes, and package versions. Both are written atomically; an existing
     output is refused unless ``force`` (checked for both files before anything is
-    written, so a refusal leaves nothing half-done).
+    written, so a refusal leaves nothing half-done). A method's ``diagnostics`` (the
+    HARP tree and posteriors, the log-det greedy trace) go into the sidecar too, for
+    ``harp inspect``.
     """
     from harp.data.writers import write_rows
 
@@ -108,6 +111,8 @@ def write_selection(
         "config": config or {},
         "environment": environment_info(),
     }
+    if diagnostics is not None:
+        extra["diagnostics"] = diagnostics
     selection.save(meta, extra=extra)
     return Path(rows_path), meta
 

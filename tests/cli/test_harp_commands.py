@@ -1,0 +1,148 @@
+"""`harp select --method harp-c --evals N` and `harp inspect` on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from harp.cli import app
+from harp.data.synthetic import make_skills_suite
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    suite = make_skills_suite(n_pool=120, n_target_per_domain=5, n_pretrain=10)
+    return suite.save(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def harp_run(files, tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "sub.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            "--method",
+            "harp-e",
+            "--pool",
+            str(files["pool"]),
+            "--target",
+            str(files["target"]),
+            "--model",
+            str(tiny_dir),
+            "--budget",
+            "40",
+            "--evals",
+            "4",
+            "--out",
+            str(out),
+            *("-p", "encoder=tfidf", "-p", "leaf_size=10", "-p", "train_steps=2"),
+            *("-p", "bootstrap=10", "-p", f"cache_dir={out.parent / 'cache'}"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_select_writes_the_tree_into_the_sidecar(harp_run):
+    meta = json.loads(harp_run.with_name("sub.jsonl.meta.json").read_text())
+    diag = meta["diagnostics"]
+    assert diag["kind"] == "harp" and diag["method"] == "harp-e"
+    assert sum(x["measured"] for x in diag["leaves"]) == 4
+    assert meta["cost"]["train_eval_calls"] == 4
+    chosen_rows = sum(x["size"] for x in diag["leaves"] if x["chosen"])
+    assert len(meta["indices"]) == min(40, chosen_rows)
+
+
+def test_inspect_shows_every_leaf(harp_run):
+    result = runner.invoke(app, ["inspect", str(harp_run)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(harp_run.with_name("sub.jsonl.meta.json").read_text())
+    n_leaves = len(meta["diagnostics"]["leaves"])
+    assert result.output.count(" leaf ") == n_leaves
+    assert result.output.count("  measured ") == 4
+    assert "harp-e:" in result.output and "best prefix" in result.output
+    # The sidecar itself and --json work too.
+    raw = runner.invoke(app, ["inspect", str(harp_run) + ".meta.json", "--json"])
+    assert raw.exit_code == 0
+    assert json.loads(raw.output)["kind"] == "harp"
+
+
+def test_inspect_of_a_missing_or_non_harp_run_is_one_clean_line(files, tmp_path):
+    missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2
+    assert "no such run" in missing.output and "Traceback" not in missing.output
+    out = tmp_path / "random.jsonl"
+    ok = runner.invoke(
+        app,
+        ["select", "--pool", str(files["pool"]), "--out", str(out), "--budget", "5"],
+    )
+    assert ok.exit_code == 0, ok.output
+    other = runner.invoke(app, ["inspect", str(out)])
+    assert other.exit_code == 2
+    assert "holds no HARP tree" in other.output
+
+
+def test_evals_on_a_method_without_calls_is_refused(files, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            "--pool",
+            str(files["pool"]),
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--evals",
+            "5",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "makes no train-evaluate calls" in result.output
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_select_spice_online_schedule_from_the_cli(files, tiny_dir, tmp_path):
+    out = tmp_path / "spice.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            "--method",
+            "spice",
+            "--schedule",
+            "online",
+            "--pool",
+            str(files["pool"]),
+            "--model",
+            str(tiny_dir),
+            "--budget",
+            "12",
+            "--out",
+            str(out),
+            *("-p", "dim=32", "-p", "pool_size=20", "-p", "picks_per_pool=4"),
+            *("-p", "train_every=1", "-p", "warmup_epochs=1.0"),
+            *("-p", f"cache_dir={tmp_path / 'cache'}"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_name("spice.jsonl.meta.json").read_text())
+    assert len(meta["ids"]) == 12 and meta["params"]["schedule"] == "online"
+    assert meta["diagnostics"]["kind"] == "logdet"
+    assert len(meta["diagnostics"]["gains"]) == 12
+    bad = runner.invoke(
+        app,
+        [
+            "select",
+            "--pool",
+            str(files["pool"]),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--schedule",
+            "online",
+        ],
+    )
+    assert bad.exit_code == 2 and "has no schedule" in bad.output
