@@ -85,3 +85,14 @@ def test_resolve_evals():
     assert resolve_evals(1.0, 7) == 7
     assert resolve_evals(3, 2) == 2
     assert resolve_evals(0.001, 10) == 1
+
+
+def test_gradient_features_cluster_unit_warmup_gradients(tiny_dir, suite, tmp_path):
+    params = _params(tiny_dir, tmp_path, evals=3, features="gradient")
+    sel = make_selector("harp-c", budget=30, **params).fit(suite.pool, suite.target)
+    centroids = sel.tree_.leaf_centroids
+    # Leaf centroids are means of unit vectors: inside the unit ball, not on the scale
+    # of raw gradients.
+    assert np.all(np.linalg.norm(centroids, axis=1) <= 1 + 1e-9)
+    assert (tmp_path / "warmup").is_dir()
+    assert len(sel.measured_) == 3

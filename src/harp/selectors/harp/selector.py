@@ -28,6 +28,7 @@ from harp.selectors.harp.envelopes import (
     lcb_effects,
 )
 from harp.selectors.harp.hierarchy import Hierarchy, build_hierarchy
+from harp.training.config import TrainConfig
 
 __all__ = ["HARPCSelector", "HARPESelector"]
 
@@ -164,19 +165,45 @@ class _HARPSelector(BaseSelector):
             t = extract_embedding_features(target, root, **kw).read()
             return x.astype(np.float64), t.astype(np.float64)
         from harp.features.extract import extract_gradient_features
+        from harp.training.warmup import warmup
 
+        # Gradients at the end of a short LoRA warm-up on the pool (the same warm-up,
+        # and cache, as SPICE's): a model that has seen the pool's tasks tells rows
+        # that follow its majority rule from rows that contradict it, where the
+        # untouched base cannot. Unit length: the tree groups gradient directions.
+        seed = self.seed or 0
+        result = warmup(
+            model_dir,
+            pool,
+            Path(self.cache_dir) / "warmup",
+            fraction=0.05,
+            config=TrainConfig(
+                epochs=4.0, batch_size=16, seed=seed, lora_target_modules=None
+            ),
+            n_checkpoints=1,
+            seed=seed,
+            by_fingerprint=True,
+            progress=self.progress,
+        )
         kwargs = dict(
-            dim=1024, seed=self.seed or 0, progress=self.progress, executor=executor
+            checkpoint=result.checkpoints[-1],
+            dim=1024,
+            seed=seed,
+            progress=self.progress,
+            executor=executor,
         )
         x = extract_gradient_features(model_dir, pool, root, **kwargs).read()
         t = extract_gradient_features(model_dir, target, root, **kwargs).read()
-        return x.astype(np.float64), t.astype(np.float64)
+        return _unit(x.astype(np.float64)), _unit(t.astype(np.float64))
 
     def _tree(self, x: np.ndarray) -> Hierarchy:
+        # Eight leaves a parent by default: the representatives then cost 1/8 of the
+        # leaves, which leaves room for active search inside the default 20% of calls.
+        per_parent = 8 if self.leaves_per_parent is None else self.leaves_per_parent
         tree = build_hierarchy(
             x,
             leaf_size=self.leaf_size,
-            leaves_per_parent=self.leaves_per_parent,
+            leaves_per_parent=per_parent,
             parents_per_node=self.parents_per_node,
             seed=self.seed or 0,
         )
@@ -281,7 +308,6 @@ class _HARPSelector(BaseSelector):
     def _select_with(self, pool, target, budget, rng, executor):
         from harp.models.choice import resolve_model
         from harp.selectors.harp.oracle import LeafOracle
-        from harp.training import TrainConfig
 
         started = time.perf_counter()
         model_dir = resolve_model(
@@ -538,13 +564,16 @@ class HARPCSelector(_HARPSelector):
         The effect a call measures: the target loss reduction (unbounded, no clip)
         or the exact-match gain (bounded, clipped to [0, 1]).
     features : {"embedding", "gradient"}, default="embedding"
-        What the tree clusters: sentence embeddings or projected LoRA gradients of
-        the base model (1024 dimensions).
+        What the tree clusters: sentence embeddings, or unit-length projected LoRA
+        gradients (1024 dimensions) at the end of a short warm-up on 5% of the pool
+        (the warm-up SPICE uses, cached).
     encoder : {"auto", "minilm", "tfidf"}, default="auto"
         Sentence encoder for ``features="embedding"``.
     leaf_size, leaves_per_parent, parents_per_node : int or None
-        Shape of the tree; None scales them to the pool
-        (:func:`harp.selectors.harp.default_shape`).
+        Shape of the tree; None scales the leaf size and the parents per node to the
+        pool (:func:`harp.selectors.harp.default_shape`) and puts 8 leaves under a
+        parent, so that the representatives (one per parent) use about 1/8 of the
+        leaves and the default ``evals`` leaves room for active search.
     hierarchy : {"tree", "flat"}, default="tree"
         ``"flat"`` (an ablation) treats every leaf as its own region.
     pooling : {"hierarchical", "none"}, default="hierarchical"
