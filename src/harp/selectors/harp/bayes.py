@@ -68,6 +68,11 @@ class Posterior:
         / ``"ml"``, ``"tied"`` for a one-dimensional fit with ``sigma2 == tau2``,
         ``"fixed"``, ``"default"`` with too few measurements, ``"none"`` without
         pooling, ``"empty"`` when nothing was measured).
+    dof : float
+        Degrees of freedom of the intervals: the number of parents with a
+        measurement minus one. The variances are estimated from that few groups, and
+        a normal interval that ignores it covers less than it says; ``interval`` uses
+        a Student-t quantile with these degrees of freedom (``inf``: normal).
 
     Examples
     --------
@@ -85,6 +90,7 @@ class Posterior:
     var: np.ndarray
     measured: np.ndarray
     hyper: dict
+    dof: float = float("inf")
 
     @property
     def n_leaves(self) -> int:
@@ -110,14 +116,19 @@ class Posterior:
         return self.mean + z * self.sd
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-        """Central normal interval with ``level`` of the posterior: (lower, upper)."""
+        """Central ``level`` interval of the posterior: (lower, upper).
+
+        Normal when ``dof`` is infinite, Student-t with ``dof`` degrees of freedom
+        otherwise (wider with few measured parents).
+        """
         if not 0.0 < level < 1.0:
             raise ParameterError(
                 f"Posterior.interval: level must be in (0, 1), got {level!r}"
             )
-        from scipy.stats import norm
+        from scipy.stats import norm, t
 
-        z = float(norm.ppf(0.5 + level / 2))
+        q = 0.5 + level / 2
+        z = float(norm.ppf(q) if not np.isfinite(self.dof) else t.ppf(q, self.dof))
         return self.lower(z), self.upper(z)
 
 
@@ -635,4 +646,6 @@ def empirical_bayes(
         mean[:, d], var[:, d] = md, vd
         infos.append(info)
     table = {k: [info[k] for info in infos] for k in (*HYPER_KEYS, "fit")}
-    return Posterior(mean=mean, var=var, measured=measured, hyper=table)
+    groups = len(np.unique(parent[measured])) if pooling != "none" else 0
+    dof = float(groups - 1) if groups >= 2 else float("inf")
+    return Posterior(mean=mean, var=var, measured=measured, hyper=table, dof=dof)
