@@ -571,7 +571,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
         "Examples:\n\n"
         "  harp bench --suite skills --methods random,dsir --budgets 5%,10% "
         "--seeds 0,1 --out runs/bench\n\n"
-        "  harp bench --suite text --size 3000 --evals 200 --out runs/text\n\n"
+        "  harp bench --suite text --size 3000 --target-rows 200 --out runs/text\n\n"
         "  harp bench --suite my-suite.yaml -p less.dim=1024 --out runs/mine\n\n"
         "  harp report runs/bench   # tables and plots"
     )
@@ -598,8 +598,13 @@ def bench(
     size: Optional[int] = typer.Option(
         None, min=1, help="Pool rows (default: the suite's)."
     ),
-    evals: Optional[int] = typer.Option(
+    target_rows: Optional[int] = typer.Option(
         None, min=1, help="Target rows per domain (default: the suite's)."
+    ),
+    evals: Optional[str] = typer.Option(
+        None,
+        help="HARP methods: train-evaluate calls, a count (12) or a fraction of the "
+        "leaves (0.2); same as -p harp-c.evals=... -p harp-e.evals=....",
     ),
     param: list[str] = typer.Option(
         [],
@@ -636,8 +641,16 @@ def bench(
         budgets=_split(budgets),
         seeds=seed_list,
         size=size,
-        evals=evals,
+        target_rows=target_rows,
     )
+    if evals is not None:
+        # Every method that makes train-evaluate calls gets the same call budget.
+        from harp.selectors import available_methods, get_selector_class
+
+        value = _parse_params([f"evals={evals}"])["evals"]
+        for method in cfg.methods or available_methods():
+            if "evals" in _run(get_selector_class, method)._get_param_names():
+                params.setdefault(method, {}).setdefault("evals", value)
     if params:
         merged = {m: dict(v) for m, v in cfg.params.items()}
         for method, values in params.items():

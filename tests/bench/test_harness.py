@@ -25,7 +25,7 @@ runner = CliRunner()
 #: Like the demo's "tiny" preset.
 TINY = dict(
     size=300,
-    evals=30,
+    target_rows=30,
     skills={"n_pretrain": 600},
     pretrain={"steps": 40, "batch_size": 16},
     train={"steps": 8, "batch_size": 8},
@@ -34,7 +34,7 @@ TINY_YAML = """\
 kind: skills
 skills: {n_pretrain: 600}
 size: 300
-evals: 30
+target_rows: 30
 pretrain: {steps: 40, batch_size: 16}
 train: {steps: 8, batch_size: 8}
 methods: [random, dsir]
@@ -244,7 +244,7 @@ def test_text_suite_runs_end_to_end_and_records_a_finite_loss(tmp_path):
         "text",
         out_dir=tmp_path,
         size=60,
-        evals=10,
+        target_rows=10,
         methods=["random"],
         pretrain={"steps": 3, "batch_size": 8},
         train={"steps": 3, "batch_size": 4, "max_length": 128},

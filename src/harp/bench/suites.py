@@ -21,7 +21,7 @@ YAML schema (every key optional unless said; unknown keys are refused)::
     kind: files                 # "files" (pool/target files) or "skills"
     seed: 0                     # seed of the sampling and the proxy model
     size: 3000                  # pool rows in all (stratified over pool entries)
-    evals: 200                  # target rows per target entry (domain)
+    target_rows: 200            # target rows per target entry (domain)
     data_root: data             # base folder of relative paths (default: the
                                 # YAML's folder; "auto": the shared data folder)
     pool:                       # files: required
@@ -116,7 +116,7 @@ class BenchConfig:
         ``{method: {param: value}}`` hyper-parameters.
     size : int or None
         Pool rows (skills: ``n_pool``; files: total over pool entries).
-    evals : int or None
+    target_rows : int or None
         Target rows per domain (skills: ``n_target_per_domain``; files: per target
         entry).
     seed : int
@@ -152,7 +152,7 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int | None = None
-    evals: int | None = None
+    target_rows: int | None = None
     seed: int = 0
     references: bool = True
     model: str = "proxy"
@@ -174,7 +174,7 @@ class BenchConfig:
                 f"{where}kind={self.kind!r} is not allowed; expected one of "
                 + ", ".join(_KINDS)
             )
-        for name in ("size", "evals"):
+        for name in ("size", "target_rows"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -529,8 +529,8 @@ def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
     args = dict(config.skills)
     if config.size is not None:
         args["n_pool"] = config.size
-    if config.evals is not None:
-        args["n_target_per_domain"] = config.evals
+    if config.target_rows is not None:
+        args["n_target_per_domain"] = config.target_rows
     try:
         suite = make_skills_suite(seed=config.seed, **args)
     except HarpError as exc:
@@ -722,7 +722,7 @@ def _prepare_files(config: BenchConfig, out_dir: Path, progress: bool):
     ]
     target_rows: list[dict[str, Any]] = []
     for i, (entry, paths) in enumerate(zip(entries["target"], files["target"])):
-        quota = entry.get("sample", config.evals)
+        quota = entry.get("sample", config.target_rows)
         target_rows += _draw_entry(
             entry, quota, paths, target_rngs[i], root, f"{where}: target[{i}]", set()
         )

@@ -67,6 +67,8 @@ def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp
     again = make_selector("harp-c", budget=50, **params).fit(suite.pool, suite.target)
     assert first.oracle_["calls"] == len(first.measured_) > 0
     assert again.oracle_["calls"] == 0
+    # The cost is the calls the method needed, whether run now or read from the cache.
+    assert again.selection_.cost.train_eval_calls == len(first.measured_)
     assert again.oracle_["cache_hits"] == len(first.measured_)
     np.testing.assert_array_equal(again.selection_.indices, first.selection_.indices)
     np.testing.assert_array_equal(again.posterior_.mean, first.posterior_.mean)
