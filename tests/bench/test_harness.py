@@ -350,3 +350,21 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_bench_help():
     result = runner.invoke(app, ["bench", "--help"])
     assert result.exit_code == 0 and "results.jsonl" in result.output
+
+
+def test_an_empty_selection_scores_as_the_base_model(tiny_bench, tmp_path, monkeypatch):
+    """HARP selects nothing when no leaf is expected to help: the row is the base's."""
+    from harp.selectors import DSIRSelector
+
+    monkeypatch.setattr(
+        DSIRSelector,
+        "_select",
+        lambda self, pool, target, budget, rng: (np.zeros(0, np.int64), None, None, {}),
+    )
+    cfg, rows = tiny_bench
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.out_dir, out)
+    row = run_bench(_tiny(out, methods=["dsir"], budgets=["7%"], seeds=[0]))[-1]
+    base = next(r for r in rows if r["kind"] == "base")
+    assert row["n_selected"] == 0 and row["data_fraction"] == 0.0
+    assert row["score"] == base["score"]

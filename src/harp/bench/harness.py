@@ -409,6 +409,10 @@ class _Runner:
         from harp.training import EvalReport, TrainConfig, finetune_and_evaluate
 
         suite = self.suite
+        if len(indices) == 0:
+            # An empty selection (HARP when no leaf is expected to help) trains
+            # nothing: the model is the base model.
+            return self.base_report, 0.0
         subset = suite.pool.subset(indices)
         train_config = TrainConfig(seed=seed, **suite.train)
         key = fingerprint(
