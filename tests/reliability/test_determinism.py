@@ -34,6 +34,32 @@ for method in ("random", "similarity", "cluster", "dsir"):
     print(harp.select(s.pool, s.target, method=method, budget=30, seed=3).digest())
 """
 
+LOGDET_AND_HARP = """
+import sys, tempfile, hashlib, numpy as np, torch
+from threadpoolctl import threadpool_limits
+threads = int(sys.argv[1])
+torch.set_num_threads(threads)
+threadpool_limits(threads)
+from harp.selectors._logdet import greedy_logdet
+from harp.selectors import make_selector
+from harp.models import build_proxy, save_model, ProxyConfig
+from harp.data.synthetic import make_skills_suite
+g = np.random.default_rng(0).normal(size=(3000, 128)).astype(np.float32)
+t = greedy_logdet(g, 300, conflict_weight=0.1)
+print(hashlib.sha256(t.indices.tobytes() + t.objective.tobytes()).hexdigest())
+s = make_skills_suite(n_pool=100, n_target_per_domain=4, n_pretrain=10)
+tmp = tempfile.mkdtemp()
+cfg = ProxyConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+m, tok = build_proxy(cfg, seed=0)
+save_model(m, tok, tmp + "/model")
+sel = make_selector("harp-e", budget=40, model=tmp + "/model", encoder="tfidf",
+                    leaf_size=10, train_steps=2, bootstrap=10, evals=4,
+                    cache_dir=tmp + "/cache").fit(s.pool, s.target)
+# (the digest would include the temporary cache folder: compare what was computed)
+print(sel.selection_.indices.tolist(), sel.selection_.gains.tolist())
+print(hashlib.sha256(sel.posterior_.mean.tobytes()).hexdigest())
+"""
+
 
 def _run(code: str, threads: int) -> str:
     out = subprocess.run(
@@ -46,7 +72,11 @@ def _run(code: str, threads: int) -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("code", [FINETUNE, SELECT], ids=["finetune", "select"])
+@pytest.mark.parametrize(
+    "code",
+    [FINETUNE, SELECT, LOGDET_AND_HARP],
+    ids=["finetune", "select", "logdet-and-harp"],
+)
 def test_identical_across_runs_and_thread_counts(code):
     one = _run(code, 1)
     assert one.strip()
