@@ -643,19 +643,14 @@ def bench(
         size=size,
         target_rows=target_rows,
     )
-    if evals is not None:
-        # Every method that makes train-evaluate calls gets the same call budget.
-        from harp.selectors import available_methods, get_selector_class
-
-        value = _parse_params([f"evals={evals}"])["evals"]
-        for method in cfg.methods or available_methods():
-            if "evals" in _run(get_selector_class, method)._get_param_names():
-                params.setdefault(method, {}).setdefault("evals", value)
     if params:
         merged = {m: dict(v) for m, v in cfg.params.items()}
         for method, values in params.items():
             merged.setdefault(method, {}).update(values)
         cfg = _run(cfg.with_overrides, params=merged)
+    if evals is not None:
+        value = _parse_params([f"evals={evals}"])["evals"]
+        cfg = _run(cfg.with_common_param, "evals", value)
     _narrate(
         "harp.bench.harness",
         "harp.bench.suites",

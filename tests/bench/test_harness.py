@@ -367,3 +367,10 @@ def test_an_empty_selection_scores_as_the_base_model(tiny_bench, tmp_path, monke
     base = next(r for r in rows if r["kind"] == "base")
     assert row["n_selected"] == 0 and row["data_fraction"] == 0.0
     assert row["score"] == base["score"]
+
+
+def test_common_param_reaches_only_methods_that_have_it():
+    cfg = load_suite("skills", methods=["random", "harp-c", "harp-e"])
+    cfg = cfg.with_overrides(params={"harp-e": {"evals": 5}})
+    out = cfg.with_common_param("evals", 0.3)
+    assert out.params == {"harp-c": {"evals": 0.3}, "harp-e": {"evals": 5}}

@@ -14,7 +14,6 @@ from harp.data.synthetic import make_skills_suite
 from harp.errors import DataError, HarpError, ParameterError
 from harp.execution import Executor, LocalExecutor, RayExecutor, make_executor
 from harp.features import FeatureStore, extract_gradient_features
-from harp.selectors import make_selector
 
 # -- task functions (module level: a process pool pickles them by reference) -------
 
@@ -232,28 +231,12 @@ def _cache_files(cache):
     return sorted(p.name for p in (cache / "harp-oracle").glob("*.json"))
 
 
-def _harp(tiny_dir, cache, **kw):
-    return make_selector(
-        "harp-c",
-        budget=30,
-        model=str(tiny_dir),
-        encoder="tfidf",
-        leaf_size=10,
-        train_steps=2,
-        bootstrap=10,
-        evals=4,
-        round_size=2,
-        cache_dir=str(cache),
-        **kw,
-    )
-
-
 def test_harp_rounds_through_an_executor_select_the_same_rows(
-    tiny_dir, suite, tmp_path
+    fast_harp, suite, tmp_path
 ):
-    local = _harp(tiny_dir, tmp_path / "a").fit(suite.pool, suite.target)
+    local = fast_harp(tmp_path / "a").fit(suite.pool, suite.target)
     rec = Recording()
-    mapped = _harp(tiny_dir, tmp_path / "b", executor=rec).fit(suite.pool, suite.target)
+    mapped = fast_harp(tmp_path / "b", executor=rec).fit(suite.pool, suite.target)
     np.testing.assert_array_equal(mapped.selection_.indices, local.selection_.indices)
     np.testing.assert_array_equal(mapped.posterior_.mean, local.posterior_.mean)
     # How the work ran is not part of the result (the cache folders differ here).
@@ -270,21 +253,19 @@ def test_harp_rounds_through_an_executor_select_the_same_rows(
     )
 
     # A rerun maps nothing: every leaf is a cache hit read here.
-    rerun = _harp(tiny_dir, tmp_path / "b", executor="local").fit(
-        suite.pool, suite.target
-    )
+    rerun = fast_harp(tmp_path / "b", executor="local").fit(suite.pool, suite.target)
     assert rerun.oracle_["calls"] == 0
     assert rerun.oracle_["cache_hits"] == len(local.measured_)
     np.testing.assert_array_equal(rerun.selection_.indices, local.selection_.indices)
     # Where the calls ran is not part of the fingerprint.
-    plain = _harp(tiny_dir, tmp_path / "b").fit(suite.pool, suite.target)
+    plain = fast_harp(tmp_path / "b").fit(suite.pool, suite.target)
     assert plain.selection_.fingerprint == rerun.selection_.fingerprint
     assert plain.selection_.fingerprint == mapped.selection_.fingerprint
 
 
-def test_harp_executor_parameter_is_checked(tiny_dir, suite, tmp_path):
+def test_harp_executor_parameter_is_checked(fast_harp, suite, tmp_path):
     with pytest.raises(ParameterError, match="executor"):
-        _harp(tiny_dir, tmp_path, executor="dask").fit(suite.pool, suite.target)
+        fast_harp(tmp_path, executor="dask").fit(suite.pool, suite.target)
 
 
 # -- the command line ----------------------------------------------------------------

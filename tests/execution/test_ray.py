@@ -22,7 +22,6 @@ from harp.data.synthetic import make_skills_suite  # noqa: E402
 from harp.errors import DataError, HarpError  # noqa: E402
 from harp.execution import Executor, RayExecutor  # noqa: E402
 from harp.features import extract_gradient_features  # noqa: E402
-from harp.selectors import make_selector  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -179,33 +178,15 @@ def test_a_task_killed_midway_is_retried_and_the_store_completes(
 # -- HARP ----------------------------------------------------------------------------
 
 
-def _harp(tiny_dir, cache, **kw):
-    return make_selector(
-        "harp-c",
-        budget=30,
-        model=str(tiny_dir),
-        encoder="tfidf",
-        leaf_size=10,
-        train_steps=2,
-        bootstrap=10,
-        evals=4,
-        round_size=2,
-        cache_dir=str(cache),
-        **kw,
-    )
-
-
 def _cache_files(cache):
     return sorted(p.name for p in (cache / "harp-oracle").glob("*.json"))
 
 
 def test_harp_on_ray_selects_the_same_rows_as_locally(
-    cluster, tiny_dir, suite, tmp_path
+    cluster, fast_harp, suite, tmp_path
 ):
-    local = _harp(tiny_dir, tmp_path / "local").fit(suite.pool, suite.target)
-    on_ray = _harp(tiny_dir, tmp_path / "ray", executor="ray").fit(
-        suite.pool, suite.target
-    )
+    local = fast_harp(tmp_path / "local").fit(suite.pool, suite.target)
+    on_ray = fast_harp(tmp_path / "ray", executor="ray").fit(suite.pool, suite.target)
     np.testing.assert_array_equal(on_ray.selection_.indices, local.selection_.indices)
     np.testing.assert_array_equal(on_ray.posterior_.mean, local.posterior_.mean)
     assert on_ray.rounds_ == local.rounds_
@@ -219,6 +200,6 @@ def test_harp_on_ray_selects_the_same_rows_as_locally(
     assert ray.is_initialized()  # a joined session is left running
 
     # Results of Ray tasks serve a local rerun from the cache.
-    rerun = _harp(tiny_dir, tmp_path / "ray").fit(suite.pool, suite.target)
+    rerun = fast_harp(tmp_path / "ray").fit(suite.pool, suite.target)
     assert rerun.oracle_["calls"] == 0
     np.testing.assert_array_equal(rerun.selection_.indices, local.selection_.indices)

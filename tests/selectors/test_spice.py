@@ -54,6 +54,7 @@ def test_spice_without_conflict_is_fisher_and_with_it_differs(pool, params):
     spice0 = SPICESelector(budget=40, conflict_weight=0.0, **params).fit(pool)
     np.testing.assert_array_equal(fisher.selection_.indices, spice0.selection_.indices)
     spice = SPICESelector(budget=40, conflict_weight=5.0, **params).fit(pool)
+    assert not np.array_equal(spice.selection_.indices, fisher.selection_.indices)
     g = _gradients(spice, pool)
     # The conflict of each pick is max(0, -cos(g_x, sum of earlier picks)).
     picks = spice.selection_.indices

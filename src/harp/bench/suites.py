@@ -271,6 +271,21 @@ class BenchConfig:
         values = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **values)
 
+    def with_common_param(self, key: str, value: Any) -> BenchConfig:
+        """A copy where every method that has a parameter ``key`` gets ``value``.
+
+        A value already set for a method (in the suite file or by ``-p``) is kept.
+        ``harp bench --evals N`` uses it to give every method that makes
+        train-evaluate calls the same call budget.
+        """
+        from harp.selectors import available_methods, get_selector_class
+
+        params = {m: dict(v) for m, v in self.params.items()}
+        for method in self.methods or available_methods():
+            if key in get_selector_class(method)._get_param_names():
+                params.setdefault(method, {}).setdefault(key, value)
+        return dataclasses.replace(self, params=params)
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON-ready data (for ``config.json``)."""
         out = dataclasses.asdict(self)

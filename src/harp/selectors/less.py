@@ -31,6 +31,49 @@ _COMMON_CONSTRAINTS: dict[str, list] = {
 }
 
 
+def warmup_checkpoints(
+    model_dir: str | Path,
+    pool: ExampleSet,
+    cache_dir: str | Path,
+    *,
+    fraction: float = 0.05,
+    epochs: float = 4.0,
+    n_checkpoints: int = 1,
+    batch_size: int = 16,
+    seed: int | None = 0,
+    progress: bool = False,
+) -> list:
+    """The LoRA warm-up every gradient-based method takes its gradients from.
+
+    LESS's recipe: LoRA on every linear layer, trained on a seeded ``fraction`` of the
+    pool for ``epochs``, ``n_checkpoints`` checkpoints. Cached under
+    ``cache_dir/warmup`` by fingerprint, so LESS, SPICE, Fisher, DPP and HARP's
+    gradient features share one run when their settings agree.
+
+    Returns
+    -------
+    list of Checkpoint
+        In training order.
+    """
+    from harp.training import TrainConfig
+    from harp.training.warmup import warmup
+
+    result = warmup(
+        model_dir,
+        pool,
+        Path(cache_dir) / "warmup",
+        fraction=fraction,
+        config=TrainConfig(
+            epochs=epochs, batch_size=batch_size, seed=seed, lora_target_modules=None
+        ),
+        n_checkpoints=n_checkpoints,
+        seed=seed,
+        by_fingerprint=True,
+        progress=progress,
+    )
+    return result.checkpoints
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
@@ -72,30 +115,23 @@ class _GradientSelector(BaseSelector):
 
     def _prepare(self, pool: ExampleSet):
         from harp.models.choice import resolve_model
-        from harp.training import TrainConfig
-        from harp.training.warmup import warmup
 
         cache = Path(self.cache_dir)
         model_dir = resolve_model(
             self.model, pool, cache_dir=cache, seed=self.seed, progress=self.progress
         )
-        result = warmup(
+        checkpoints = warmup_checkpoints(
             model_dir,
             pool,
-            cache / "warmup",
+            cache,
             fraction=self.warmup_fraction,
-            config=TrainConfig(
-                epochs=self.warmup_epochs,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                lora_target_modules=None,
-            ),
+            epochs=self.warmup_epochs,
             n_checkpoints=self.n_checkpoints,
+            batch_size=self.batch_size,
             seed=self.seed,
-            by_fingerprint=True,
             progress=self.progress,
         )
-        return model_dir, result.checkpoints
+        return model_dir, checkpoints
 
     def _features(self, model_dir, examples: ExampleSet, checkpoint, optimizer: str):
         from harp.features.extract import extract_gradient_features

@@ -438,17 +438,6 @@ def _model_max_length(model: Any) -> int | None:
     return int(value) if value else None
 
 
-def _progress(enabled: bool, description: str, total: int):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task(description, total=total)
-    bar.start()
-    return bar, task
-
-
 def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Batches of indices grouped by length (stable: ties keep input order)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -489,14 +478,19 @@ def response_losses(
     """
     import torch
 
-    from harp.training.finetune import _pad_id, collate, encode_examples
+    from harp.training.finetune import (
+        _pad_id,
+        _progress_bar,
+        collate,
+        encode_examples,
+    )
 
     limit = max_length or _model_max_length(model) or 1_000_000
     enc = encode_examples(tokenizer, examples, max_length=limit)
     out = np.full(len(examples), np.nan, dtype=np.float64)
     rows = list(zip(enc.input_ids, enc.labels))
     batches = _length_batches([len(r[0]) for r in rows], batch_size)
-    bar = _progress(progress, "target loss", len(batches))
+    bar = _progress_bar(progress, "target loss", len(batches))
     pad = _pad_id(tokenizer)
     was_training = model.training
     model.eval()
@@ -564,7 +558,7 @@ def generate_greedy(
     """
     import torch
 
-    from harp.training.finetune import _pad_id
+    from harp.training.finetune import _pad_id, _progress_bar
 
     if not prompts:
         return []
@@ -588,7 +582,7 @@ def generate_greedy(
         logger.info("%d prompt(s) lost their start to fit the model's length", n_cut)
     outputs: list[str] = [""] * len(prompts)
     batches = _length_batches([len(e) for e in encoded], batch_size)
-    bar = _progress(progress, "generating", len(batches))
+    bar = _progress_bar(progress, "generating", len(batches))
     was_training = model.training
     model.eval()
     try:

@@ -165,28 +165,18 @@ class _HARPSelector(BaseSelector):
             t = extract_embedding_features(target, root, **kw).read()
             return x.astype(np.float64), t.astype(np.float64)
         from harp.features.extract import extract_gradient_features
-        from harp.training.warmup import warmup
+        from harp.selectors.less import warmup_checkpoints
 
         # Gradients at the end of a short LoRA warm-up on the pool (the same warm-up,
         # and cache, as SPICE's): a model that has seen the pool's tasks tells rows
         # that follow its majority rule from rows that contradict it, where the
         # untouched base cannot. Unit length: the tree groups gradient directions.
         seed = self.seed or 0
-        result = warmup(
-            model_dir,
-            pool,
-            Path(self.cache_dir) / "warmup",
-            fraction=0.05,
-            config=TrainConfig(
-                epochs=4.0, batch_size=16, seed=seed, lora_target_modules=None
-            ),
-            n_checkpoints=1,
-            seed=seed,
-            by_fingerprint=True,
-            progress=self.progress,
+        checkpoints = warmup_checkpoints(
+            model_dir, pool, self.cache_dir, seed=seed, progress=self.progress
         )
         kwargs = dict(
-            checkpoint=result.checkpoints[-1],
+            checkpoint=checkpoints[-1],
             dim=1024,
             seed=seed,
             progress=self.progress,
@@ -383,6 +373,8 @@ class _HARPSelector(BaseSelector):
                 "more leaves (--evals) or check the target and the base model",
                 self.name,
             )
+        # Inside a leaf, rows nearest its centroid first (only chosen leaves are cut).
+        chosen_set = set(chosen)
         within = [
             rows[
                 np.argsort(
@@ -390,6 +382,8 @@ class _HARPSelector(BaseSelector):
                     kind="stable",
                 )
             ]
+            if g in chosen_set
+            else rows
             for g, rows in enumerate(leaf_rows)
         ]
         indices = cap_to_budget(chosen, leaf_rows, budget, within_leaf_order=within)
