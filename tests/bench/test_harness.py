@@ -374,3 +374,33 @@ def test_common_param_reaches_only_methods_that_have_it():
     cfg = cfg.with_overrides(params={"harp-e": {"evals": 5}})
     out = cfg.with_common_param("evals", 0.3)
     assert out.params == {"harp-c": {"evals": 0.3}, "harp-e": {"evals": 5}}
+
+
+def test_row_key_follows_every_setting_defaults_included(monkeypatch):
+    """A changed default makes a new row; spelling out a default does not."""
+    import inspect
+
+    from harp.bench.harness import method_settings, row_key
+    from harp.selectors import get_selector_class
+
+    key = row_key("suite", "harp-c", "10%", 0, {})
+    assert key == row_key("suite", "harp-c", "10%", 0, {"target_fit_weight": 0.5})
+    assert key != row_key("suite", "harp-c", "10%", 0, {"target_fit_weight": 0.0})
+    # What the harness sets itself, and how the work runs, are not settings.
+    settings = method_settings("harp-c", {})
+    assert not {"model", "cache_dir", "seed", "budget", "progress", "executor"} & set(
+        settings
+    )
+    # The same call after a default changed in the code: another key.
+    cls = get_selector_class("harp-c")
+    sig = inspect.signature(cls.__init__)
+    params = [
+        p.replace(default=0.25) if p.name == "target_fit_weight" else p
+        for p in sig.parameters.values()
+    ]
+    monkeypatch.setattr(
+        cls.__init__, "__signature__", sig.replace(parameters=params), raising=False
+    )
+    assert row_key("suite", "harp-c", "10%", 0, {}) != key
+    # Reference rows keep their plain params.
+    assert method_settings("full data", {}) == {}

@@ -42,6 +42,7 @@ __all__ = [
     "RESULTS_FILE",
     "load_suite",
     "read_results",
+    "method_settings",
     "row_key",
     "run_bench",
 ]
@@ -142,13 +143,45 @@ def row_key(
     seed: int | None,
     params: dict[str, Any] | None = None,
 ) -> str:
-    """Key of a result row: suite fingerprint, method, budget, seed and params."""
+    """Key of a result row: suite fingerprint, method, budget, seed and settings.
+
+    A registered method's settings are all its hyper-parameters, defaults included
+    (those the harness fills in, and how the work runs, left out), so a row made
+    before a default changed is not mistaken for one made after; an explicit
+    default and an omitted one give the same key.
+    """
     return fingerprint(
         "bench-row",
         content=suite_fingerprint,
-        params={"method": method, "budget": str(budget), "params": params or {}},
+        params={
+            "method": method,
+            "budget": str(budget),
+            "params": method_settings(method, params or {}),
+        },
         seed=seed,
     )[:24]
+
+
+def method_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` over the method's constructor defaults (references: ``params``)."""
+    import inspect
+
+    from harp.selectors import get_selector_class
+
+    try:
+        cls = get_selector_class(method)
+    except ParameterError:  # a reference row ("base", "full data"): nothing to resolve
+        return dict(params)
+    # Set by the harness for every row (the suite's model, the bench's cache), or
+    # how the work runs: not what a row measures.
+    skip = {"self", "seed", "budget", "model", "cache_dir", *cls._execution_params}
+    settings = {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in skip and p.default is not inspect.Parameter.empty
+    }
+    settings.update(params)
+    return _jsonable(settings)
 
 
 # -- memory ----------------------------------------------------------------------------
