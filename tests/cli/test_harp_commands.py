@@ -65,6 +65,8 @@ def test_inspect_shows_every_leaf(harp_run):
     n_leaves = len(meta["diagnostics"]["leaves"])
     assert result.output.count(" leaf ") == n_leaves
     assert result.output.count("  measured ") == 4
+    # Every leaf shows its median target-fit loss (the default weight is on).
+    assert result.output.count("  fit ") == n_leaves
     assert "harp-e:" in result.output and "best prefix" in result.output
     # The sidecar itself and --json work too.
     raw = runner.invoke(app, ["inspect", str(harp_run) + ".meta.json", "--json"])

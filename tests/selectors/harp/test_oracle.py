@@ -94,3 +94,40 @@ def test_paired_bootstrap_variance_matches_analytic():
 def test_bad_metric_is_refused(tiny_dir, suite, tmp_path):
     with pytest.raises(ParameterError, match="metric='accuracy'"):
         _oracle(tiny_dir, suite, tmp_path, metric="accuracy")
+
+
+def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
+    tiny_dir, suite, tmp_path
+):
+    """One finetune on the target with the oracle's recipe, then each row's loss."""
+    from harp.models import load_model
+    from harp.training.evaluate import response_losses
+    from harp.training.finetune import finetune
+
+    oracle = _oracle(tiny_dir, suite, tmp_path)
+    pool = suite.pool.subset(range(30))
+    losses = oracle.target_fit_losses(pool)
+
+    model, tok = load_model(tiny_dir)
+    tuned = finetune(
+        model, tok, suite.target, TrainConfig(steps=4, batch_size=4, seed=0)
+    )
+    np.testing.assert_allclose(
+        losses, response_losses(tuned, tok, pool), rtol=1e-6, atol=1e-7
+    )
+    # The base's own losses differ: the finetune happened.
+    base_model, _ = load_model(tiny_dir)
+    assert not np.allclose(losses, response_losses(base_model, tok, pool))
+    # Cached on disk and not counted as a leaf call (its time is kept apart); a new
+    # oracle reads it back.
+    assert (oracle.calls, oracle.hits) == (0, 0)
+    assert oracle.target_fit_seconds > 0 and oracle.seconds == 0
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "harp-oracle").glob("*")}
+    assert len(files) == 1
+    again = _oracle(tiny_dir, suite, tmp_path).target_fit_losses(pool)
+    np.testing.assert_array_equal(again, losses)
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    # Another pool is another entry.
+    other = oracle.target_fit_losses(suite.pool.subset(range(30, 40)))
+    assert other.shape == (10,)
+    assert len(list((tmp_path / "harp-oracle").glob("*"))) == 2

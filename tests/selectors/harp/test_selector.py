@@ -92,9 +92,103 @@ def test_resolve_evals():
 def test_gradient_features_cluster_unit_warmup_gradients(tiny_dir, suite, tmp_path):
     params = _params(tiny_dir, tmp_path, evals=3, features="gradient")
     sel = make_selector("harp-c", budget=30, **params).fit(suite.pool, suite.target)
-    centroids = sel.tree_.leaf_centroids
-    # Leaf centroids are means of unit vectors: inside the unit ball, not on the scale
-    # of raw gradients.
+    # The tree's features: unit gradients plus the target-fit coordinate. Their part
+    # of a leaf centroid is a mean of unit vectors: inside the unit ball, not on the
+    # scale of raw gradients.
+    centroids = sel.tree_.leaf_centroids[:, :-1]
     assert np.all(np.linalg.norm(centroids, axis=1) <= 1 + 1e-9)
     assert (tmp_path / "warmup").is_dir()
     assert len(sel.measured_) == 3
+
+
+def test_target_fit_coordinate_shapes_the_tree(tiny_dir, suite, tmp_path):
+    """The tree clusters [unit features, w · standardized log target-fit loss]."""
+    from harp.selectors.harp.oracle import LeafOracle
+    from harp.training import TrainConfig
+
+    # (No prior covariate: this fit chooses two leaves and cuts the second.)
+    params = _params(tiny_dir, tmp_path, evals=3, prior="none")
+    sel = make_selector("harp-c", budget=20, target_fit_weight=2.0, **params)
+    sel.fit(suite.pool, suite.target)
+    off = make_selector("harp-c", budget=20, target_fit_weight=0, **params)
+    off.fit(suite.pool, suite.target)
+    assert off.target_fit_losses_ is None
+
+    oracle = LeafOracle(
+        tiny_dir,
+        suite.target,
+        train_config=TrainConfig(seed=0, steps=3),
+        cache_dir=tmp_path,
+        bootstrap=20,
+    )
+    losses = oracle.target_fit_losses(suite.pool)
+    np.testing.assert_array_equal(sel.target_fit_losses_, losses)
+    z = np.log(losses + 1e-6)
+    z = (z - z.mean()) / z.std()
+    tree = sel.tree_
+    dim = off.tree_.leaf_centroids.shape[1]
+    assert tree.leaf_centroids.shape[1] == dim + 1
+    for g in range(tree.n_leaves):
+        rows = tree.leaf_rows(g)
+        assert tree.leaf_centroids[g, -1] == pytest.approx(2.0 * z[rows].mean())
+
+    # A heavy weight sorts the leaves by fit: each leaf spans a narrower range of z
+    # than the leaves clustered without it.
+    def spread(t):
+        return np.mean([np.ptp(z[t.leaf_rows(g)]) for g in range(t.n_leaves)])
+
+    assert spread(tree) < spread(off.tree_)
+    # Only the last chosen leaf is cut, and it gives up its worst-fitting rows.
+    s = sel.selection_
+    assert len(s) == 20
+    last = tree.leaf_of_row[s.indices[-1]]
+    taken = s.indices[tree.leaf_of_row[s.indices] == last]
+    left = np.setdiff1d(tree.leaf_rows(last), taken)
+    assert len(left) > 0 and len(taken) > 0
+    assert losses[taken].max() <= losses[left].min()
+    diag = sel.diagnostics()
+    leaf0 = tree.leaf_rows(0)
+    assert diag["leaves"][0]["target_fit_loss"] == pytest.approx(
+        float(np.median(losses[leaf0]))
+    )
+
+
+def test_search_breaks_ties_toward_the_least_explored_leaf():
+    """Leaves the posterior cannot tell apart: the one least like those measured."""
+    from harp.selectors.harp import Hierarchy
+    from harp.selectors.harp.bayes import Posterior
+    from harp.selectors.harp.selector import HARPCSelector, _novelty
+
+    # One parent, five leaves on a line; leaf 0 measured.
+    centroids = np.array([[0.0], [1.0], [2.0], [9.0], [3.0]])
+    tree = Hierarchy(
+        leaf_of_row=np.arange(5),
+        parent_of_leaf=np.zeros(5, dtype=np.int64),
+        node_of_parent=np.array([0]),
+        leaf_centroids=centroids,
+        parent_centroids=centroids.mean(axis=0, keepdims=True),
+        representatives=np.array([0]),
+    )
+    np.testing.assert_allclose(
+        _novelty(centroids, tree.parent_of_leaf, [0], np.arange(1, 5)), [1, 2, 9, 3]
+    )
+    # Nothing measured in a parent: every leaf is maximally new.
+    assert np.all(np.isinf(_novelty(centroids, tree.parent_of_leaf, [], np.arange(5))))
+    post = Posterior(
+        mean=np.array([[2.0], [1.0], [1.0], [1.0], [1.0]]),
+        var=np.array([[0.01], [1.0], [1.0], [1.0], [1.0]]),
+        measured=np.array([True, False, False, False, False]),
+        hyper={},
+    )
+    sel = HARPCSelector()
+    rng = np.random.default_rng(0)
+    picks = sel._next_leaves(tree, post, {0: None}, 2, rng)
+    assert picks == [3, 4]
+    # A higher upper bound still wins over novelty.
+    better = Posterior(
+        mean=np.array([[2.0], [1.5], [1.0], [1.0], [1.0]]),
+        var=post.var,
+        measured=post.measured,
+        hyper={},
+    )
+    assert sel._next_leaves(tree, better, {0: None}, 1, rng) == [1]

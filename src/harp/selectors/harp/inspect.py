@@ -58,7 +58,8 @@ def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
     """Nodes → parents → leaves, each leaf with its posterior per domain.
 
     Marks: ``M`` measured (its measured effect follows), ``*`` chosen. Exact-match
-    effects are shown in points (×100), loss reductions in nats ×100.
+    effects are shown in points (×100), loss reductions in nats ×100; ``fit`` is
+    the leaf's median target-fit loss (low: its rows follow the target's rule).
 
     Parameters
     ----------
@@ -114,6 +115,8 @@ def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
                     f"    {mark} leaf {leaf['leaf']:4d} n={leaf['size']:4d}  "
                     f"{_fmt(leaf['mean'], scale)}  {sd}"
                 )
+                if leaf.get("target_fit_loss") is not None:
+                    line += f"  fit {leaf['target_fit_loss']:5.2f}"
                 if leaf["measured"]:
                     line += f"  measured {_fmt(leaf.get('effect'), scale)}"
                 lines.append(line)

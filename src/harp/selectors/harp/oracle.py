@@ -109,6 +109,9 @@ class LeafOracle:
         Calls answered from the cache.
     seconds : float
         Wall time spent in calls actually run.
+    target_fit_seconds : float or None
+        Wall time of the target fit (:meth:`target_fit_losses`; when read from the
+        cache, the time it took when it ran), None before it is asked for.
     """
 
     model_dir: str | Path
@@ -124,6 +127,7 @@ class LeafOracle:
     calls: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
     seconds: float = field(default=0.0, init=False)
+    target_fit_seconds: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         from harp.models.loading import model_fingerprint
@@ -276,3 +280,58 @@ class LeafOracle:
             seconds,
         )
         return LeafEffect(effect, var, seconds, False, key)
+
+    def target_fit_losses(self, pool: ExampleSet) -> np.ndarray:
+        """Each pool row's response loss under the base finetuned on the target.
+
+        One finetune of the base on the target rows with the oracle's own training
+        recipe, then one forward pass over the pool. A row that follows the
+        target's input→output rule gets a low loss; one that contradicts it (a
+        wrong answer, an off-format output) a high one, whatever its text looks
+        like. HARP appends this to the tree's features so that leaves separate the
+        two. Cached like a call (model, target, recipe, pool); not counted as one.
+
+        Returns
+        -------
+        ndarray of shape (len(pool),)
+            Mean negative log-likelihood of each row's response tokens.
+        """
+        from harp.models.loading import load_model
+        from harp.training.evaluate import response_losses
+        from harp.training.finetune import finetune
+
+        key = fingerprint(
+            "harp-target-fit",
+            content=stable_json({**self._common, "pool": pool.content_hash()}),
+            params={},
+        )
+        hit = self._cache.get(key)
+        if hit is not None and len(hit.get("losses", ())) == len(pool):
+            self.target_fit_seconds = float(hit.get("seconds", 0.0))
+            return np.asarray(hit["losses"], dtype=np.float64)
+        start = time.perf_counter()
+        model, tokenizer = load_model(
+            self.model_dir, trust_remote_code=self.trust_remote_code
+        )
+        tuned = finetune(
+            model,
+            tokenizer,
+            self.target,
+            self.train_config,
+            progress=self.progress,
+            description="HARP target fit",
+        )
+        losses = response_losses(tuned, tokenizer, pool, progress=self.progress)
+        losses = np.asarray(losses, dtype=np.float64)
+        if not np.isfinite(losses).all():
+            bad = np.flatnonzero(~np.isfinite(losses))[:5]
+            raise NumericalError(
+                "the target-fit loss is not finite for pool rows "
+                f"{', '.join(pool.ids[i] for i in bad)}; check those rows for empty "
+                "responses after truncation"
+            )
+        seconds = time.perf_counter() - start
+        self.target_fit_seconds = seconds
+        self._cache.put(key, {"losses": losses.tolist(), "seconds": seconds})
+        log.info("HARP target fit: %d pool rows scored (%.1fs)", len(pool), seconds)
+        return losses

@@ -72,6 +72,7 @@ class _HARPSelector(BaseSelector):
         "metric": [Options("loss", "exact_match")],
         "features": [Options("embedding", "gradient")],
         "encoder": [Options("auto", "minilm", "tfidf")],
+        "target_fit_weight": [Interval(float, 0.0, None), Interval(int, 0, None)],
         "leaf_size": [None, Interval(int, 1, None)],
         "leaves_per_parent": [None, Interval(int, 1, None)],
         "parents_per_node": [None, Interval(int, 1, None)],
@@ -102,6 +103,7 @@ class _HARPSelector(BaseSelector):
         metric: str = "loss",
         features: str = "embedding",
         encoder: str = "auto",
+        target_fit_weight: float = 0.5,
         leaf_size: int | None = None,
         leaves_per_parent: int | None = None,
         parents_per_node: int | None = None,
@@ -109,7 +111,7 @@ class _HARPSelector(BaseSelector):
         pooling: str = "hierarchical",
         search: str = "ucb",
         round_size: int = 4,
-        prior: str = "none",
+        prior: str = "alignment",
         kappa: float | None = None,
         train_steps: int | None = None,
         bootstrap: int = 200,
@@ -124,6 +126,7 @@ class _HARPSelector(BaseSelector):
         self.metric = metric
         self.features = features
         self.encoder = encoder
+        self.target_fit_weight = target_fit_weight
         self.leaf_size = leaf_size
         self.leaves_per_parent = leaves_per_parent
         self.parents_per_node = parents_per_node
@@ -186,6 +189,33 @@ class _HARPSelector(BaseSelector):
         t = extract_gradient_features(model_dir, target, root, **kwargs).read()
         return _unit(x.astype(np.float64)), _unit(t.astype(np.float64))
 
+    def _target_fit(
+        self, oracle: Any, pool: ExampleSet
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The target-fit losses and their standardized log (None, None when off).
+
+        Text features tell tasks apart but not a right answer from a wrong one of
+        the same task, so a leaf would mix both and its measured effect would
+        average them. The target-fit loss does tell them apart; as one extra
+        coordinate of the tree's features (log scale: losses are heavy-tailed) it
+        splits a task's region into rows that follow the target's rule and rows
+        that contradict it, at every level: a parent is then a region of similar
+        content *and* similar fit, whose leaves share an effect.
+        """
+        if not self.target_fit_weight:
+            return None, None
+        losses = oracle.target_fit_losses(pool)
+        z = np.log(losses + 1e-6)
+        spread = z.std()
+        z = (z - z.mean()) / spread if spread > 0 else np.zeros_like(z)
+        return losses, z
+
+    def _tree_features(self, x: np.ndarray, fit_z: np.ndarray | None) -> np.ndarray:
+        """What the tree clusters: the features, plus the weighted target fit."""
+        if fit_z is None or not self.target_fit_weight:
+            return x
+        return np.column_stack([_unit(x), self.target_fit_weight * fit_z])
+
     def _tree(self, x: np.ndarray) -> Hierarchy:
         # Eight leaves a parent by default: the representatives then cost 1/8 of the
         # leaves, which leaves room for active search inside the default 20% of calls.
@@ -242,7 +272,12 @@ class _HARPSelector(BaseSelector):
         )
 
     def _next_leaves(
-        self, tree: Hierarchy, post: Posterior, measured: dict, k: int, rng
+        self,
+        tree: Hierarchy,
+        post: Posterior,
+        measured: dict,
+        k: int,
+        rng,
     ) -> list[int]:
         open_leaves = np.array(
             [g for g in range(tree.n_leaves) if g not in measured], dtype=np.int64
@@ -263,7 +298,13 @@ class _HARPSelector(BaseSelector):
         ucb = ucb[alive]
         if len(candidates) == 0:
             return []
-        order = candidates[np.lexsort((candidates, -ucb))]
+        # Leaves a posterior cannot tell apart (no covariate: every unmeasured leaf
+        # of a parent) go to the one least like the parent's measured leaves, so the
+        # calls explore a region's variety instead of its lowest leaf ids.
+        novelty = _novelty(
+            tree.leaf_centroids, self._parents(tree), list(measured), candidates
+        )
+        order = candidates[np.lexsort((candidates, -novelty, -np.round(ucb, 9)))]
         # Spread a round over regions: one leaf per parent first, then the rest.
         parents = self._parents(tree)
         picked: list[int] = []
@@ -308,7 +349,6 @@ class _HARPSelector(BaseSelector):
             progress=self.progress,
         )
         x, t = self._featurize(model_dir, pool, target, executor)
-        tree = self._tree(x)
         train = TrainConfig(seed=self.seed or 0)
         if self.train_steps is not None:
             train = TrainConfig(**{**train.to_dict(), "steps": self.train_steps})
@@ -322,6 +362,9 @@ class _HARPSelector(BaseSelector):
             seed=self.seed or 0,
             progress=self.progress,
         )
+        target_loss, fit_z = self._target_fit(oracle, pool)
+        x_tree = self._tree_features(x, fit_z)
+        tree = self._tree(x_tree)
         domains = oracle.domains
         leaf_rows = [tree.leaf_rows(g) for g in range(tree.n_leaves)]
         covariate = None
@@ -329,7 +372,9 @@ class _HARPSelector(BaseSelector):
             by_domain = target.by_domain()
             centres = _unit(np.stack([t[i].mean(axis=0) for i in by_domain.values()]))
             # A leaf's alignment: its mean feature's cosine to the nearest domain.
-            covariate = (_unit(tree.leaf_centroids) @ centres.T).max(axis=1)
+            # (Of the features alone: the target has no target-fit coordinate.)
+            leaf_means = np.stack([x[rows].mean(axis=0) for rows in leaf_rows])
+            covariate = (_unit(leaf_means) @ centres.T).max(axis=1)
 
         n_evals = resolve_evals(self.evals, tree.n_leaves)
         measured: dict[int, Any] = {}
@@ -373,19 +418,20 @@ class _HARPSelector(BaseSelector):
                 "more leaves (--evals) or check the target and the base model",
                 self.name,
             )
-        # Inside a leaf, rows nearest its centroid first (only chosen leaves are cut).
+        # Inside a leaf (only the last chosen leaf is ever cut): the rows that fit
+        # the target best first, or without the target fit those nearest the
+        # leaf's centroid.
         chosen_set = set(chosen)
-        within = [
-            rows[
-                np.argsort(
-                    np.linalg.norm(x[rows] - tree.leaf_centroids[g], axis=1),
-                    kind="stable",
-                )
-            ]
-            if g in chosen_set
-            else rows
-            for g, rows in enumerate(leaf_rows)
-        ]
+
+        def within_order(g: int, rows: np.ndarray) -> np.ndarray:
+            if g not in chosen_set:
+                return rows
+            if target_loss is not None:
+                return rows[np.argsort(target_loss[rows], kind="stable")]
+            distance = np.linalg.norm(x_tree[rows] - tree.leaf_centroids[g], axis=1)
+            return rows[np.argsort(distance, kind="stable")]
+
+        within = [within_order(g, rows) for g, rows in enumerate(leaf_rows)]
         indices = cap_to_budget(chosen, leaf_rows, budget, within_leaf_order=within)
 
         leaf_value = effects[:, active].sum(axis=1) if active.any() else effects.sum(1)
@@ -397,6 +443,8 @@ class _HARPSelector(BaseSelector):
         )
 
         self.tree_ = tree
+        self.target_fit_losses_ = target_loss
+        self.covariate_ = covariate
         self.posterior_ = post
         self.domains_ = domains
         self.base_scores_ = base
@@ -409,6 +457,12 @@ class _HARPSelector(BaseSelector):
             "calls": oracle.calls,
             "cache_hits": oracle.hits,
             "seconds": round(oracle.seconds, 3),
+            # One finetune on the target (not a leaf call): what the target fit cost.
+            "target_fit_seconds": (
+                None
+                if oracle.target_fit_seconds is None
+                else round(oracle.target_fit_seconds, 3)
+            ),
             "measured_leaves": len(measured),
             "n_leaves": tree.n_leaves,
             "total_seconds": round(time.perf_counter() - started, 3),
@@ -453,8 +507,13 @@ class _HARPSelector(BaseSelector):
                 "mean": post.mean[g].tolist(),
                 "sd": sd[g].tolist(),
                 "chosen": g in chosen,
+                "target_fit_loss": (
+                    None
+                    if self.target_fit_losses_ is None
+                    else float(np.median(self.target_fit_losses_[rows]))
+                ),
             }
-            for g in range(tree.n_leaves)
+            for g, rows in enumerate(tree.leaf_rows(g) for g in range(tree.n_leaves))
         ]
         return {
             "kind": "harp",
@@ -473,6 +532,19 @@ class _HARPSelector(BaseSelector):
             "hyper": post.hyper,
             "oracle": self.oracle_,
         }
+
+
+def _novelty(
+    position: np.ndarray, parents: np.ndarray, measured: list[int], leaves: np.ndarray
+) -> np.ndarray:
+    """Distance of each leaf to the nearest measured leaf of its parent (inf: none)."""
+    out = np.full(len(leaves), np.inf)
+    done = np.asarray(measured, dtype=np.int64)
+    for i, g in enumerate(leaves):
+        same = done[parents[done] == parents[g]]
+        if len(same):
+            out[i] = np.min(np.linalg.norm(position[same] - position[g], axis=1))
+    return out
 
 
 def _leaf_task(oracle: Any, rows: ExampleSet) -> Any:
@@ -565,6 +637,15 @@ class HARPCSelector(_HARPSelector):
         (the warm-up SPICE uses, cached).
     encoder : {"auto", "minilm", "tfidf"}, default="auto"
         Sentence encoder for ``features="embedding"``.
+    target_fit_weight : float, default=0.5
+        Weight of the target-fit coordinate in the tree's features: each pool row's
+        response loss under the base finetuned on the target (one extra finetune
+        with the calls' recipe, cached), log-scaled and standardized, appended to
+        the unit feature vectors. It lets a leaf separate rows that follow the
+        target's rule from rows of the same task that contradict it (wrong answers,
+        off-format outputs), which text features cannot, at every level of the tree;
+        rows of a cut leaf are then taken best fit first. 0 clusters the features
+        alone.
     leaf_size, leaves_per_parent, parents_per_node : int or None
         Shape of the tree; None scales the leaf size and the parents per node to the
         pool (:func:`harp.selectors.harp.default_shape`) and puts 8 leaves under a
@@ -581,10 +662,12 @@ class HARPCSelector(_HARPSelector):
     round_size : int, default=4
         Leaves measured per round between posterior updates (at most one per parent
         first); the calls of a round are independent of each other.
-    prior : {"none", "alignment"}, default="none"
+    prior : {"alignment", "none"}, default="alignment"
         ``"alignment"`` adds each leaf's feature alignment with the target (cosine of
-        its centroid to the nearest domain centroid; gradient-guided with
-        ``features="gradient"``) as a covariate of the prior mean.
+        its mean feature vector to the nearest domain centroid; gradient-guided with
+        ``features="gradient"``) as a covariate of the prior mean, one slope per
+        domain estimated with the variances; it ranks the unmeasured leaves of a
+        parent, which the parent mean alone cannot. ``"none"``: no covariate.
     kappa : float or None, default=None
         When set, select on the lower confidence bound ``mean − kappa·sd``.
     train_steps : int or None, default=None
@@ -607,10 +690,16 @@ class HARPCSelector(_HARPSelector):
     Attributes
     ----------
     selection_ : Selection
-        The rows of the chosen leaves in greedy order (rows nearest their leaf's
-        centroid first); ``gains`` spreads each leaf's marginal gain over its rows.
+        The rows of the chosen leaves in greedy order (inside a leaf the best
+        target fit first, or without it the rows nearest the leaf's centroid);
+        ``gains`` spreads each leaf's marginal gain over its rows.
     tree_ : Hierarchy
         The node → parent → leaf tree.
+    target_fit_losses_ : ndarray of shape (n_pool,) or None
+        Each row's response loss under the base finetuned on the target (None with
+        ``target_fit_weight=0``).
+    covariate_ : ndarray of shape (n_leaves,) or None
+        The prior-mean covariate of every leaf (None with ``prior="none"``).
     posterior_ : Posterior
         Posterior mean and variance of every leaf's effect per domain.
     measured_ : dict
@@ -618,7 +707,8 @@ class HARPCSelector(_HARPSelector):
     path_ : GreedyPath
         The greedy order over leaves, the gains and the best prefix.
     oracle_ : dict
-        Train-evaluate calls run, cache hits and their time.
+        Train-evaluate calls run, cache hits and their time, and the time of the
+        target fit.
 
     References
     ----------
@@ -648,7 +738,7 @@ class HARPESelector(_HARPSelector):
 
     Parameters
     ----------
-    budget, seed, model, evals, metric, features, encoder
+    budget, seed, model, evals, metric, features, encoder, target_fit_weight
         As for :class:`HARPCSelector`.
     leaf_size, leaves_per_parent, parents_per_node, hierarchy, pooling, search
         As for :class:`HARPCSelector`.
@@ -657,7 +747,8 @@ class HARPESelector(_HARPSelector):
 
     Attributes
     ----------
-    selection_, tree_, posterior_, measured_, path_, oracle_
+    selection_, tree_, target_fit_losses_, covariate_, posterior_, measured_, path_,
+    oracle_
         As for :class:`HARPCSelector`.
 
     Examples
