@@ -503,7 +503,8 @@ def demo(
     ),
     methods: Optional[str] = typer.Option(
         None,
-        help="Comma-separated methods (default: every method that needs no model).",
+        help="Comma-separated methods (default: every method that needs no model, "
+        "plus harp-c and harp-e).",
     ),
     budget: Optional[str] = typer.Option(
         None, help="Rows per method (default: the size's)."

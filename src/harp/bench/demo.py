@@ -42,7 +42,8 @@ class DemoConfig:
     seed : int
         Seed of the suite, the model, the selections and the finetuning.
     methods : list of str or None
-        Methods to compare; None means every registered method that needs no model.
+        Methods to compare; None means every registered method that needs no model,
+        plus HARP-C and HARP-E.
     budget : str
         Rows each method may select (count, fraction or percentage of the pool).
     suite : dict
@@ -97,10 +98,17 @@ class DemoConfig:
         return cls(**values)
 
 
+#: Model-based methods the demo runs by default: HARP measures leaves on the demo's
+#: own proxy (13 train-evaluate calls of a few seconds each); the gradient methods'
+#: warm-ups would double the demo's time, so they are opt-in (``--methods``).
+DEMO_MODEL_METHODS = ("harp-c", "harp-e")
+
+
 def _default_methods() -> list[str]:
     from harp.selectors import available_methods, get_selector_class
 
-    return [m for m in available_methods() if not get_selector_class(m).uses_model]
+    free = [m for m in available_methods() if not get_selector_class(m).uses_model]
+    return free + [m for m in DEMO_MODEL_METHODS if m in available_methods()]
 
 
 def _report_row(
@@ -229,13 +237,20 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         )
         return tuned, seconds
 
+    from harp.bench.harness import method_settings
+
     rows: list[dict[str, Any]] = []
     for method in methods:
         log.info("selecting with %s, then finetuning and scoring", method)
         sel_key = fingerprint(
             "demo-select",
             content=suite.pool.content_hash() + suite.target.content_hash(),
-            params={"method": method, "budget": config.budget},
+            # Every setting, defaults included: a changed default selects again.
+            params={
+                "method": method,
+                "budget": config.budget,
+                "settings": method_settings(method, {}),
+            },
             seed=config.seed,
         )
         hit = cache.get(sel_key)
