@@ -192,3 +192,22 @@ def test_search_breaks_ties_toward_the_least_explored_leaf():
         hyper={},
     )
     assert sel._next_leaves(tree, better, {0: None}, 1, rng) == [1]
+
+
+def test_auto_encoder_falling_back_to_tfidf_embeds_pool_and_target_together(
+    tiny_dir, suite, tmp_path, monkeypatch
+):
+    """Without MiniLM, "auto" is TF-IDF: pool and target must share one space."""
+    import harp.features.text as text
+
+    monkeypatch.setattr(text, "minilm_available", lambda: False)
+    params = {**_params(tiny_dir, tmp_path, evals=3), "encoder": "auto"}
+    sel = make_selector("harp-c", budget=30, **params)
+    x, t = sel._featurize(tiny_dir, suite.pool, suite.target)
+    assert x.shape[1] == t.shape[1]
+    sel.fit(suite.pool, suite.target)  # the alignment prior multiplies the two
+    assert sel.covariate_ is not None and np.isfinite(sel.covariate_).all()
+    joint = make_selector("harp-c", budget=30, **{**params, "encoder": "tfidf"})
+    np.testing.assert_array_equal(
+        joint._featurize(tiny_dir, suite.pool, suite.target)[0], x
+    )

@@ -154,10 +154,12 @@ class _HARPSelector(BaseSelector):
         root = Path(self.cache_dir) / "features"
         if self.features == "embedding":
             from harp.features.extract import extract_embedding_features
+            from harp.features.text import resolve_encoder
 
-            if self.encoder == "tfidf":
+            if resolve_encoder(self.encoder) == "tfidf":
                 # TF-IDF is fitted per store: embed pool and target together so
-                # their vectors share one vocabulary.
+                # their vectors share one vocabulary (also when "auto" falls back
+                # to it because the sentence encoder is not installed).
                 from harp.features.text import TextFeaturizer
 
                 featurizer = TextFeaturizer(encoder="tfidf")
