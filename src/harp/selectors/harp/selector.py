@@ -642,12 +642,12 @@ class HARPCSelector(_HARPSelector):
     target_fit_weight : float, default=0.5
         Weight of the target-fit coordinate in the tree's features: each pool row's
         response loss under the base finetuned on the target (one extra finetune
-        with the calls' recipe, cached), log-scaled and standardized, appended to
-        the unit feature vectors. It lets a leaf separate rows that follow the
-        target's rule from rows of the same task that contradict it (wrong answers,
-        off-format outputs), which text features cannot, at every level of the tree;
-        rows of a cut leaf are then taken best fit first. 0 clusters the features
-        alone.
+        with the calls' recipe and one forward pass over the pool, cached),
+        log-scaled and standardized, appended to the unit feature vectors. It lets a
+        leaf separate rows that follow the target's rule from rows of the same task
+        that contradict it (wrong answers, off-format outputs), which text features
+        cannot, at every level of the tree; rows of a cut leaf are then taken best
+        fit first. 0 clusters the features alone.
     leaf_size, leaves_per_parent, parents_per_node : int or None
         Shape of the tree; None scales the leaf size and the parents per node to the
         pool (:func:`harp.selectors.harp.default_shape`) and puts 8 leaves under a
