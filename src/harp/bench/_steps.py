@@ -11,12 +11,17 @@ from typing import Any
 from harp._utils.hashing import fingerprint
 from harp._utils.io import atomic_write_json
 
-__all__ = ["PROXY_MARKER", "ensure_proxy"]
+__all__ = ["PROXY_MARKER", "ensure_proxy", "proxy_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 #: File in a proxy folder recording what it was built from.
 PROXY_MARKER = "harp-proxy.json"
+
+
+def proxy_fingerprint(directory: Path) -> str:
+    """The fingerprint a proxy folder's marker records (what it was built from)."""
+    return json.loads((Path(directory) / PROXY_MARKER).read_text())["fingerprint"]
 
 
 def ensure_proxy(
@@ -51,6 +56,10 @@ def ensure_proxy(
                 return directory
         except (ValueError, KeyError):
             pass
+    log.info(
+        "pretraining the proxy model (%s steps; cached for reruns)",
+        pretrain.get("steps", "default"),
+    )
     start = time.perf_counter()
     model, tokenizer = build_proxy(config, seed=seed)
     model = pretrain_proxy(

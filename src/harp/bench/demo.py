@@ -22,8 +22,7 @@ import numpy as np
 from harp._utils.cache import JsonCache
 from harp._utils.hashing import fingerprint, stable_json
 from harp._utils.io import atomic_write_json, atomic_write_text
-from harp.bench._steps import PROXY_MARKER as _PROXY_MARKER
-from harp.bench._steps import ensure_proxy
+from harp.bench._steps import ensure_proxy, proxy_fingerprint
 from harp.errors import ParameterError
 
 __all__ = ["DemoConfig", "run_demo", "ensure_proxy"]
@@ -108,7 +107,7 @@ def _default_methods() -> list[str]:
     from harp.selectors import available_methods, get_selector_class
 
     free = [m for m in available_methods() if not get_selector_class(m).uses_model]
-    return free + [m for m in DEMO_MODEL_METHODS if m in available_methods()]
+    return free + list(DEMO_MODEL_METHODS)
 
 
 def _report_row(
@@ -169,10 +168,6 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         ", ".join(suite.target.domains),
         out_dir / "data",
     )
-    log.info(
-        "pretraining the proxy model (%s steps; cached for reruns)",
-        config.pretrain.get("steps", "default"),
-    )
     proxy_dir = ensure_proxy(
         suite.pretrain,
         out_dir / "proxy",
@@ -180,7 +175,7 @@ def run_demo(config: DemoConfig, *, progress: bool = False) -> dict[str, Any]:
         pretrain=config.pretrain,
         progress=progress,
     )
-    proxy_key = json.loads((proxy_dir / _PROXY_MARKER).read_text())["fingerprint"]
+    proxy_key = proxy_fingerprint(proxy_dir)
     train_config = TrainConfig(seed=config.seed, **config.train)
     eval_config = EvalConfig(seed=config.seed)
     cache = JsonCache(out_dir / "cache")

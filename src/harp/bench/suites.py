@@ -536,7 +536,7 @@ def prepare_suite(config: BenchConfig, *, progress: bool = False) -> PreparedSui
 
 
 def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
-    from harp.bench._steps import PROXY_MARKER, ensure_proxy
+    from harp.bench._steps import ensure_proxy, proxy_fingerprint
     from harp.data.synthetic import make_skills_suite
 
     where = f"{config.source or 'skills suite'}: skills"
@@ -569,10 +569,6 @@ def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
             f"{config.source or 'skills suite'}: pretrain",
             skip=("seed", "progress"),
         )
-        log.info(
-            "pretraining the proxy model (%s steps; cached for reruns)",
-            config.pretrain.get("steps", "default"),
-        )
         model_dir = ensure_proxy(
             suite.pretrain,
             out_dir / "proxy",
@@ -580,9 +576,7 @@ def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
             pretrain=dict(config.pretrain),
             progress=progress,
         )
-        import json
-
-        model_key = json.loads((model_dir / PROXY_MARKER).read_text())["fingerprint"]
+        model_key = proxy_fingerprint(model_dir)
     kinds = suite.kinds
     references: dict[str, np.ndarray] = {}
     if config.references:
@@ -815,11 +809,9 @@ def _prepare_files(config: BenchConfig, out_dir: Path, progress: bool):
             progress=progress,
             **kwargs,
         )
-        import json
+        from harp.bench._steps import proxy_fingerprint
 
-        from harp.bench._steps import PROXY_MARKER
-
-        model_key = json.loads((model_dir / PROXY_MARKER).read_text())["fingerprint"]
+        model_key = proxy_fingerprint(model_dir)
     else:
         model_dir, model_key = _user_model(config)
     references = {"full data": np.arange(len(pool))} if config.references else {}

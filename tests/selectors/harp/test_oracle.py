@@ -127,6 +127,10 @@ def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
     again = _oracle(tiny_dir, suite, tmp_path).target_fit_losses(pool)
     np.testing.assert_array_equal(again, losses)
     assert {p: p.stat().st_mtime_ns for p in files} == files
+    # Another metric or bootstrap count changes the calls, not the target fit.
+    other_metric = _oracle(tiny_dir, suite, tmp_path, metric="exact_match")
+    np.testing.assert_array_equal(other_metric.target_fit_losses(pool), losses)
+    assert {p: p.stat().st_mtime_ns for p in files} == files
     # Another pool is another entry.
     other = oracle.target_fit_losses(suite.pool.subset(range(30, 40)))
     assert other.shape == (10,)

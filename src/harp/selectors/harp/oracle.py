@@ -289,7 +289,8 @@ class LeafOracle:
         target's input→output rule gets a low loss; one that contradicts it (a
         wrong answer, an off-format output) a high one, whatever its text looks
         like. HARP appends this to the tree's features so that leaves separate the
-        two. Cached like a call (model, target, recipe, pool); not counted as one.
+        two. Cached by (model, target, training recipe, pool), so the metric and the
+        evaluation settings do not redo it; not counted as a call.
 
         Returns
         -------
@@ -300,9 +301,12 @@ class LeafOracle:
         from harp.training.evaluate import response_losses
         from harp.training.finetune import finetune
 
+        # Only what the fit depends on: another metric, evaluation or bootstrap
+        # count reuses it.
+        content = {k: self._common[k] for k in ("model", "target", "train")}
         key = fingerprint(
             "harp-target-fit",
-            content=stable_json({**self._common, "pool": pool.content_hash()}),
+            content=stable_json({**content, "pool": pool.content_hash()}),
             params={},
         )
         hit = self._cache.get(key)

@@ -214,7 +214,7 @@ class _HARPSelector(BaseSelector):
 
     def _tree_features(self, x: np.ndarray, fit_z: np.ndarray | None) -> np.ndarray:
         """What the tree clusters: the features, plus the weighted target fit."""
-        if fit_z is None or not self.target_fit_weight:
+        if fit_z is None:
             return x
         return np.column_stack([_unit(x), self.target_fit_weight * fit_z])
 
