@@ -534,7 +534,7 @@ def demo(
         methods=method_list,
         budget=budget,
     )
-    _narrate("harp.bench.demo")
+    _narrate("harp.bench.demo", "harp.bench._steps")
     result = _run(run_demo, cfg, progress=sys.stderr.isatty())
     from rich.console import Console
 
