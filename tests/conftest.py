@@ -15,6 +15,18 @@ TINY = ProxyConfig(
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch sees none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """One torch thread per test: CI's 2 cores may be shared, and oversubscribed OpenMP

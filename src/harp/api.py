@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harp.selectors import Selection, make_selector
+from harp.core.context import RunContext
+from harp.core.selection import Selection
+from harp.selectors.registry import make_selector
 
 __all__ = ["select"]
 
@@ -16,6 +18,7 @@ def select(
     method: str = "random",
     budget: int | float | str = "10%",
     seed: int | None = 0,
+    context: RunContext | None = None,
     **params: Any,
 ) -> Selection:
     """Select a subset of ``pool`` for finetuning towards ``target``.
@@ -31,9 +34,14 @@ def select(
     budget : int, float or str, default="10%"
         Rows to select: a count, a fraction of the pool or a percentage string.
     seed : int or None, default=0
-        Seed; the same inputs and seed give the same selection.
+        Seed; the same inputs and seed give the same selection. None draws fresh
+        entropy, recorded in the result's ``seed``.
+    context : RunContext or None, default=None
+        Device (``"auto"``, ``"cpu"``, ``"cuda"``), dtype, cache folder, progress
+        display and executor of the run; it never changes the result's fingerprint.
     **params
-        The method's other hyper-parameters.
+        The method's other hyper-parameters; a component's may be nested
+        (``features__dim=1024``) or bare when unambiguous (``dim=1024``).
 
     Returns
     -------
@@ -48,5 +56,7 @@ def select(
     >>> len(sel), sel.method
     (2, 'random')
     """
-    selector = make_selector(method, budget=budget, seed=seed, **params)
+    selector = make_selector(
+        method, budget=budget, seed=seed, context=context, **params
+    )
     return selector.select(pool, target)

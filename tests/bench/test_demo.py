@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from harp.bench.demo import DemoConfig, run_demo  # noqa: E402
-from harp.cli import app  # noqa: E402
+from harp.app.cli import app  # noqa: E402
+from harp.bench.demo import demo_config, run_demo  # noqa: E402
 
 runner = CliRunner()
 
@@ -19,47 +19,48 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig.preset("tiny", out_dir=out, methods=["random", "dsir"])
+    cfg = demo_config("tiny", out_dir=out, methods=["random", "dsir"])
     start = time.perf_counter()
     result = run_demo(cfg)
     return cfg, result, time.perf_counter() - start
 
 
-def test_demo_writes_a_full_table(demo_run):
+def test_demo_is_a_bench_preset_with_a_full_table(demo_run):
     cfg, result, _ = demo_run
-    assert result["domains"] == ["cipher", "count", "shift"]
-    assert [r["name"] for r in result["rows"]] == ["random", "dsir"]
-    assert [r["name"] for r in result["references"]] == [
-        "full pool",
+    assert cfg.kind == "skills" and cfg.budgets == ["10%"] and cfg.seeds == [0]
+    assert result.domains == ["cipher", "count", "shift"]
+    assert [r.method for r in result.methods] == ["random", "dsir"]
+    assert [r.method for r in result.references] == [
+        "full data",
         "helpful only",
         "helpful+harmful",
     ]
-    for row in result["rows"]:
-        assert row["n_selected"] == 30  # 10% of the tiny pool of 300
-        assert 0.0 <= row["harmful_fraction"] <= 1.0
-        for est in row["exact_match"].values():
+    for row in result.methods:
+        assert row.n_selected == 30  # 10% of the tiny pool of 300
+        assert 0.0 <= row.harmful_fraction <= 1.0
+        for est in row.score.values():
             assert 0.0 <= est["mean"] <= 1.0 and est["n"] == 30 and est["stderr"] >= 0
-    assert result["references"][1]["harmful_fraction"] == 0.0
+    assert result.references[1].harmful_fraction == 0.0
     saved = json.loads((cfg.out_dir / "results.json").read_text())
-    assert saved["rows"][0]["exact_match"] == result["rows"][0]["exact_match"]
+    assert saved["rows"] == [r.to_dict() for r in result.rows]
     md = (cfg.out_dir / "results.md").read_text()
     assert "| random | 30 |" in md and "(helpful only)" in md
     for name in ("pool.jsonl", "target.jsonl", "pretrain.jsonl", "truth.json"):
         assert (cfg.out_dir / "data" / name).exists()
+    # The bench's own files: the demo's rows can be reported like any bench.
+    assert (cfg.out_dir / "results.jsonl").exists()
 
 
 def test_rerun_resumes_from_the_cache_with_identical_numbers(demo_run):
     cfg, first, _ = demo_run
-    cached = sorted((cfg.out_dir / "cache").glob("*.json"))
-    before = {p.name: p.stat().st_mtime_ns for p in cached}
+    cached = sorted((cfg.out_dir / "cache").rglob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in cached}
     weights = cfg.out_dir / "proxy" / "model.safetensors"
     weights_mtime = weights.stat().st_mtime_ns
     second = run_demo(cfg)
-    assert (
-        second["rows"] == first["rows"] and second["references"] == first["references"]
-    )
+    assert second.rows == first.rows
     # Nothing was retrained, re-evaluated or re-selected: no step file was rewritten.
-    after = {p.name: p.stat().st_mtime_ns for p in (cfg.out_dir / "cache").glob("*")}
+    after = {p: p.stat().st_mtime_ns for p in (cfg.out_dir / "cache").rglob("*.json")}
     assert after == before
     assert weights.stat().st_mtime_ns == weights_mtime
 
@@ -82,6 +83,8 @@ def test_evaluate_command_on_the_demo_proxy(demo_run, tmp_path):
             "3",
             "--out",
             str(report),
+            "--cache-dir",
+            str(tmp_path / "cache"),
         ],
     )
     assert result.exit_code == 0, result.output

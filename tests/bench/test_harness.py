@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from harp.bench.harness import read_results, run_bench  # noqa: E402
+from harp.app.cli import app  # noqa: E402
+from harp.bench.harness import run_bench  # noqa: E402
+from harp.bench.rows import read_results  # noqa: E402
 from harp.bench.suites import BenchConfig, find_shared_data, load_suite  # noqa: E402
-from harp.cli import app  # noqa: E402
-from harp.errors import HarpError  # noqa: E402
+from harp.core.errors import HarpError  # noqa: E402
 from harp.selectors import Selection  # noqa: E402
 
 runner = CliRunner()
@@ -75,7 +76,7 @@ def _tiny(out: Path, **overrides) -> BenchConfig:
 
 
 def _snapshot(out: Path) -> dict[str, int]:
-    files = [*out.glob("cache/steps/*.json"), *out.glob("selections/*.json")]
+    files = [*out.glob("cache/train-eval/*.json"), *out.glob("selections/*.json")]
     files += [out / "results.jsonl", out / "proxy" / "model.safetensors"]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
 
@@ -92,38 +93,42 @@ def test_rows_cover_every_method_budget_seed_and_the_references(tiny_bench):
     cfg, rows = tiny_bench
     saved = read_results(cfg.out_dir / "results.jsonl")
     assert saved == rows
-    labels = [(r["method"], r["budget"], r["seed"]) for r in rows]
+    labels = [(r.method, r.budget, r.seed) for r in rows]
     assert labels == [
         ("base", None, None),
         ("full data", "100%", 0),
         ("full data", "100%", 1),
         ("helpful only", "100%", 0),
         ("helpful only", "100%", 1),
+        ("helpful+harmful", "100%", 0),
+        ("helpful+harmful", "100%", 1),
         ("random", "10%", 0),
         ("random", "10%", 1),
         ("dsir", "10%", 0),
         ("dsir", "10%", 1),
     ]
-    assert len({r["key"] for r in rows}) == len(rows)
+    assert len({r.key for r in rows}) == len(rows)
     for row in rows:
-        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
-        assert row["domains"] == ["cipher", "count", "shift"]
-        assert row["score_name"] == "exact match"
-        for est in row["score"].values():
+        assert ROW_KEYS <= set(row.to_dict()), ROW_KEYS - set(row.to_dict())
+        assert row.domains == ["cipher", "count", "shift"]
+        assert row.score_name == "exact match"
+        for est in row.score.values():
             assert 0.0 <= est["mean"] <= 1.0 and est["n"] == 30
-        assert row["metric_average"]["loss"]["mean"] > 0
-        assert row["n_pool"] == 300
-    methods = [r for r in rows if r["kind"] == "method"]
+        assert row.metric_average["loss"]["mean"] > 0
+        assert row.n_pool == 300
+    methods = [r for r in rows if r.kind == "method"]
     for row in methods:
-        assert row["n_selected"] == 30 and row["data_fraction"] == pytest.approx(0.1)
-        assert row["select_seconds"] >= 0 and row["peak_rss_mb"] > 10
-        assert row["train_eval_calls"] == 0 and row["train_eval_seconds"] > 0
-    full = [r for r in rows if r["method"] == "full data"]
-    assert all(r["data_fraction"] == 1.0 and r["n_selected"] == 300 for r in full)
-    helpful = [r for r in rows if r["method"] == "helpful only"]
-    assert all(r["harmful_fraction"] == 0.0 for r in helpful)
-    assert rows[0]["n_selected"] == 0 and rows[0]["data_fraction"] == 0.0
-    assert rows[0]["harmful_fraction"] is None
+        assert row.n_selected == 30 and row.data_fraction == pytest.approx(0.1)
+        assert row.select_seconds >= 0 and row.peak_rss_mb > 10
+        assert row.train_eval_calls == 0 and row.train_eval_seconds > 0
+    full = [r for r in rows if r.method == "full data"]
+    assert all(r.data_fraction == 1.0 and r.n_selected == 300 for r in full)
+    helpful = [r for r in rows if r.method == "helpful only"]
+    assert all(r.harmful_fraction == 0.0 for r in helpful)
+    both = [r for r in rows if r.method == "helpful+harmful"]
+    assert all(0.0 < r.harmful_fraction < 1.0 for r in both)
+    assert rows[0].n_selected == 0 and rows[0].data_fraction == 0.0
+    assert rows[0].harmful_fraction is None
 
 
 def test_harmful_share_matches_the_saved_selection(tiny_bench):
@@ -137,13 +142,13 @@ def test_harmful_share_matches_the_saved_selection(tiny_bench):
     assert [t["kind"] for t in truth["rows"]] == list(suite.kinds)
     seen = set()
     for row in rows:
-        if row["kind"] != "method":
+        if row.kind != "method":
             continue
-        selection = Selection.load(cfg.out_dir / row["selection_file"])
-        assert selection.method == row["method"] and selection.seed == row["seed"]
-        assert len(selection) == row["n_selected"]
+        selection = Selection.load(cfg.out_dir / row.selection_file)
+        assert selection.method == row.method and selection.seed == row.seed
+        assert len(selection) == row.n_selected
         expected = float(suite.harmful_mask[selection.indices].mean())
-        assert row["harmful_fraction"] == pytest.approx(expected)
+        assert row.harmful_fraction == pytest.approx(expected)
         seen.add(tuple(selection.indices))
     assert len(seen) >= 3  # random draws differ between seeds
 
@@ -165,20 +170,20 @@ def test_a_torn_last_line_is_dropped_and_the_row_redone(tiny_bench, tmp_path, ca
     path = out / "results.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    with caplog.at_level(logging.WARNING, logger="harp.bench.harness"):
+    with caplog.at_level(logging.WARNING, logger="harp.bench.rows"):
         assert len(read_results(path)) == len(rows) - 1
     assert "torn" in caplog.text
     again = run_bench(_tiny(out))
-    assert [r["key"] for r in again] == [r["key"] for r in rows]
+    assert [r.key for r in again] == [r.key for r in rows]
     saved = read_results(path)
     assert len(saved) == len(rows)
     assert path.read_text().count("\n") == len(rows)
     # The selection and the finetune were cached: the redone row has the same numbers.
-    assert saved[-1]["score"] == rows[-1]["score"]
+    assert saved[-1].score == rows[-1].score
 
 
 def test_selector_diagnostics_are_saved(tiny_bench, tmp_path, monkeypatch):
-    from harp.selectors import DSIRSelector
+    from harp.selectors import DSIRSelector, HARPDiagnostics
 
     harp_like = {
         "kind": "harp",
@@ -198,20 +203,23 @@ def test_selector_diagnostics_are_saved(tiny_bench, tmp_path, monkeypatch):
         "greedy": {"order": np.arange(1), "gains": [np.float32(0.5)], "prefix": 1},
     }
     monkeypatch.setattr(
-        DSIRSelector, "diagnostics", lambda self: harp_like, raising=False
+        DSIRSelector,
+        "diagnostics",
+        lambda self: HARPDiagnostics.from_dict(harp_like),
+        raising=False,
     )
     cfg, _ = tiny_bench
     out = tmp_path / "copy"
     shutil.copytree(cfg.out_dir, out)
     rows = run_bench(_tiny(out, methods=["dsir"], budgets=["5%"], seeds=[0]))
     row = rows[-1]
-    assert row["method"] == "dsir" and row["budget"] == "5%" and row["n_selected"] == 15
-    assert row["diagnostics_file"] == f"diagnostics/{row['key']}.json"
-    saved = json.loads((out / row["diagnostics_file"]).read_text())
+    assert row.method == "dsir" and row.budget == "5%" and row.n_selected == 15
+    assert row.diagnostics_file == f"diagnostics/{row.key}.json"
+    saved = json.loads((out / row.diagnostics_file).read_text())
     assert saved["leaves"][0]["mean"] == [0.1] and saved["leaves"][0]["sd"] == [None]
     assert saved["leaves"][0]["chosen"] is True and saved["greedy"]["order"] == [0]
     # Nothing else was redone: the references and 10% rows were found in the file.
-    assert len(read_results(out / "results.jsonl")) == 9 + 1
+    assert len(read_results(out / "results.jsonl")) == 11 + 1
 
 
 def test_cli_bench_reuses_a_finished_folder(tiny_bench, tmp_path):
@@ -224,7 +232,7 @@ def test_cli_bench_reuses_a_finished_folder(tiny_bench, tmp_path):
         app, ["bench", "--suite", str(suite), "--out", str(out), "--budgets", "10%"]
     )
     assert result.exit_code == 0, result.output
-    assert "9 rows" in result.output
+    assert "11 rows" in result.output
     assert len(read_results(out / "results.jsonl")) == len(rows)
     report = runner.invoke(app, ["report", str(out)])
     assert report.exit_code == 0, report.output
@@ -250,19 +258,19 @@ def test_text_suite_runs_end_to_end_and_records_a_finite_loss(tmp_path):
         eval={"metrics": ["loss"], "batch_size": 16, "max_length": 128},
     )
     rows = run_bench(cfg)
-    assert [r["method"] for r in rows] == ["base", "full data", "random"]
+    assert [r.method for r in rows] == ["base", "full data", "random"]
     for row in rows:
-        assert row["domains"] == ["gsm8k", "strategyqa"]
-        assert row["score_name"] == "loss reduction vs base (nats/token)"
-        loss = row["metric_average"]["loss"]["mean"]
+        assert row.domains == ["gsm8k", "strategyqa"]
+        assert row.score_name == "loss reduction vs base (nats/token)"
+        loss = row.metric_average["loss"]["mean"]
         assert math.isfinite(loss) and loss > 0
-        assert row["metric_average"]["exact_match"] is None
-        assert row["harmful_fraction"] is None
-        assert math.isfinite(row["score_average"]["mean"])
-    assert rows[0]["score_average"]["mean"] == 0.0
-    assert rows[1]["n_pool"] == 60 and rows[2]["n_selected"] == 6
+        assert row.metric_average["exact_match"] is None
+        assert row.harmful_fraction is None
+        assert math.isfinite(row.score_average["mean"])
+    assert rows[0].score_average["mean"] == 0.0
+    assert rows[1].n_pool == 60 and rows[2].n_selected == 6
     # Target rows are held out of the pool.
-    selection = Selection.load(tmp_path / rows[2]["selection_file"])
+    selection = Selection.load(tmp_path / rows[2].selection_file)
     assert selection.n_pool == 60
 
 
@@ -364,9 +372,9 @@ def test_an_empty_selection_scores_as_the_base_model(tiny_bench, tmp_path, monke
     out = tmp_path / "copy"
     shutil.copytree(cfg.out_dir, out)
     row = run_bench(_tiny(out, methods=["dsir"], budgets=["7%"], seeds=[0]))[-1]
-    base = next(r for r in rows if r["kind"] == "base")
-    assert row["n_selected"] == 0 and row["data_fraction"] == 0.0
-    assert row["score"] == base["score"]
+    base = next(r for r in rows if r.kind == "base")
+    assert row.n_selected == 0 and row.data_fraction == 0.0
+    assert row.score == base.score
 
 
 def test_common_param_reaches_only_methods_that_have_it():
@@ -378,8 +386,6 @@ def test_common_param_reaches_only_methods_that_have_it():
 
 def test_row_key_follows_every_setting_defaults_included(monkeypatch):
     """A changed default makes a new row; spelling out a default does not."""
-    import inspect
-
     from harp.bench.harness import method_settings, row_key
     from harp.selectors import get_selector_class
 
@@ -388,19 +394,14 @@ def test_row_key_follows_every_setting_defaults_included(monkeypatch):
     assert key != row_key("suite", "harp-c", "10%", 0, {"target_fit_weight": 0.0})
     # What the harness sets itself, and how the work runs, are not settings.
     settings = method_settings("harp-c", {})
-    assert not {"model", "cache_dir", "seed", "budget", "progress", "executor"} & set(
-        settings
-    )
+    assert not {"model", "context", "seed", "budget"} & set(settings)
+    # A component's settings are flattened, defaults included.
+    assert settings["features"] == "TextFeatures"
+    assert settings["features__encoder"] == "auto"
+    assert key != row_key("suite", "harp-c", "10%", 0, {"encoder": "tfidf"})
     # The same call after a default changed in the code: another key.
     cls = get_selector_class("harp-c")
-    sig = inspect.signature(cls.__init__)
-    params = [
-        p.replace(default=0.25) if p.name == "target_fit_weight" else p
-        for p in sig.parameters.values()
-    ]
-    monkeypatch.setattr(
-        cls.__init__, "__signature__", sig.replace(parameters=params), raising=False
-    )
+    monkeypatch.setitem(cls.__init__.__kwdefaults__, "target_fit_weight", 0.25)
     assert row_key("suite", "harp-c", "10%", 0, {}) != key
     # Reference rows keep their plain params.
     assert method_settings("full data", {}) == {}

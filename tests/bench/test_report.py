@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 pytest.importorskip("matplotlib")
 
+from harp.app.cli import app  # noqa: E402
 from harp.bench.report import aggregate, write_report  # noqa: E402
-from harp.cli import app  # noqa: E402
+from harp.bench.rows import BenchRow  # noqa: E402
 
 runner = CliRunner()
 DOMAINS = ["cipher", "count"]
@@ -202,7 +203,10 @@ def test_report_of_a_loss_suite_says_what_the_score_is(tmp_path):
 
 
 def test_aggregate_groups_seeds():
-    rows = [_row("method", "random", "10%", s, [0.1 * s, 0.2], 0.1) for s in range(3)]
+    rows = [
+        BenchRow.from_dict(_row("method", "random", "10%", s, [0.1 * s, 0.2], 0.1))
+        for s in range(3)
+    ]
     (entry,) = aggregate(rows)
     assert entry["seeds"] == [0, 1, 2]
     assert entry["score"]["cipher"][0] == pytest.approx(0.1)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 
 runner = CliRunner()
 
@@ -51,12 +51,12 @@ def test_help_of_every_subcommand(command):
 
 def test_console_script_help_is_fast_and_imports_no_torch():
     code = (
-        "import sys; from harp.cli import app; "
+        "import sys; from harp.app.cli import app; "
         "assert 'torch' not in sys.modules, 'torch imported by the CLI module'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run(
-        [sys.executable, "-m", "harp.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "harp", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "select" in out.stdout
 
@@ -233,7 +233,11 @@ def test_method_param_passthrough_and_unknown_param(tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     meta = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
-    assert meta["params"]["encoder"] == "tfidf"
+    # The bare name reached the features component; the sidecar says so.
+    assert meta["params"]["features__encoder"] == "tfidf"
+    assert meta["params"]["features"] == "TextFeatures"
+    assert meta["config"]["context"]["device"] == "cpu"
+    assert meta["cost"]["device"] == "cpu"
     bad = runner.invoke(
         app,
         [
@@ -246,7 +250,7 @@ def test_method_param_passthrough_and_unknown_param(tmp_path):
             str(tmp_path / "t.jsonl"),
         ],
     )
-    assert bad.exit_code == 2 and "no parameter(s) 'nonsense'" in bad.output
+    assert bad.exit_code == 2 and "no parameter 'nonsense'" in bad.output
 
 
 def test_methods_lists_the_baselines():
@@ -254,3 +258,54 @@ def test_methods_lists_the_baselines():
     assert result.exit_code == 0
     for name in ("random", "similarity", "cluster", "dsir"):
         assert name in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["select", "--pool", "POOL", "--out", "OUT", "--device", "cuda"],
+        ["evaluate", "--model", "MODEL", "--target", "POOL", "--device", "cuda"],
+        ["features", "--data", "POOL", "--out", "OUT", "--device", "cuda:0"],
+        ["warmup", "--pool", "POOL", "--out", "OUT", "--device", "cuda"],
+        ["bench", "--out", "OUT", "--device", "cuda"],
+        ["demo", "--size", "tiny", "--out", "OUT", "--device", "cuda"],
+    ],
+    ids=["select", "evaluate", "features", "warmup", "bench", "demo"],
+)
+def test_device_cuda_without_a_gpu_is_one_clear_line(command, tmp_path, tiny_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    pool = _pool(tmp_path)
+    args = [
+        {"POOL": str(pool), "OUT": str(tmp_path / "out"), "MODEL": str(tiny_dir)}.get(
+            a, a
+        )
+        for a in command
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "no CUDA device is available" in result.output
+    assert "--device cpu" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_device_and_dtype_flags_are_checked(tmp_path):
+    pool = _pool(tmp_path)
+    out = tmp_path / "s.jsonl"
+    bad = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(out), "--device", "tpu"]
+    )
+    assert bad.exit_code == 2 and "device='tpu' is not allowed" in bad.output
+    bad = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(out), "--dtype", "fp8"]
+    )
+    assert bad.exit_code == 2 and "dtype='fp8' is not allowed" in bad.output
+    ok = runner.invoke(
+        app,
+        ["select", "--pool", str(pool), "--out", str(out), "--device", "cpu"],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "on cpu" in ok.output

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 from harp.data.synthetic import make_skills_suite
 
 runner = CliRunner()
@@ -41,7 +41,7 @@ def harp_run(files, tiny_dir, tmp_path_factory):
             "--out",
             str(out),
             *("-p", "encoder=tfidf", "-p", "leaf_size=10", "-p", "train_steps=2"),
-            *("-p", "bootstrap=10", "-p", f"cache_dir={out.parent / 'cache'}"),
+            *("-p", "bootstrap=10", "--cache-dir", str(out.parent / "cache")),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -127,7 +127,7 @@ def test_select_spice_online_schedule_from_the_cli(files, tiny_dir, tmp_path):
             str(out),
             *("-p", "dim=32", "-p", "pool_size=20", "-p", "picks_per_pool=4"),
             *("-p", "train_every=1", "-p", "warmup_epochs=1.0"),
-            *("-p", f"cache_dir={tmp_path / 'cache'}"),
+            *("--cache-dir", str(tmp_path / "cache")),
         ],
     )
     assert result.exit_code == 0, result.output

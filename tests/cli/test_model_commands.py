@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 from harp.data.synthetic import make_skills_suite
 from harp.features import FeatureStore
 
@@ -135,8 +135,8 @@ def test_select_less_with_a_local_model(files, tiny_dir, tmp_path):
             "warmup_epochs=1",
             "-p",
             "n_checkpoints=1",
-            "-p",
-            f"cache_dir={tmp_path / 'cache'}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
             "--out",
             str(out),
         ],

@@ -12,6 +12,7 @@ from _helpers import needs_shared, shared, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harp.core.errors import DataError
 from harp.data import (
     DEFAULT_DOMAIN,
     ExampleSet,
@@ -20,7 +21,6 @@ from harp.data import (
     loaders,
 )
 from harp.data.loaders import detect_format
-from harp.errors import DataError
 
 
 def user(content):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from harp.core.errors import ParameterError
 from harp.data import load_examples
 from harp.data.synthetic import HARMFUL_KINDS, TASKS, make_skills_suite
-from harp.errors import ParameterError
 
 
 @pytest.fixture(scope="module")

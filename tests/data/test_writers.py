@@ -12,9 +12,9 @@ from _helpers import needs_shared, shared, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harp.core.errors import DataError, HarpError, ParameterError
 from harp.data import Example, ExampleSet, load_examples, write_rows
 from harp.data.writers import detect_format
-from harp.errors import DataError, HarpError, ParameterError
 
 
 def alpaca(instruction: str, input: str, output: str, domain: str) -> dict:

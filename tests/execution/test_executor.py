@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harp.core.context import RunContext
+from harp.core.errors import DataError, HarpError, ParameterError
 from harp.data.synthetic import make_skills_suite
-from harp.errors import DataError, HarpError, ParameterError
 from harp.execution import Executor, LocalExecutor, RayExecutor, make_executor
 from harp.features import FeatureStore, extract_gradient_features
 
@@ -173,7 +174,7 @@ def test_sharded_gradients_through_a_process_pool_equal_local(
         tiny_dir,
         suite.pool,
         tmp_path / "b",
-        executor=LocalExecutor(workers=2, threads_per_task=1),
+        context=RunContext(executor=LocalExecutor(workers=2, threads_per_task=1)),
         **kw,
     )
     assert pooled.n_shards == 4 and pooled.complete
@@ -215,20 +216,22 @@ def test_resumed_store_maps_only_the_pending_shards(tiny_dir, suite, tmp_path):
 
     rec = Recording()
     again = extract_gradient_features(
-        tiny_dir, suite.pool, tmp_path, executor=rec, **kw
+        tiny_dir, suite.pool, tmp_path, context=RunContext(executor=rec), **kw
     )
     assert [job["shard"] for job in rec.batches[0]] == [2]
     np.testing.assert_array_equal(again.read(), reference)
     for name, mtime in done.items():
         assert (full.directory / name).stat().st_mtime_ns == mtime, f"{name} redone"
     # Complete: nothing is mapped at all.
-    extract_gradient_features(tiny_dir, suite.pool, tmp_path, executor=rec, **kw)
+    extract_gradient_features(
+        tiny_dir, suite.pool, tmp_path, context=RunContext(executor=rec), **kw
+    )
     assert len(rec.batches) == 1
     assert FeatureStore.open(again.directory).complete
 
 
 def _cache_files(cache):
-    return sorted(p.name for p in (cache / "harp-oracle").glob("*.json"))
+    return sorted(p.name for p in (cache / "train-eval").glob("*.json"))
 
 
 def test_harp_rounds_through_an_executor_select_the_same_rows(
@@ -240,16 +243,15 @@ def test_harp_rounds_through_an_executor_select_the_same_rows(
     np.testing.assert_array_equal(mapped.selection_.indices, local.selection_.indices)
     np.testing.assert_array_equal(mapped.posterior_.mean, local.posterior_.mean)
     # How the work ran is not part of the result (the cache folders differ here).
-    assert "executor" not in mapped.selection_.params
-    mapped_params = {**mapped.selection_.params, "cache_dir": None}
-    assert mapped_params == {**local.selection_.params, "cache_dir": None}
+    assert "context" not in mapped.selection_.params
+    assert mapped.selection_.params == local.selection_.params
     # One map per round, with that round's leaves; calls counted once each.
     assert [len(b) for b in rec.batches] == [len(r) for r in local.rounds_]
     assert mapped.oracle_["calls"] == local.oracle_["calls"] == len(local.measured_)
     assert mapped.oracle_["cache_hits"] == 0
-    keys = sorted(p.name for p in (tmp_path / "a" / "harp-oracle").glob("*.json"))
+    keys = sorted(p.name for p in (tmp_path / "a" / "train-eval").glob("*.json"))
     assert keys == sorted(
-        p.name for p in (tmp_path / "b" / "harp-oracle").glob("*.json")
+        p.name for p in (tmp_path / "b" / "train-eval").glob("*.json")
     )
 
     # A rerun maps nothing: every leaf is a cache hit read here.
@@ -274,7 +276,7 @@ def test_harp_executor_parameter_is_checked(fast_harp, suite, tmp_path):
 def test_cli_features_and_select_take_executor_flags(tiny_dir, suite, tmp_path):
     from typer.testing import CliRunner
 
-    from harp.cli import app
+    from harp.app.cli import app
 
     runner = CliRunner()
     files = suite.save(tmp_path / "data")

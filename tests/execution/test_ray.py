@@ -18,8 +18,9 @@ ray = pytest.importorskip(
     "ray", reason="Ray is not installed (pip install 'harp-select[ray]')"
 )
 
+from harp.core.context import RunContext  # noqa: E402
+from harp.core.errors import DataError, HarpError  # noqa: E402
 from harp.data.synthetic import make_skills_suite  # noqa: E402
-from harp.errors import DataError, HarpError  # noqa: E402
 from harp.execution import Executor, RayExecutor  # noqa: E402
 from harp.features import extract_gradient_features  # noqa: E402
 
@@ -138,7 +139,11 @@ def test_sharded_gradients_on_ray_equal_local_bit_for_bit(
     cluster, tiny_dir, suite, tmp_path, local_gradients
 ):
     store = extract_gradient_features(
-        tiny_dir, suite.pool, tmp_path, executor=RayExecutor(), **GRADIENTS
+        tiny_dir,
+        suite.pool,
+        tmp_path,
+        context=RunContext(executor=RayExecutor()),
+        **GRADIENTS,
     )
     assert store.complete and store.n_shards == 4
     assert store.directory.name == local_gradients.directory.name
@@ -157,7 +162,11 @@ def test_a_task_killed_midway_is_retried_and_the_store_completes(
     logs.mkdir()
     executor = KillingExecutor(RayExecutor(max_retries=2), logs)
     store = extract_gradient_features(
-        tiny_dir, suite.pool, tmp_path / "store", executor=executor, **GRADIENTS
+        tiny_dir,
+        suite.pool,
+        tmp_path / "store",
+        context=RunContext(executor=executor),
+        **GRADIENTS,
     )
     assert (logs / "killed").exists()
     runs = sorted(int(x) for x in (logs / "runs.log").read_text().split())
@@ -170,7 +179,11 @@ def test_a_task_killed_midway_is_retried_and_the_store_completes(
 
     # Finished shards are never recomputed: a rerun dispatches nothing.
     extract_gradient_features(
-        tiny_dir, suite.pool, tmp_path / "store", executor=executor, **GRADIENTS
+        tiny_dir,
+        suite.pool,
+        tmp_path / "store",
+        context=RunContext(executor=executor),
+        **GRADIENTS,
     )
     assert len((logs / "runs.log").read_text().split()) == 5
 
@@ -179,7 +192,7 @@ def test_a_task_killed_midway_is_retried_and_the_store_completes(
 
 
 def _cache_files(cache):
-    return sorted(p.name for p in (cache / "harp-oracle").glob("*.json"))
+    return sorted(p.name for p in (cache / "train-eval").glob("*.json"))
 
 
 def test_harp_on_ray_selects_the_same_rows_as_locally(

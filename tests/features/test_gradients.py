@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harp.core.errors import DataError, NumericalError, ParameterError
 from harp.data import ExampleSet
-from harp.errors import DataError, NumericalError, ParameterError
 from harp.features.gradients import (
     adam_direction,
     gradient_dim,
@@ -177,9 +177,9 @@ def test_truncated_rows_raise_or_skip(lora, monkeypatch):
     import dataclasses
     import importlib
 
-    finetune = importlib.import_module("harp.training.finetune")
+    gradients = importlib.import_module("harp.features.gradients")
 
-    real = finetune.encode_examples
+    real = gradients.encode_examples
 
     def dropping(tokenizer, examples, **kwargs):
         enc = real(tokenizer, examples, **kwargs)
@@ -194,7 +194,7 @@ def test_truncated_rows_raise_or_skip(lora, monkeypatch):
             dropped=gone,
         )
 
-    monkeypatch.setattr(finetune, "encode_examples", dropping)
+    monkeypatch.setattr(gradients, "encode_examples", dropping)
     ex = ExampleSet.from_records(
         [
             {"prompt": "hi", "response": "yo"},

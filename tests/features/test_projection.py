@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.features.projection import RandomProjector, estimate_bytes
 
 torch = pytest.importorskip("torch")

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from harp.errors import DataError, HarpError, NumericalError, ParameterError
+from harp.core.errors import DataError, HarpError, NumericalError, ParameterError
 from harp.features.store import (
     FeatureStore,
     estimate_store_bytes,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import harp.features.text as text_mod
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.features import (
     TextFeaturizer,
     embed_texts,

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from harp.errors import ModelError
+from harp.core.errors import ModelError
 from harp.models import (
     attach_lora,
     build_proxy,

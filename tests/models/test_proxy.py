@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harp.core.errors import ParameterError
 from harp.data import ExampleSet
-from harp.errors import ParameterError
 from harp.models import ProxyConfig, build_proxy, pretrain_proxy
 
 

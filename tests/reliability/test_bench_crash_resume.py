@@ -36,7 +36,7 @@ VOLATILE |= {"rss_before_mb"}
 
 
 def _command(suite: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "harp.cli", "bench", "--suite", str(suite)] + [
+    return [sys.executable, "-m", "harp", "bench", "--suite", str(suite)] + [
         "--out",
         str(out),
     ]

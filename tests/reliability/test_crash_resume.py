@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO = ["-m", "harp.cli", "demo", "--size", "tiny", "--methods", "random,dsir"]
+DEMO = ["-m", "harp", "demo", "--size", "tiny", "--methods", "random,dsir"]
 
 
 def _run(out: Path) -> subprocess.CompletedProcess:
@@ -30,10 +30,7 @@ def _run(out: Path) -> subprocess.CompletedProcess:
 
 def _numbers(out: Path) -> dict:
     result = json.loads((out / "results.json").read_text())
-    return {
-        row["name"]: (row["n_selected"], row["exact_match"])
-        for row in result["rows"] + result["references"]
-    }
+    return {row["method"]: (row["n_selected"], row["score"]) for row in result["rows"]}
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
@@ -47,9 +44,9 @@ def test_killed_demo_resumes_without_redoing_finished_steps(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    cache = out / "cache"
+    cache = out / "cache" / "train-eval"
     deadline = time.monotonic() + 300
-    # Kill once at least two steps are cached (base report + a selection or finetune).
+    # Kill once at least two steps are cached (base report + a finetune).
     while time.monotonic() < deadline and proc.poll() is None:
         if cache.exists() and len(list(cache.glob("*.json"))) >= 2:
             break

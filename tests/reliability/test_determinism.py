@@ -40,8 +40,9 @@ from threadpoolctl import threadpool_limits
 threads = int(sys.argv[1])
 torch.set_num_threads(threads)
 threadpool_limits(threads)
-from harp.selectors._logdet import greedy_logdet
+from harp.selectors.logdet import greedy_logdet
 from harp.selectors import make_selector
+from harp.core.context import RunContext
 from harp.models import build_proxy, save_model, ProxyConfig
 from harp.data.synthetic import make_skills_suite
 g = np.random.default_rng(0).normal(size=(3000, 128)).astype(np.float32)
@@ -54,8 +55,8 @@ m, tok = build_proxy(cfg, seed=0)
 save_model(m, tok, tmp + "/model")
 sel = make_selector("harp-e", budget=40, model=tmp + "/model", encoder="tfidf",
                     leaf_size=10, train_steps=2, bootstrap=10, evals=4,
-                    cache_dir=tmp + "/cache").fit(s.pool, s.target)
-# (the digest would include the temporary cache folder: compare what was computed)
+                    context=RunContext(cache_dir=tmp + "/cache")).fit(s.pool, s.target)
+# (the digest holds the temporary model folder's path: compare what was computed)
 print(sel.selection_.indices.tolist(), sel.selection_.gains.tolist())
 print(hashlib.sha256(sel.posterior_.mean.tobytes()).hexdigest())
 """
@@ -87,7 +88,7 @@ def test_identical_across_runs_and_thread_counts(code):
 def test_select_sidecar_bytes_identical_but_for_timings(tmp_path):
     from typer.testing import CliRunner
 
-    from harp.cli import app
+    from harp.app.cli import app
     from harp.data.synthetic import make_skills_suite
 
     paths = make_skills_suite(n_pool=200, n_target_per_domain=10, n_pretrain=10).save(

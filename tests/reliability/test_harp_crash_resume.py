@@ -25,7 +25,7 @@ def _command(tiny_dir: Path, data: Path, cache: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "harp.cli",
+        "harp",
         "select",
         "--method",
         "harp-c",
@@ -42,7 +42,7 @@ def _command(tiny_dir: Path, data: Path, cache: Path, out: Path) -> list[str]:
         "--out",
         str(out),
         *("-p", "encoder=tfidf", "-p", "leaf_size=10", "-p", "train_steps=3"),
-        *("-p", "bootstrap=20", "-p", f"cache_dir={cache}"),
+        *("-p", "bootstrap=20", "--cache-dir", str(cache)),
     ]
 
 
@@ -72,7 +72,7 @@ def test_killed_harp_run_resumes_without_repeating_leaf_evaluations(tiny_dir, tm
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    oracle = cache / "harp-oracle"
+    oracle = cache / "train-eval"
     deadline = time.monotonic() + 300
     # Kill once the target fit, the base report and at least two leaf evaluations
     # are on disk.

@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 
 runner = CliRunner()
 GOOD = {"prompt": "q", "response": "a"}

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 from harp.data.synthetic import make_skills_suite
 
 runner = CliRunner()
@@ -82,8 +82,8 @@ def test_model_folder_without_weights(files, tiny_dir, tmp_path):
         "less",
         "--model",
         str(empty),
-        "-p",
-        f"cache_dir={tmp_path / 'cache'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
     )
     _assert_clean(result, out, "no-weights", "weights")
 
@@ -97,8 +97,8 @@ def test_missing_model_folder(files, tmp_path):
         "harp-c",
         "--model",
         str(tmp_path / "x"),
-        "-p",
-        f"cache_dir={tmp_path / 'cache'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
     )
     _assert_clean(result, out, str(tmp_path / "x"))
 
@@ -113,7 +113,7 @@ def test_remote_code_in_a_model_folder_is_never_run(files, tiny_dir, tmp_path):
     (remote / "modeling_evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n"
     )
-    cache = ["-p", f"cache_dir={tmp_path / 'cache'}", "-p", "dim=32"]
+    cache = ["--cache-dir", str(tmp_path / "cache"), "-p", "dim=32"]
     # A known architecture: transformers' own classes load it; the code never runs.
     out = tmp_path / "out.jsonl"
     ok = _select(files, out, "--method", "fisher", "--model", str(remote), *cache)
@@ -134,7 +134,7 @@ def test_nan_model_stops_the_run_and_names_the_examples(
 ):
     out = tmp_path / "out.jsonl"
     args = ["--method", method, "--model", str(nan_model)]
-    args += ["-p", f"cache_dir={tmp_path / 'cache'}"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
     if method == "harp-c":
         args += ["-p", "encoder=tfidf", "-p", "train_steps=2", "--evals", "2"]
     else:
@@ -148,8 +148,8 @@ def test_nan_model_stops_the_run_and_names_the_examples(
 def test_feature_store_of_another_model_is_refused(
     files, tiny_dir, nan_model, tmp_path
 ):
+    from harp.core.errors import HarpError
     from harp.data import load_examples
-    from harp.errors import HarpError
     from harp.features import FeatureStore
     from harp.features.extract import extract_embedding_features, gradient_spec
 

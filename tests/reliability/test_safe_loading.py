@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from harp.cli import app
+from harp.app.cli import app
 from harp.data.synthetic import make_skills_suite
 
 runner = CliRunner()
@@ -35,7 +35,7 @@ def test_pickle_only_model_is_refused_from_the_cli(files, tiny_dir, tmp_path):
         app,
         ["select", "--pool", str(files["pool"]), "--method", "fisher"]
         + ["--model", str(folder), "--out", str(out), "--budget", "5"]
-        + ["-p", f"cache_dir={tmp_path / 'cache'}"],
+        + ["--cache-dir", str(tmp_path / "cache")],
     )
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]

@@ -1,8 +1,9 @@
 """Checks every registered selector must pass (the selector contract).
 
 Written against the registry, so a newly registered method is checked automatically.
-Methods with an ``encoder`` parameter run with ``encoder="tfidf"`` for speed; methods
-with ``needs_target`` get a target.
+Methods with text features run with ``encoder="tfidf"`` for speed; methods with
+``needs_target`` get a target; model-based methods run the tiny model with a small
+projection and a short warm-up, cached in one folder for the session.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harp.core.context import RunContext
+from harp.core.errors import NotFittedError, ParameterError
 from harp.data import ExampleSet
-from harp.errors import NotFittedError, ParameterError
+from harp.execution import LocalExecutor
 from harp.selectors import (
     BaseSelector,
     Selection,
@@ -28,7 +31,8 @@ from harp.selectors import (
 
 METHODS = available_methods()
 
-#: Parameters that make a method fast and offline in these checks.
+#: Parameters that make a method fast and offline in these checks (given bare, as
+#: the command line does; each goes to the method or to its features component).
 FAST_PARAMS = {"encoder": "tfidf"}
 #: For methods that run a model: the tiny random Llama of tests/conftest.py, a small
 #: projection and a one-epoch warm-up, all cached in one folder for the session.
@@ -44,7 +48,7 @@ def _model_params(tiny_dir, tmp_path_factory):
         n_checkpoints=2,
         batch_size=8,
         max_length=64,
-        cache_dir=str(tmp_path_factory.mktemp("harp-cache")),
+        context=RunContext(cache_dir=tmp_path_factory.mktemp("harp-cache")),
         # HARP: a few short train-evaluate calls.
         evals=3,
         train_steps=2,
@@ -52,15 +56,24 @@ def _model_params(tiny_dir, tmp_path_factory):
     )
 
 
+def accepted(cls: type) -> set[str]:
+    """The method's parameters and its default components' parameters."""
+    probe = cls()
+    names = set(cls.param_names())
+    for name in cls._components:
+        names |= set(probe.resolved_component(name).param_names())
+    return names
+
+
 def fast_params(cls: type) -> dict:
-    names = set(cls._get_param_names())
+    names = accepted(cls)
     params = {**FAST_PARAMS, **(MODEL_PARAMS if cls.uses_model else {})}
     return {k: v for k, v in params.items() if k in names}
 
 
 def build(method: str, **params) -> BaseSelector:
     cls = get_selector_class(method)
-    return cls(**{**fast_params(cls), **params})
+    return make_selector(method, **{**fast_params(cls), **params})
 
 
 def target_for(method: str, target):
@@ -119,12 +132,12 @@ def test_fit_returns_self_and_selection(method, rows, target_rows):
     assert sel.fit(rows, target_for(method, target_rows)) is sel
     assert isinstance(sel.selection_, Selection)
     assert sel.selection_.method == method
-    # Every hyper-parameter is recorded, except how the work ran (progress, executor).
-    cls = get_selector_class(method)
-    expected = {
-        k: v for k, v in sel.get_params().items() if k not in cls._execution_params
-    }
+    # Every hyper-parameter is recorded (components flattened as features__x),
+    # except how the work ran (the run context).
+    expected = sel.computation_params()
+    assert "context" not in expected
     assert sel.selection_.params == expected
+    assert sel.selection_.seed == 0 and sel.selection_.cost.device == "cpu"
     np.testing.assert_array_equal(sel.ranking, sel.selection_.indices)
     assert len(sel.gains) == len(sel.ranking)
 
@@ -220,13 +233,19 @@ def test_inputs_untouched(method, rows, target_rows):
 @pytest.mark.parametrize("method", METHODS)
 def test_params_round_trip(method):
     sel = build(method, budget=3, seed=5)
-    params = sel.get_params()
+    params = sel.get_params(deep=False)
     clone = type(sel)(**params)
-    assert clone.get_params() == params
-    assert make_selector(method, **params).get_params() == params
+    assert clone.get_params() == sel.get_params()
+    assert make_selector(method, **params).get_params() == sel.get_params()
     assert sel.set_params(seed=11) is sel
     assert sel.get_params()["seed"] == 11
     assert "seed=11" in repr(sel)
+    # Nested parameters reach the components (scikit-learn's "a__b").
+    for name in type(sel)._components:
+        sub = sorted(sel.resolved_component(name).param_names())[0]
+        value = sel.get_params()[f"{name}__{sub}"]
+        assert sel.set_params(**{f"{name}__{sub}": value}) is sel
+        assert sel.get_params()[f"{name}__{sub}"] == value
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -269,7 +288,9 @@ def test_bad_budget_or_seed_names_the_parameter(
 )
 def test_every_constraint_is_checked(method, param, rows, target_rows):
     sentinel = object()  # no constraint accepts an arbitrary object
-    sel = build(method, **{param: sentinel})
+    cls = get_selector_class(method)
+    top = {k: v for k, v in fast_params(cls).items() if k in cls.param_names()}
+    sel = cls(**{**top, param: sentinel})
     with pytest.raises(ParameterError, match=f"{param}=") as info:
         sel.fit(rows, target_for(method, target_rows))
     # The message also says what is allowed.
@@ -294,6 +315,39 @@ def test_fingerprint_tracks_params_and_data(method, rows, target_rows):
     assert build(method, budget=5).select(other_rows, t).fingerprint != base.fingerprint
     reseeded = build(method, budget=5, seed=2).select(rows, t)
     assert reseeded.fingerprint != base.fingerprint
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_seed_none_is_resolved_once_and_recorded(method, rows, target_rows):
+    """seed=None draws fresh entropy in fit; the Selection records it, and that
+    seed reproduces the selection."""
+    t = target_for(method, target_rows)
+    first = build(method, budget=6, seed=None).select(rows, t)
+    second = build(method, budget=6, seed=None).select(rows, t)
+    assert isinstance(first.seed, int) and first.seed >= 2**64
+    assert first.seed != second.seed
+    assert first.params["seed"] is None  # the parameter as given
+    again = build(method, budget=6, seed=first.seed).select(rows, t)
+    np.testing.assert_array_equal(again.indices, first.indices)
+    assert again.fingerprint == first.fingerprint
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_run_settings_never_enter_the_result(method, rows, target_rows, tmp_path):
+    """Cache folder, progress display and executor say how the work runs: two runs
+    that differ only in them give the same digest and fingerprint."""
+    t = target_for(method, target_rows)
+    shared = MODEL_PARAMS["context"]
+    a = build(method, budget=6, seed=3).select(rows, t)
+    other = RunContext(
+        cache_dir=tmp_path / "elsewhere",
+        progress=True,
+        executor=LocalExecutor(workers=1),
+        device="cpu",
+    )
+    b = build(method, budget=6, seed=3, context=other).select(rows, t)
+    assert a.digest() == b.digest() and a.fingerprint == b.fingerprint
+    assert shared.cache_dir != other.cache_dir
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -353,7 +407,7 @@ def test_property_budget_unique_subset(method, pool_rows, target, budget, seed):
 @pytest.mark.parametrize("method", available_methods())
 def test_failed_refit_leaves_no_stale_result(method):
     """After a refit that fails on its parameters, no fitted attribute survives."""
-    from harp.errors import NotFittedError
+    from harp.core.errors import NotFittedError
 
     rows = [
         {"prompt": f"question {i} about topic {i % 3}", "response": f"answer {i}"}
@@ -361,11 +415,8 @@ def test_failed_refit_leaves_no_stale_result(method):
     ]
     target = rows[:5]
     cls = get_selector_class(method)
-    params = {"budget": 5}
-    if "encoder" in cls._get_param_names():
-        params["encoder"] = "tfidf"
-    params.update({k: v for k, v in fast_params(cls).items() if k != "budget"})
-    selector = cls(**params).fit(rows, target)
+    params = {"budget": 5, **fast_params(cls)}
+    selector = make_selector(method, **params).fit(rows, target)
     assert hasattr(selector, "selection_")
     selector.set_params(budget="abc")
     with pytest.raises(ParameterError):

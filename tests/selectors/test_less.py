@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harp.core.context import RunContext
 from harp.data.synthetic import make_skills_suite
 from harp.models import resolve_model
-from harp.selectors import GradNormSelector, LESSSelector
+from harp.selectors import make_selector
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +27,15 @@ def world(tmp_path_factory):
         wrong_format_fraction=0.05,
         near_duplicate_fraction=0.0,
     )
-    cache = tmp_path_factory.mktemp("less-cache")
-    model = resolve_model("proxy", suite.pool, cache_dir=cache, pretrain_steps=300)
+    context = RunContext(cache_dir=tmp_path_factory.mktemp("less-cache"))
+    model = resolve_model("proxy", suite.pool, context=context, pretrain_steps=300)
     params = dict(
         model=str(model),
         dim=1024,
         warmup_fraction=0.1,
         warmup_epochs=2.0,
         n_checkpoints=2,
-        cache_dir=str(cache),
+        context=context,
     )
     return suite, params
 
@@ -46,7 +47,7 @@ def _target_task_share(suite, indices) -> float:
 def test_less_picks_target_task_rows_far_above_base_rate(world):
     suite, params = world
     base_rate = _target_task_share(suite, np.arange(len(suite.pool)))
-    selector = LESSSelector(budget=60, **params).fit(suite.pool, suite.target)
+    selector = make_selector("less", budget=60, **params).fit(suite.pool, suite.target)
     share = _target_task_share(suite, selector.selection_.indices)
     assert base_rate == pytest.approx(0.2, abs=0.01)
     assert share >= 2.5 * base_rate, (share, base_rate)
@@ -61,11 +62,11 @@ def test_less_picks_target_task_rows_far_above_base_rate(world):
 
 def test_rerun_reuses_warmup_and_features_and_is_identical(world):
     suite, params = world
-    first = LESSSelector(budget=60, **params).select(suite.pool, suite.target)
-    cache = Path(params["cache_dir"])
+    first = make_selector("less", budget=60, **params).select(suite.pool, suite.target)
+    cache = Path(params["context"].cache_dir)
     files = [p for p in cache.rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in files}
-    again = LESSSelector(budget=60, **params).select(suite.pool, suite.target)
+    again = make_selector("less", budget=60, **params).select(suite.pool, suite.target)
     assert again == first
     # Warm-up, proxy and every feature store came from the cache: nothing rewritten,
     # nothing added.
@@ -74,7 +75,7 @@ def test_rerun_reuses_warmup_and_features_and_is_identical(world):
 
 def test_grad_norm_ranks_by_gradient_norm(world):
     suite, params = world
-    sel = GradNormSelector(budget=60, **params).select(suite.pool)
+    sel = make_selector("grad-norm", budget=60, **params).select(suite.pool)
     scores = sel.scores
     assert np.all(scores[sel.indices][:-1] >= scores[sel.indices][1:])
     assert np.all(np.isfinite(scores)) and np.all(scores > 0)

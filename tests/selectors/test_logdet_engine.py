@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harp.errors import NumericalError, ParameterError
-from harp.selectors import _logdet
-from harp.selectors._logdet import (
+from harp.core.errors import NumericalError, ParameterError
+from harp.selectors import logdet as _logdet
+from harp.selectors.logdet import (
     GreedyLogDet,
     GreedyTrace,
     default_alpha,

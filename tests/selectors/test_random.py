@@ -41,9 +41,12 @@ def test_seeds_differ_and_prefixes_nest():
     np.testing.assert_array_equal(c[:10], a)
 
 
-def test_seed_none_is_valid():
+def test_seed_none_draws_a_seed_once_and_records_it():
     sel = RandomSelector(budget=5, seed=None).select(pool(12))
-    assert len(set(sel.indices.tolist())) == 5 and sel.seed is None
+    assert len(set(sel.indices.tolist())) == 5
+    assert isinstance(sel.seed, int) and sel.params["seed"] is None
+    again = RandomSelector(budget=5, seed=sel.seed).select(pool(12))
+    np.testing.assert_array_equal(again.indices, sel.indices)
 
 
 def test_uniform_inclusion():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harp.data import ExampleSet
-from harp.features import TextFeaturizer
+from harp.features import TextFeatures, TextFeaturizer
 from harp.selectors import SimilaritySelector, ranked_order
 
 
@@ -19,7 +19,9 @@ def two_topics(make_pool, make_rows):
 
 def test_picks_target_topic(two_topics, encoder):
     pool, labels, target = two_topics
-    sel = SimilaritySelector(budget=20, encoder=encoder).fit(pool, target)
+    sel = SimilaritySelector(budget=20, features=TextFeatures(encoder=encoder)).fit(
+        pool, target
+    )
     assert sel.encoder_ == encoder
     assert np.mean(labels[sel.ranking] == "math") >= 0.9
     # Every math row outscores every cooking row.
@@ -37,7 +39,9 @@ def test_scores_are_cosines_to_domain_centroids(two_topics):
             for i, e in enumerate(target)
         ]
     )
-    sel = SimilaritySelector(budget=10, encoder=encoder).fit(pool, target)
+    sel = SimilaritySelector(budget=10, features=TextFeatures(encoder=encoder)).fit(
+        pool, target
+    )
     p, t = TextFeaturizer(encoder=encoder).embed_sets(pool.texts, target.texts)
     centroids = []
     for idx in target.by_domain().values():
@@ -48,9 +52,9 @@ def test_scores_are_cosines_to_domain_centroids(two_topics):
     np.testing.assert_allclose(sel.domain_similarity_, sims, atol=1e-6)
     np.testing.assert_allclose(sel.selection_.scores, sims.max(axis=1), atol=1e-6)
     np.testing.assert_array_equal(sel.ranking, ranked_order(sel.selection_.scores)[:10])
-    mean = SimilaritySelector(budget=10, encoder=encoder, aggregate="mean").select(
-        pool, target
-    )
+    mean = SimilaritySelector(
+        budget=10, features=TextFeatures(encoder=encoder), aggregate="mean"
+    ).select(pool, target)
     np.testing.assert_allclose(mean.scores, sims.mean(axis=1), atol=1e-6)
 
 
@@ -60,7 +64,9 @@ def test_small_domain_is_not_drowned(make_pool, make_rows):
     target = make_rows("math", 30, seed=61, domain="math") + make_rows(
         "travel", 2, seed=62, domain="travel"
     )
-    sel = SimilaritySelector(budget=40, encoder="tfidf").select(pool, target)
+    sel = SimilaritySelector(budget=40, features=TextFeatures(encoder="tfidf")).select(
+        pool, target
+    )
     picked = labels[sel.indices]
     assert np.sum(picked == "travel") >= 10 and np.sum(picked == "math") >= 10
     assert np.sum(picked == "cooking") == 0
@@ -68,8 +74,12 @@ def test_small_domain_is_not_drowned(make_pool, make_rows):
 
 def test_seed_does_not_change_the_ranking(two_topics):
     pool, _, target = two_topics
-    a = SimilaritySelector(budget=12, encoder="tfidf", seed=0).select(pool, target)
-    b = SimilaritySelector(budget=12, encoder="tfidf", seed=5).select(pool, target)
+    a = SimilaritySelector(
+        budget=12, features=TextFeatures(encoder="tfidf"), seed=0
+    ).select(pool, target)
+    b = SimilaritySelector(
+        budget=12, features=TextFeatures(encoder="tfidf"), seed=5
+    ).select(pool, target)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.scores, b.scores)
 
@@ -78,7 +88,7 @@ def test_identical_rows_tie_by_index():
     rows = [{"prompt": "same text", "response": "same"}] * 4 + [
         {"prompt": "other words here", "response": "no"}
     ]
-    sel = SimilaritySelector(budget=3, encoder="tfidf").select(
+    sel = SimilaritySelector(budget=3, features=TextFeatures(encoder="tfidf")).select(
         rows, [{"prompt": "same text", "response": "same"}]
     )
     assert sel.indices.tolist() == [0, 1, 2]
@@ -86,7 +96,9 @@ def test_identical_rows_tie_by_index():
 
 def test_cost_and_gains(two_topics):
     pool, _, target = two_topics
-    sel = SimilaritySelector(budget=5, encoder="tfidf").select(pool, target)
+    sel = SimilaritySelector(budget=5, features=TextFeatures(encoder="tfidf")).select(
+        pool, target
+    )
     assert sel.cost.rows_scored == len(pool) + len(target)
     assert np.isnan(sel.gains).all()
     assert sel.cost.wall_seconds > 0

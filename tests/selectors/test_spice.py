@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harp.core.context import RunContext
 from harp.data.synthetic import make_skills_suite
-from harp.selectors import DPPSelector, FisherSelector, SPICESelector
-from harp.selectors._logdet import greedy_logdet
+from harp.selectors import make_selector
+from harp.selectors.logdet import greedy_logdet
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +24,22 @@ def params(tiny_dir, tmp_path_factory):
         warmup_epochs=1.0,
         batch_size=8,
         max_length=64,
-        cache_dir=str(tmp_path_factory.mktemp("spice-cache")),
+        context=RunContext(cache_dir=tmp_path_factory.mktemp("spice-cache")),
     )
 
 
 def _gradients(selector, pool) -> np.ndarray:
-    _, _, store = selector._gradients(pool)
+    """The gradients the selector fed its engine (read back from the cache)."""
+    context = selector.context.with_seed(selector.seed)
+    features = selector.features_for()
+    model_dir = selector.model_dir(pool, context)
+    last = features.warmup(model_dir, pool, context)[-1]
+    store = features.extract(pool, context, model_dir=model_dir, checkpoint=last)
     return store.read().astype(np.float64)
 
 
 def test_fisher_is_the_engine_on_the_warmup_gradients(pool, params):
-    sel = FisherSelector(budget=30, **params).fit(pool)
+    sel = make_selector("fisher", budget=30, **params).fit(pool)
     g = _gradients(sel, pool)
     trace = greedy_logdet(g, 30)
     np.testing.assert_array_equal(sel.selection_.indices, trace.indices)
@@ -42,18 +48,18 @@ def test_fisher_is_the_engine_on_the_warmup_gradients(pool, params):
     # The gains of a submodular greedy never increase.
     assert np.all(np.diff(sel.selection_.gains) <= 1e-12)
     diag = sel.diagnostics()
-    assert diag["kind"] == "logdet" and len(diag["gains"]) == 30
+    assert diag.kind == "logdet" and len(diag.gains) == 30
     sign, logdet = np.linalg.slogdet(
         np.eye(g.shape[1]) + sel.alpha_ * g[trace.indices].T @ g[trace.indices]
     )
-    assert diag["objective"][-1] == pytest.approx(logdet, rel=1e-9)
+    assert diag.objective[-1] == pytest.approx(logdet, rel=1e-9)
 
 
 def test_spice_without_conflict_is_fisher_and_with_it_differs(pool, params):
-    fisher = FisherSelector(budget=40, **params).fit(pool)
-    spice0 = SPICESelector(budget=40, conflict_weight=0.0, **params).fit(pool)
+    fisher = make_selector("fisher", budget=40, **params).fit(pool)
+    spice0 = make_selector("spice", budget=40, conflict_weight=0.0, **params).fit(pool)
     np.testing.assert_array_equal(fisher.selection_.indices, spice0.selection_.indices)
-    spice = SPICESelector(budget=40, conflict_weight=5.0, **params).fit(pool)
+    spice = make_selector("spice", budget=40, conflict_weight=5.0, **params).fit(pool)
     assert not np.array_equal(spice.selection_.indices, fisher.selection_.indices)
     g = _gradients(spice, pool)
     # The conflict of each pick is max(0, -cos(g_x, sum of earlier picks)).
@@ -74,7 +80,7 @@ def test_spice_without_conflict_is_fisher_and_with_it_differs(pool, params):
 
 
 def test_dpp_is_the_engine_on_unit_gradients(pool, params):
-    sel = DPPSelector(budget=25, **params).fit(pool)
+    sel = make_selector("dpp", budget=25, **params).fit(pool)
     g = _gradients(sel, pool)
     trace = greedy_logdet(g, 25, normalize=True)
     np.testing.assert_array_equal(sel.selection_.indices, trace.indices)
@@ -82,7 +88,7 @@ def test_dpp_is_the_engine_on_unit_gradients(pool, params):
 
 
 def test_early_stop_follows_the_rule(pool, params):
-    sel = SPICESelector(budget=100, early_stop=0.9, **params).fit(pool)
+    sel = make_selector("spice", budget=100, early_stop=0.9, **params).fit(pool)
     gains = sel.selection_.gains
     assert sel.stopped_early_ and len(gains) < 100
     assert np.all(gains >= 0.9 * gains[0])
@@ -98,13 +104,14 @@ def test_online_schedule_runs_end_to_end_and_is_deterministic(pool, params):
         lr=1e-3,
         **params,
     )
-    a = SPICESelector(**kw).fit(pool)
-    b = SPICESelector(**kw).fit(pool)
+    a = make_selector("spice", **kw).fit(pool)
+    b = make_selector("spice", **kw).fit(pool)
     idx = a.selection_.indices
     assert len(idx) == 30 and len(set(idx.tolist())) == 30
     assert a.online_ == {"pools": 10, "proxy_steps": 5}
     np.testing.assert_array_equal(idx, b.selection_.indices)
-    # Pools are consecutive chunks of one seeded permutation, 3 picks from each.
-    perm = np.random.default_rng(0).permutation(len(pool))
+    # Pools are consecutive chunks of one seeded permutation (the "online" stream
+    # of the run's seed), 3 picks from each.
+    perm = RunContext(seed=0).rng("online").permutation(len(pool))
     for j in range(10):
         assert set(idx[3 * j : 3 * j + 3].tolist()) <= set(perm[12 * j : 12 * j + 12])

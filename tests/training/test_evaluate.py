@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from harp.core.errors import ParameterError
 from harp.data import ExampleSet
-from harp.errors import ParameterError
 from harp.models import load_model
 from harp.training import (
     Estimate,
@@ -20,7 +20,6 @@ from harp.training import (
     evaluate,
     extract_answer,
     finetune,
-    finetune_and_evaluate,
     format_prompt,
     generate_greedy,
     is_correct,
@@ -167,17 +166,3 @@ def test_loss_only_and_bootstrap(tiny):
     assert again.scores == boot.scores
     with pytest.raises(ParameterError, match="empty"):
         evaluate(model, tok, ExampleSet(()), EvalConfig())
-
-
-def test_finetune_and_evaluate(tiny_dir):
-    train, target = _task(8), _task(4, offset=4)
-    tconf = TrainConfig(steps=3, batch_size=4)
-    econf = EvalConfig(max_new_tokens=4)
-    tuned, base = finetune_and_evaluate(tiny_dir, train, target, tconf, econf)
-    assert tuned.domains == base.domains == ("x", "y")
-    assert tuned.meta["train_rows"] == 8 and "train_seconds" in tuned.meta
-    tuned2, base2 = finetune_and_evaluate(
-        tiny_dir, train, target, tconf, econf, base_report=base
-    )
-    assert base2 is base
-    assert tuned2.scores == tuned.scores  # fresh base each call, same seed

@@ -1,4 +1,4 @@
-"""Finetuning: label masking, truncation, determinism, LoRA vs full, NaN guard."""
+"""Finetuning: determinism, LoRA vs full, NaN guard, the caller's RNG."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import logging
 import pytest
 import torch
 
+from harp.core.errors import NumericalError, ParameterError
 from harp.data import ExampleSet
-from harp.errors import NumericalError, ParameterError
 from harp.models import load_model
-from harp.training import TrainConfig, encode_examples, finetune, format_prompt
-from harp.training.finetune import IGNORE_INDEX
+from harp.training import TrainConfig, finetune
 
 WORDS = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
 
@@ -23,66 +22,6 @@ def _train(n=16):
             for w in (WORDS * 4)[:n]
         ]
     )
-
-
-def _labelled(row_ids, row_labels):
-    return [t for t, lab in zip(row_ids, row_labels) if lab != IGNORE_INDEX]
-
-
-def test_labels_cover_response_and_eos_only(tiny):
-    _, tok = tiny
-    data = ExampleSet.from_records([{"prompt": "rev: abcd", "response": "dcba"}])
-    enc = encode_examples(tok, data, max_length=128)
-    ids, labels = enc.input_ids[0], enc.labels[0]
-    expected = tok(format_prompt("rev: abcd") + "dcba")["input_ids"] + [
-        tok.eos_token_id
-    ]
-    assert list(ids) == expected
-    assert enc.n_prompt[0] == len(tok(format_prompt("rev: abcd"))["input_ids"])
-    assert all(lab == IGNORE_INDEX for lab in labels[: enc.n_prompt[0]])
-    assert tok.decode(_labelled(ids, labels)) == "dcba</s>"
-
-
-def test_prompt_change_leaves_labelled_tokens_unchanged(tiny):
-    _, tok = tiny
-    data = ExampleSet.from_records(
-        [
-            {"prompt": "short", "response": "same answer"},
-            {"prompt": "a longer prompt\nwith two lines", "response": "same answer"},
-        ]
-    )
-    enc = encode_examples(tok, data, max_length=128)
-    assert _labelled(enc.input_ids[0], enc.labels[0]) == _labelled(
-        enc.input_ids[1], enc.labels[1]
-    )
-    every = encode_examples(tok, data, max_length=128, response_only=False)
-    assert every.labels[0] == every.input_ids[0]
-
-
-def test_truncation_keeps_response_and_prompt_end(tiny):
-    _, tok = tiny
-    prompt = "x" * 50 + "QUESTION"
-    data = ExampleSet.from_records([{"prompt": prompt, "response": "answer"}])
-    enc = encode_examples(tok, data, max_length=40)
-    ids = enc.input_ids[0]
-    assert len(ids) == 40 and enc.truncated == 1
-    assert ids[0] == tok.bos_token_id  # BOS kept
-    text = tok.decode(ids, skip_special_tokens=True)
-    assert text.endswith("QUESTION\n### Response:\nanswer")
-    assert tok.decode(_labelled(ids, enc.labels[0])) == "answer</s>"
-    # A response longer than the budget is cut at its end; the prompt keeps half.
-    data = ExampleSet.from_records([{"prompt": prompt, "response": "r" * 100}])
-    enc = encode_examples(tok, data, max_length=30)
-    assert len(enc.input_ids[0]) == 30 and enc.n_prompt[0] == 15
-
-
-def test_rows_without_response_tokens_are_dropped(tiny):
-    _, tok = tiny
-    data = ExampleSet.from_records(
-        [{"prompt": "a", "response": ""}, {"prompt": "b", "response": "c"}]
-    )
-    enc = encode_examples(tok, data, max_length=64, add_eos=False)
-    assert enc.dropped == (0,) and enc.indices == (1,)
 
 
 def _params(model):
@@ -163,7 +102,7 @@ def test_caller_rng_untouched_and_epochs(tiny_dir, caplog):
     torch.manual_seed(5)
     expected = torch.rand(1)
     torch.manual_seed(5)
-    with caplog.at_level(logging.DEBUG, logger="harp.training.finetune"):
+    with caplog.at_level(logging.DEBUG, logger="harp.nn.loop"):
         finetune(tiny_dir, None, _train(8), TrainConfig(epochs=1.0, batch_size=4))
     assert torch.equal(torch.rand(1), expected)
     assert any("2 steps" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.training import EvalConfig, TrainConfig, format_example, format_prompt
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
 from harp.data import ExampleSet
-from harp.errors import ParameterError
 from harp.training import TrainConfig, finetune
 from harp.training.warmup import WarmupResult, checkpoint_steps, warmup
 
@@ -29,7 +30,9 @@ def _pool(n=32):
 def run(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("warm") / "w"
     torch.set_num_threads(1)
-    return warmup(tiny_dir, _pool(), out, fraction=0.25, config=CONFIG, seed=3)
+    return warmup(
+        tiny_dir, _pool(), out, fraction=0.25, config=CONFIG, context=RunContext(seed=3)
+    )
 
 
 def _tensors(result):
@@ -53,7 +56,10 @@ def test_checkpoints_on_disk(run):
     assert manifest["complete"] is True
     assert len(manifest["row_ids"]) == 8  # 25% of 32 rows
     assert manifest["row_ids"] == list(run.row_ids)
-    assert manifest["config"]["steps"] == 8 and manifest["seed"] == 3
+    assert manifest["config"]["steps"] == 8
+    # The row sample draws from the "warmup" stream of the run's seed.
+    assert manifest["seed"] == RunContext(seed=3).int_seed("warmup")
+    assert manifest["dtype"] == "fp32"
     assert [c["step"] for c in manifest["checkpoints"]] == [2, 4, 6, 8]
     # The cosine schedule decays: later checkpoints have smaller learning rates.
     lrs = [c.lr for c in run.checkpoints]
@@ -104,7 +110,12 @@ def test_last_checkpoint_equals_finetune(run, tiny_dir):
 
 def test_deterministic(run, tiny_dir, tmp_path):
     again = warmup(
-        tiny_dir, _pool(), tmp_path / "w2", fraction=0.25, config=CONFIG, seed=3
+        tiny_dir,
+        _pool(),
+        tmp_path / "w2",
+        fraction=0.25,
+        config=CONFIG,
+        context=RunContext(seed=3),
     )
     assert again.row_ids == run.row_ids
     assert again.fingerprint == run.fingerprint
@@ -117,7 +128,12 @@ def test_rerun_is_a_cache_hit(run, tiny_dir):
     files = sorted(p for p in run.directory.rglob("*") if p.is_file())
     before = {p: p.stat().st_mtime_ns for p in files}
     again = warmup(
-        tiny_dir, _pool(), run.directory, fraction=0.25, config=CONFIG, seed=3
+        tiny_dir,
+        _pool(),
+        run.directory,
+        fraction=0.25,
+        config=CONFIG,
+        context=RunContext(seed=3),
     )
     assert again == run
     assert {p: p.stat().st_mtime_ns for p in files} == before
@@ -127,9 +143,23 @@ def test_rerun_is_a_cache_hit(run, tiny_dir):
 def test_other_run_in_same_dir_is_refused(run, tiny_dir):
     other = TrainConfig(steps=4, batch_size=4, lora_r=4, lora_alpha=8.0)
     with pytest.raises(ParameterError, match="holds another warm-up"):
-        warmup(tiny_dir, _pool(), run.directory, fraction=0.25, config=other, seed=3)
+        warmup(
+            tiny_dir,
+            _pool(),
+            run.directory,
+            fraction=0.25,
+            config=other,
+            context=RunContext(seed=3),
+        )
     with pytest.raises(ParameterError, match="holds another warm-up"):
-        warmup(tiny_dir, _pool(), run.directory, fraction=0.25, config=CONFIG, seed=4)
+        warmup(
+            tiny_dir,
+            _pool(),
+            run.directory,
+            fraction=0.25,
+            config=CONFIG,
+            context=RunContext(seed=4),
+        )
 
 
 def test_overwrite_and_few_steps(tiny_dir, tmp_path):
@@ -139,7 +169,7 @@ def test_overwrite_and_few_steps(tiny_dir, tmp_path):
         tmp_path,
         fraction=0.5,
         config=TrainConfig(steps=2, batch_size=2, lora_r=2),
-        seed=0,
+        context=RunContext(seed=0),
     )
     assert [c.step for c in first.checkpoints] == [1, 2]  # fewer steps than 4
     second = warmup(

@@ -1,12 +1,14 @@
 """``harp bench``: every method × budget × seed, one fixed finetuning recipe, one table.
 
 For each combination the harness selects from the suite's pool, finetunes the suite's
-base model on the selection with the suite's one :class:`~harp.training.TrainConfig`,
-scores the target per domain and appends one row to ``results.jsonl``. Reference rows
-(the base model, full data and, on the skills suite, the known-helpful rows) put the
-numbers in context. A row is appended only once it is complete (line + flush +
-fsync); a rerun skips every row whose key is already there, so an interrupted bench
-resumes, and a torn last line left by a crash is dropped with a warning.
+base model on the selection with the suite's one :class:`~harp.training.TrainConfig`
+(through :class:`~harp.training.TrainEvalUtility`, the train-and-score utility every
+part of harp shares), scores the target per domain and appends one
+:class:`~harp.bench.rows.BenchRow` to ``results.jsonl``. Reference rows (the base
+model, full data and, on the skills suite, the known-helpful rows) put the numbers in
+context. A row is appended only once it is complete; a rerun skips every row whose
+key is already there, so an interrupted bench resumes. ``harp demo`` is a preset of
+this harness (:mod:`harp.bench.demo`).
 
 Layout of the output folder::
 
@@ -14,7 +16,8 @@ Layout of the output folder::
     bench-config.json      the resolved configuration of the last run
     selections/<key>.json  each Selection (harp.selectors.Selection.load reads it)
     diagnostics/<key>.json what a selector's diagnostics() returned, if it has one
-    cache/                 finetune results by fingerprint, model caches, the proxy
+    cache/                 the run context's cache: finetune results (train-eval/),
+                           the proxy, warm-ups, feature stores
 """
 
 from __future__ import annotations
@@ -30,110 +33,34 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.cache import JsonCache
-from harp._utils.hashing import fingerprint, stable_json
-from harp._utils.io import atomic_write_json
 from harp._version import __version__
+from harp.bench.rows import (
+    RESULTS_FILE,
+    SCORE_NAMES,
+    BenchRow,
+    append_row,
+    jsonable,
+    read_results,
+    repair_tail,
+)
 from harp.bench.suites import BenchConfig, PreparedSuite, load_suite, prepare_suite
-from harp.errors import ParameterError
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
+from harp.core.hashing import fingerprint
+from harp.core.io import atomic_write_json
+from harp.training.config import EvalConfig, TrainConfig
+from harp.training.evaluate import Estimate, EvalReport
+from harp.training.utility import TrainEvalUtility
 
 __all__ = [
     "BenchConfig",
-    "RESULTS_FILE",
     "load_suite",
-    "read_results",
     "method_settings",
     "row_key",
     "run_bench",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Name of the results file in the output folder.
-RESULTS_FILE = "results.jsonl"
-
-
-# -- results file ----------------------------------------------------------------------
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.jsonl``; unreadable lines are skipped with a warning.
-
-    A crash while appending can leave a torn last line: it is ignored (the row will
-    be recomputed by a rerun). An unreadable line elsewhere is skipped too, with its
-    line number in the warning.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict):
-            if i == last:
-                log.warning(
-                    "%s: the last line is torn (an interrupted write?); ignored",
-                    path,
-                )
-            else:
-                log.warning("%s:%d: not a JSON row; ignored", path, i + 1)
-            continue
-        rows.append(row)
-    return rows
-
-
-def _repair_tail(path: Path) -> None:
-    """Cut a torn last line (no newline) so that appended rows start on their own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(keep)
-        handle.flush()
-        os.fsync(handle.fileno())
-    log.warning(
-        "%s: dropped a torn last line of %d bytes (an interrupted write)",
-        path,
-        len(data) - keep,
-    )
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    line = json.dumps(_jsonable(row), sort_keys=True, allow_nan=False)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON data: numpy to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
 
 
 def row_key(
@@ -163,28 +90,25 @@ def row_key(
 
 
 def method_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` over the method's constructor defaults (references: ``params``)."""
-    import inspect
+    """Every computation setting of ``method`` with ``params``, defaults included.
 
-    from harp.selectors import get_selector_class
+    Components are flattened (``features__dim``); the settings the harness fills in
+    for every row (seed, budget, the suite's model) are left out. A reference row
+    ("base", "full data") has no method: its ``params`` are returned as they are.
+    """
+    from harp.selectors import get_selector_class, make_selector
 
     try:
-        cls = get_selector_class(method)
-    except ParameterError:  # a reference row ("base", "full data"): nothing to resolve
+        get_selector_class(method)
+    except ParameterError:  # a reference row: nothing to resolve
         return dict(params)
-    # Set by the harness for every row (the suite's model, the bench's cache), or
-    # how the work runs: not what a row measures.
-    skip = {"self", "seed", "budget", "model", "cache_dir", *cls._execution_params}
-    settings = {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name not in skip and p.default is not inspect.Parameter.empty
-    }
-    settings.update(params)
-    return _jsonable(settings)
+    settings = make_selector(method, **params).computation_params()
+    for name in ("seed", "budget", "model"):
+        settings.pop(name, None)
+    return jsonable(settings)
 
 
-# -- memory ----------------------------------------------------------------------------
+# -- memory --------------------------------------------------------------------------
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as handle:
@@ -220,16 +144,14 @@ class _PeakRSS:
         self.peak = max(self.peak, _rss_bytes())
 
 
-# -- scores ----------------------------------------------------------------------------
+# -- scores --------------------------------------------------------------------------
 def _est(mean: float, var: float, n: int) -> dict[str, Any]:
     stderr = math.sqrt(var) if var is not None and var >= 0 else math.nan
     return {"mean": mean, "stderr": stderr, "n": n}
 
 
-def _scores(tuned, base, primary: str) -> dict[str, Any]:
+def _scores(tuned: EvalReport, base: EvalReport, primary: str) -> dict[str, Any]:
     """Per-domain score (higher is better), its average and the raw metrics."""
-    from harp.training.evaluate import Estimate
-
     domains = list(tuned.domains)
     metrics = {
         m: {d: tuned.estimate(d, m).to_dict() for d in domains} for m in tuned.metrics
@@ -268,29 +190,26 @@ def _scores(tuned, base, primary: str) -> dict[str, Any]:
     }
 
 
-#: What the ``score`` of a row means, by the suite's primary metric.
-SCORE_NAMES = {
-    "exact_match": "exact match",
-    "loss": "loss reduction vs base (nats/token)",
-}
-
-
-# -- the run ---------------------------------------------------------------------------
+# -- the run -------------------------------------------------------------------------
 def _check_methods(config: BenchConfig) -> list[str]:
     from harp.selectors import available_methods, get_selector_class
+    from harp.selectors.registry import route_params
 
     methods = list(config.methods) if config.methods else available_methods()
     where = f"{config.source}: " if config.source else ""
     for method in methods:
         cls = get_selector_class(method)  # unknown names fail before any work
-        given = config.params.get(method, {})
-        valid = set(cls._get_param_names()) - {"budget", "seed"}
-        for key in given:
-            if key not in valid:
-                raise ParameterError(
-                    f"{where}params: method {method!r} has no parameter {key!r}; "
-                    f"its parameters are: {', '.join(sorted(valid))}"
-                )
+        given = dict(config.params.get(method, {}))
+        fixed = sorted({"budget", "seed", "context"} & set(given))
+        if fixed:
+            raise ParameterError(
+                f"{where}params: method {method!r}: {', '.join(fixed)} is set by "
+                "the bench for every row (budgets, seeds, the run context)"
+            )
+        try:
+            route_params(cls, given)
+        except ParameterError as exc:
+            raise ParameterError(f"{where}params: {exc}") from None
     registered = set(available_methods())
     for method in config.params:
         if method not in registered:
@@ -303,7 +222,7 @@ def _check_methods(config: BenchConfig) -> list[str]:
     return methods
 
 
-def run_bench(config: BenchConfig, progress: bool = False) -> list[dict[str, Any]]:
+def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[BenchRow]:
     """Run the benchmark described by ``config``; return its result rows.
 
     Parameters
@@ -311,53 +230,51 @@ def run_bench(config: BenchConfig, progress: bool = False) -> list[dict[str, Any
     config : BenchConfig
         Suite, methods, budgets, seeds, recipe and output folder
         (:func:`harp.bench.suites.load_suite` reads one from YAML).
-    progress : bool, default False
-        Show progress bars.
+    context : RunContext or None, default None
+        Device, dtype and progress display of the selections, finetunes and
+        scoring. The bench keeps its cache in ``config.out_dir / "cache"`` whatever
+        the context's ``cache_dir``; seeds come from the config.
 
     Returns
     -------
-    list of dict
+    list of BenchRow
         One row per reference and per (method, budget, seed), in run order: rows
         found in ``results.jsonl`` are returned as stored, new rows as appended.
-        Keys: ``key``, ``suite``, ``suite_fingerprint``, ``kind`` (``base``,
-        ``reference`` or ``method``), ``method``, ``budget``, ``seed``, ``params``,
-        ``n_selected``, ``n_pool``, ``data_fraction``, ``domains``, ``score_name``,
-        ``score`` (per domain: mean, stderr, n; higher is better), ``score_average``,
-        ``metrics`` / ``metric_average`` (raw exact match and loss; None when not
-        computed), ``select_seconds``, ``train_eval_calls``, ``gradient_passes``,
-        ``peak_rss_mb``, ``rss_before_mb``, ``train_eval_seconds``,
-        ``harmful_fraction`` (None when the suite does not know), ``selection_file``,
-        ``diagnostics_file``.
 
     Raises
     ------
-    harp.errors.HarpError
+    harp.core.errors.HarpError
         For unknown methods or parameters, bad budgets, missing data or models,
         before any selection or finetuning starts.
     """
-    from harp.selectors import parse_budget
+    from harp.core.amount import parse_budget
 
     methods = _check_methods(config)
     for budget in config.budgets:
         parse_budget(budget)
     out_dir = Path(config.out_dir)
-    suite = prepare_suite(config, progress=progress)
+    context = (RunContext() if context is None else context).replace(
+        cache_dir=out_dir / "cache", seed=config.seed
+    )
+    context.check()  # a missing GPU fails here, before any data is made
+    suite = prepare_suite(config, context=context)
     results_path = out_dir / RESULTS_FILE
-    _repair_tail(results_path)
-    done = {row.get("key"): row for row in read_results(results_path)}
+    repair_tail(results_path)
+    done = {row.key: row for row in read_results(results_path)}
     atomic_write_json(
         out_dir / "bench-config.json",
-        _jsonable(
+        jsonable(
             {
                 "config": config.to_dict(),
                 "methods": methods,
                 "suite_fingerprint": suite.fingerprint,
+                "context": context.describe(),
                 "harp_version": __version__,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         ),
     )
-    runner = _Runner(config, suite, out_dir, progress)
+    runner = _Runner(config, suite, out_dir, context)
     jobs: list[tuple[str, Any, int | None, dict[str, Any]]] = []
     if config.references:
         jobs.append(("base", None, None, {}))
@@ -379,11 +296,12 @@ def run_bench(config: BenchConfig, progress: bool = False) -> list[dict[str, Any
         if method == "base":
             row = runner.base_row(key)
         elif method in suite.references:
+            assert seed is not None
             row = runner.reference_row(key, method, seed)
         else:
+            assert seed is not None
             row = runner.method_row(key, method, budget, seed, params)
-        row = _jsonable(row)
-        _append(results_path, row)
+        append_row(results_path, row)
         done[key] = row
         rows.append(row)
     log.info("%d rows -> %s", len(rows), results_path)
@@ -394,145 +312,111 @@ class _Runner:
     """The steps of one bench: base evaluation, finetunes, selections."""
 
     def __init__(
-        self, config: BenchConfig, suite: PreparedSuite, out_dir: Path, progress: bool
+        self,
+        config: BenchConfig,
+        suite: PreparedSuite,
+        out_dir: Path,
+        context: RunContext,
     ) -> None:
-        from harp.training import EvalConfig
-
         self.config = config
         self.suite = suite
         self.out_dir = out_dir
-        self.progress = progress
-        self.cache = JsonCache(out_dir / "cache" / "steps")
+        self.context = context
         self.eval_config = EvalConfig(seed=config.seed, **suite.eval)
         self.primary = suite.primary_metric
-        self._base = None
+        self._utilities: dict[int, TrainEvalUtility] = {}
 
-    # -- shared pieces -----------------------------------------------------------------
+    # -- shared pieces ----------------------------------------------------------------
+    def utility(self, seed: int) -> TrainEvalUtility:
+        """The train-and-score utility of the suite's recipe with ``seed``."""
+        if seed not in self._utilities:
+            self._utilities[seed] = TrainEvalUtility(
+                self.suite.model_dir,
+                self.suite.target,
+                TrainConfig(seed=seed, **self.suite.train),
+                self.eval_config,
+                context=self.context,
+            )
+        return self._utilities[seed]
+
     @property
-    def base_report(self):
-        from harp.training import EvalReport
+    def base_report(self) -> EvalReport:
+        """The base model's report (independent of the recipe's seed)."""
+        return self.utility(self.config.seed).base_report
 
-        if self._base is not None:
-            return self._base
-        suite = self.suite
-        key = fingerprint(
-            "bench-base",
-            content=stable_json(
-                {"model": suite.model_key, "target": suite.target.content_hash()}
-            ),
-            params={"eval": suite.eval},
-        )
-        cached = self.cache.get(key)
-        if cached is not None:
-            self._base = EvalReport.from_dict(cached)
-            return self._base
-        from harp.models import load_model
-        from harp.training import evaluate
-
-        log.info("scoring the base model on the target")
-        model, tokenizer = load_model(suite.model_dir)
-        self._base = evaluate(
-            model, tokenizer, suite.target, self.eval_config, progress=self.progress
-        )
-        self.cache.put(key, self._base.to_dict(include_items=True))
-        return self._base
-
-    def _finetune(self, indices: np.ndarray, seed: int):
+    def _finetune(self, indices: np.ndarray, seed: int) -> tuple[EvalReport, float]:
         """Finetune on the pool rows at ``indices``; ``(report, seconds)`` (cached)."""
-        from harp.training import EvalReport, TrainConfig, finetune_and_evaluate
-
-        suite = self.suite
         if len(indices) == 0:
             # An empty selection (HARP when no leaf is expected to help) trains
             # nothing: the model is the base model.
             return self.base_report, 0.0
-        subset = suite.pool.subset(indices)
-        train_config = TrainConfig(seed=seed, **suite.train)
-        key = fingerprint(
-            "bench-finetune",
-            content=stable_json(
-                {
-                    "model": suite.model_key,
-                    "target": suite.target.content_hash(),
-                    "rows": subset.content_hash(),
-                }
-            ),
-            params={"train": train_config.to_dict(), "eval": suite.eval},
-        )
-        hit = self.cache.get(key)
-        if hit is not None:
-            return EvalReport.from_dict(hit["report"]), hit["seconds"]
-        start = time.perf_counter()
-        tuned, _ = finetune_and_evaluate(
-            suite.model_dir,
-            subset,
-            suite.target,
-            train_config,
-            self.eval_config,
-            base_report=self.base_report,
-            progress=self.progress,
-        )
-        seconds = time.perf_counter() - start
-        self.cache.put(
-            key, {"report": tuned.to_dict(include_items=True), "seconds": seconds}
-        )
-        return tuned, seconds
+        result = self.utility(seed).call(self.suite.pool.subset(indices))
+        return result.report, result.seconds
 
-    def _row(self, key: str, kind: str, method: str, budget: Any, seed, params):
+    def _row(
+        self,
+        key: str,
+        kind: str,
+        method: str,
+        budget: Any,
+        seed: int | None,
+        params: dict[str, Any],
+        indices: np.ndarray,
+        tuned: EvalReport,
+        **facts: Any,
+    ) -> BenchRow:
         suite = self.suite
-        return {
-            "key": key,
-            "suite": suite.name,
-            "suite_fingerprint": suite.fingerprint,
-            "kind": kind,
-            "method": method,
-            "budget": None if budget is None else str(budget),
-            "seed": seed,
-            "params": params,
-            "n_pool": len(suite.pool),
-            "score_name": SCORE_NAMES[self.primary],
-            "primary_metric": self.primary,
-            "harp_version": __version__,
-        }
-
-    def _selected(self, row: dict[str, Any], indices: np.ndarray) -> None:
-        suite = self.suite
-        row["n_selected"] = int(len(indices))
-        row["data_fraction"] = len(indices) / len(suite.pool)
         mask = suite.harmful_mask
-        row["harmful_fraction"] = (
-            None
-            if mask is None
-            else (float(mask[indices].mean()) if len(indices) else 0.0)
+        harmful = None
+        if mask is not None and kind != "base":
+            harmful = float(mask[indices].mean()) if len(indices) else 0.0
+        return BenchRow(
+            key=key,
+            suite=suite.name,
+            suite_fingerprint=suite.fingerprint,
+            kind=kind,
+            method=method,
+            budget=None if budget is None else str(budget),
+            seed=seed,
+            params=jsonable(params),
+            n_pool=len(suite.pool),
+            n_selected=int(len(indices)),
+            data_fraction=len(indices) / len(suite.pool),
+            harmful_fraction=harmful,
+            score_name=SCORE_NAMES[self.primary],
+            primary_metric=self.primary,
+            harp_version=__version__,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **jsonable(_scores(tuned, self.base_report, self.primary)),
+            **facts,
         )
 
-    # -- rows --------------------------------------------------------------------------
-    def base_row(self, key: str) -> dict[str, Any]:
+    # -- rows -------------------------------------------------------------------------
+    def base_row(self, key: str) -> BenchRow:
         base = self.base_report
-        row = self._row(key, "base", "base", None, None, {})
-        self._selected(row, np.array([], dtype=np.int64))
-        row["harmful_fraction"] = None  # nothing selected: no share to speak of
-        row.update(_scores(base, base, self.primary))
-        row.update(_no_selection_cost())
-        row["train_eval_seconds"] = 0.0
-        row["finished_at"] = _now()
-        return row
+        return self._row(
+            key, "base", "base", None, None, {}, np.array([], np.int64), base
+        )
 
-    def reference_row(self, key: str, name: str, seed: int) -> dict[str, Any]:
+    def reference_row(self, key: str, name: str, seed: int) -> BenchRow:
         indices = np.asarray(self.suite.references[name], dtype=np.int64)
-        row = self._row(key, "reference", name, "100%", seed, {})
         tuned, seconds = self._finetune(indices, seed)
-        self._selected(row, indices)
-        row.update(_scores(tuned, self.base_report, self.primary))
-        row.update(_no_selection_cost())
-        row["train_eval_seconds"] = seconds
-        row["finished_at"] = _now()
-        return row
+        return self._row(
+            key,
+            "reference",
+            name,
+            "100%",
+            seed,
+            {},
+            indices,
+            tuned,
+            train_eval_seconds=seconds,
+        )
 
     def method_row(
         self, key: str, method: str, budget: Any, seed: int, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        from harp.selectors import Selection
+    ) -> BenchRow:
+        from harp.core.selection import Selection
 
         sel_path = self.out_dir / "selections" / f"{key}.json"
         diag_path = self.out_dir / "diagnostics" / f"{key}.json"
@@ -551,83 +435,68 @@ class _Runner:
         if selection is None:
             selection, memory = self._select(method, budget, seed, params, diag_path)
             selection.save(sel_path, extra={"bench": memory})
-        row = self._row(key, "method", method, budget, seed, params)
         indices = np.asarray(selection.indices, dtype=np.int64)
-        self._selected(row, indices)
-        row["budget_rows"] = int(selection.budget)
         tuned, seconds = self._finetune(indices, seed)
-        row.update(_scores(tuned, self.base_report, self.primary))
         cost = selection.cost
-        row.update(
-            {
-                "select_seconds": cost.wall_seconds,
-                "train_eval_calls": cost.train_eval_calls,
-                "gradient_passes": cost.gradient_passes,
-                "rows_scored": cost.rows_scored,
-                "peak_rss_mb": memory.get("peak_rss_mb"),
-                "rss_before_mb": memory.get("rss_before_mb"),
-                "selection_file": str(sel_path.relative_to(self.out_dir)),
-                "diagnostics_file": (
-                    str(diag_path.relative_to(self.out_dir))
-                    if diag_path.exists()
-                    else None
-                ),
-                "selection_fingerprint": selection.fingerprint,
-            }
+        return self._row(
+            key,
+            "method",
+            method,
+            budget,
+            seed,
+            params,
+            indices,
+            tuned,
+            budget_rows=int(selection.budget),
+            select_seconds=cost.wall_seconds,
+            train_eval_calls=cost.train_eval_calls,
+            gradient_passes=cost.gradient_passes,
+            rows_scored=cost.rows_scored,
+            device=cost.device,
+            peak_rss_mb=memory.get("peak_rss_mb"),
+            rss_before_mb=memory.get("rss_before_mb"),
+            selection_file=str(sel_path.relative_to(self.out_dir)),
+            diagnostics_file=(
+                str(diag_path.relative_to(self.out_dir)) if diag_path.exists() else None
+            ),
+            selection_fingerprint=selection.fingerprint,
+            train_eval_seconds=seconds,
         )
-        row["train_eval_seconds"] = seconds
-        row["finished_at"] = _now()
-        return row
 
-    def _select(self, method, budget, seed, params, diag_path: Path):
+    def _select(
+        self,
+        method: str,
+        budget: Any,
+        seed: int,
+        params: dict[str, Any],
+        diag_path: Path,
+    ) -> tuple[Any, dict[str, Any]]:
         from harp.selectors import get_selector_class, make_selector
 
-        suite = self.suite
         cls = get_selector_class(method)
-        names = set(cls._get_param_names())
         extra: dict[str, Any] = {}
-        if cls.uses_model:
-            if "model" in names and "model" not in params:
-                extra["model"] = str(suite.model_dir)
-            if "cache_dir" in names and "cache_dir" not in params:
-                extra["cache_dir"] = str(self.out_dir / "cache")
-        if "progress" in names and "progress" not in params:
-            extra["progress"] = self.progress
-        selector = make_selector(method, budget=budget, seed=seed, **params, **extra)
+        if cls.uses_model and "model" in cls.param_names() and "model" not in params:
+            extra["model"] = str(self.suite.model_dir)
+        selector = make_selector(
+            method,
+            budget=budget,
+            seed=seed,
+            context=self.context,
+            **params,
+            **extra,
+        )
         with _PeakRSS() as rss:
-            selector.fit(suite.pool, suite.target)
+            selector.fit(self.suite.pool, self.suite.target)
         selection = selector.selection_
-        diagnostics = getattr(selector, "diagnostics", None)
-        if callable(diagnostics):
-            try:
-                data = _jsonable(diagnostics())
-            except Exception as exc:  # diagnostics must never sink a finished run
-                log.warning("%s: diagnostics() failed (%s); not saved", method, exc)
-                data = None
-            if isinstance(data, dict):
-                atomic_write_json(diag_path, data)
-            elif data is not None:
-                log.warning("%s: diagnostics() is not a dict; not saved", method)
+        try:
+            diagnostics = selector.diagnostics()
+        except Exception as exc:  # diagnostics must never sink a finished run
+            log.warning("%s: diagnostics() failed (%s); not saved", method, exc)
+            diagnostics = None
+        if diagnostics is not None:
+            atomic_write_json(diag_path, jsonable(diagnostics.to_dict()))
         memory = {
             "peak_rss_mb": rss.peak / 2**20,
             "rss_before_mb": rss.before / 2**20,
         }
         return selection, memory
-
-
-def _no_selection_cost() -> dict[str, Any]:
-    return {
-        "select_seconds": 0.0,
-        "train_eval_calls": 0,
-        "gradient_passes": 0,
-        "rows_scored": 0,
-        "peak_rss_mb": None,
-        "rss_before_mb": None,
-        "selection_file": None,
-        "diagnostics_file": None,
-        "budget_rows": None,
-    }
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -31,16 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.io import atomic_write_text
-from harp.errors import HarpError
+from harp.bench.rows import RESULTS_FILE, BenchRow, read_results
+from harp.core.errors import HarpError
+from harp.core.io import atomic_write_text
+from harp.selectors.diagnostics import (
+    HARPDiagnostics,
+    LogDetDiagnostics,
+    diagnostics_from_dict,
+)
 
 __all__ = ["aggregate", "markdown_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
 
-# -- aggregation -----------------------------------------------------------------------
-def _mean_se(values: list[float], fallback_se: list[float | None]) -> tuple:
+# -- aggregation ---------------------------------------------------------------------
+def _mean_se(
+    values: list[float | None], fallback_se: list[float | None]
+) -> tuple[float, float, int]:
     """Mean over seeds and its stderr (the item-level stderr for a single seed)."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
@@ -53,12 +61,12 @@ def _mean_se(values: list[float], fallback_se: list[float | None]) -> tuple:
     return (mean, se, len(vals))
 
 
-def _num(rows: list[dict[str, Any]], key: str) -> float:
-    vals = [r.get(key) for r in rows if r.get(key) is not None]
+def _num(rows: list[BenchRow], key: str) -> float:
+    vals = [getattr(r, key) for r in rows if getattr(r, key) is not None]
     return float(np.mean(vals)) if vals else math.nan
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def aggregate(rows: list[BenchRow]) -> list[dict[str, Any]]:
     """One entry per (kind, method, budget): means ± stderr over seeds.
 
     Returns
@@ -70,30 +78,28 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ``data_fraction``, ``n_selected``, ``harmful_fraction``, ``select_seconds``,
         ``train_eval_calls``, ``gradient_passes``, ``peak_rss_mb``, ``loss``.
     """
-    groups: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
+    groups: OrderedDict[tuple[str, str, str | None], list[BenchRow]] = OrderedDict()
     for row in rows:
-        key = (row.get("kind"), row.get("method"), row.get("budget"))
-        groups.setdefault(key, []).append(row)
+        groups.setdefault((row.kind, row.method, row.budget), []).append(row)
     out = []
     for (kind, method, budget), members in groups.items():
-        domains = members[0].get("domains", [])
+        domains = members[0].domains
         score = {
             d: _mean_se(
-                [(r["score"].get(d) or {}).get("mean") for r in members],
-                [(r["score"].get(d) or {}).get("stderr") for r in members],
+                [(r.score.get(d) or {}).get("mean") for r in members],
+                [(r.score.get(d) or {}).get("stderr") for r in members],
             )
             for d in domains
         }
         average = _mean_se(
-            [r["score_average"]["mean"] for r in members],
-            [r["score_average"].get("stderr") for r in members],
+            [r.score_average.get("mean") for r in members],
+            [r.score_average.get("stderr") for r in members],
         )
         losses = [
-            ((r.get("metric_average") or {}).get("loss") or {}).get("mean")
-            for r in members
+            ((r.metric_average or {}).get("loss") or {}).get("mean") for r in members
         ]
-        harmful = [r.get("harmful_fraction") for r in members]
-        peaks = [r.get("peak_rss_mb") for r in members if r.get("peak_rss_mb")]
+        harmful = [r.harmful_fraction for r in members]
+        peaks = [r.peak_rss_mb for r in members if r.peak_rss_mb]
         label = method if kind in ("base", "reference") else f"{method} @ {budget}"
         out.append(
             {
@@ -101,9 +107,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "kind": kind,
                 "method": method,
                 "budget": budget,
-                "seeds": sorted(
-                    (r.get("seed") for r in members if r.get("seed") is not None),
-                ),
+                "seeds": sorted(r.seed for r in members if r.seed is not None),
                 "domains": domains,
                 "score": score,
                 "average": average,
@@ -133,7 +137,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-# -- tables ----------------------------------------------------------------------------
+# -- tables --------------------------------------------------------------------------
 def _fmt(est: tuple, pct: bool) -> str:
     mean, se, _ = est
     if mean is None or not math.isfinite(mean):
@@ -214,7 +218,7 @@ def _caption(primary: str, score_name: str, harm: bool) -> str:
     )
 
 
-# -- plots -----------------------------------------------------------------------------
+# -- plots ---------------------------------------------------------------------------
 def _pyplot():
     try:
         import matplotlib
@@ -243,7 +247,7 @@ def _save(fig, path: Path) -> Path:
 def _plot_score_vs_fraction(plt, entries, ylabel: str, pct: bool, path: Path):
     scale = 100.0 if pct else 1.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = OrderedDict()
+    methods: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     for e in entries:
         if e["kind"] == "method":
             methods.setdefault(e["method"], []).append(e)
@@ -340,12 +344,9 @@ def _plot_cost(plt, entries, ylabel: str, pct: bool, path: Path):
     return _save(fig, path)
 
 
-def _plot_harp(plt, diag: dict[str, Any], title: str, path: Path):
-    domains = list(diag.get("domains") or [])
-    leaves = sorted(
-        diag.get("leaves") or [],
-        key=lambda lf: (str(lf.get("parent")), str(lf.get("leaf"))),
-    )
+def _plot_harp(plt: Any, diag: HARPDiagnostics, title: str, path: Path) -> Any:
+    domains = list(diag.domains)
+    leaves = sorted(diag.leaves, key=lambda lf: (str(lf.parent), str(lf.leaf)))
     if not leaves or not domains:
         return None
     n = len(domains)
@@ -357,13 +358,13 @@ def _plot_harp(plt, diag: dict[str, Any], title: str, path: Path):
         squeeze=False,
     )
     x = np.arange(len(leaves))
-    parents = [lf.get("parent") for lf in leaves]
+    parents = [lf.parent for lf in leaves]
     bounds = [i for i in range(1, len(leaves)) if parents[i] != parents[i - 1]]
-    measured = np.array([bool(lf.get("measured")) for lf in leaves])
-    chosen = np.array([bool(lf.get("chosen")) for lf in leaves])
+    measured = np.array([lf.measured for lf in leaves])
+    chosen = np.array([lf.chosen for lf in leaves])
     for j, (ax, domain) in enumerate(zip(axes[:, 0], domains)):
-        mean = np.array([_at(lf.get("mean"), j) for lf in leaves], dtype=float)
-        sd = np.array([_at(lf.get("sd"), j) for lf in leaves], dtype=float)
+        mean = np.array([_at(lf.mean, j) for lf in leaves], dtype=float)
+        sd = np.array([_at(lf.sd, j) for lf in leaves], dtype=float)
         for i in np.flatnonzero(chosen):
             ax.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.35, linewidth=0)
         for mask, marker, label, face in (
@@ -397,7 +398,7 @@ def _plot_harp(plt, diag: dict[str, Any], title: str, path: Path):
     axes[0, 0].legend(handles, labels, fontsize=7, loc="upper right", ncol=3)
     axes[-1, 0].set_xticks(x)
     axes[-1, 0].set_xticklabels(
-        [str(lf.get("leaf")) for lf in leaves], rotation=90, fontsize=6
+        [str(lf.leaf) for lf in leaves], rotation=90, fontsize=6
     )
     axes[-1, 0].set_xlabel(
         "leaves, grouped by parent (vertical lines separate parents)"
@@ -414,13 +415,11 @@ def _at(values: Any, j: int) -> float:
     return math.nan if v is None else float(v)
 
 
-def _plot_gains(plt, runs: list[tuple[str, dict[str, Any]]], path: Path):
+def _plot_gains(plt: Any, runs: list[tuple[str, LogDetDiagnostics]], path: Path) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for label, diag in runs:
-        gains = np.array(
-            [np.nan if g is None else g for g in diag.get("gains") or []], dtype=float
-        )
+        gains = np.array(diag.gains, dtype=float)
         keep = np.isfinite(gains) & (gains > 0)
         if not keep.any():
             continue
@@ -438,13 +437,13 @@ def _plot_gains(plt, runs: list[tuple[str, dict[str, Any]]], path: Path):
     return _save(fig, path)
 
 
-# -- the report ------------------------------------------------------------------------
-def _latest_suite(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
-    fps = OrderedDict((r.get("suite_fingerprint"), None) for r in rows)
+# -- the report ----------------------------------------------------------------------
+def _latest_suite(rows: list[BenchRow], path: Path) -> list[BenchRow]:
+    fps = OrderedDict((r.suite_fingerprint, None) for r in rows)
     if len(fps) <= 1:
         return rows
-    latest = rows[-1].get("suite_fingerprint")
-    kept = [r for r in rows if r.get("suite_fingerprint") == latest]
+    latest = rows[-1].suite_fingerprint
+    kept = [r for r in rows if r.suite_fingerprint == latest]
     log.warning(
         "%s holds rows of %d suite settings; reporting the latest (%d of %d rows)",
         path,
@@ -475,12 +474,10 @@ def write_report(directory: str | Path) -> dict[str, Any]:
 
     Raises
     ------
-    harp.errors.HarpError
+    harp.core.errors.HarpError
         When the folder or its results are missing or empty, or matplotlib is not
         installed.
     """
-    from harp.bench.harness import RESULTS_FILE, read_results
-
     directory = Path(directory)
     if not directory.is_dir():
         raise HarpError(
@@ -501,8 +498,8 @@ def write_report(directory: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError, AttributeError) as exc:
         raise HarpError(f"{results}: not a harp bench results file ({exc!r})") from None
     plt = _pyplot()
-    primary = rows[-1].get("primary_metric", "exact_match")
-    score_name = rows[-1].get("score_name", primary)
+    primary = rows[-1].primary_metric or "exact_match"
+    score_name = rows[-1].score_name or primary
     pct = primary == "exact_match"
     ylabel = "avg exact match (%)" if pct else f"avg {score_name}"
     plots_dir = directory / "plots"
@@ -524,34 +521,32 @@ def write_report(directory: str | Path) -> dict[str, Any]:
         )
     logdet_runs = []
     for row in rows:
-        rel = row.get("diagnostics_file")
+        rel = row.diagnostics_file
         if not rel:
             continue
         try:
-            diag = json.loads((directory / rel).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = json.loads((directory / rel).read_text(encoding="utf-8"))
+            diag = diagnostics_from_dict(data, where=rel)
+        except (OSError, ValueError, HarpError) as exc:
             log.warning("%s: unreadable diagnostics (%s); skipped", rel, exc)
             continue
-        label = f"{row['method']} @ {row['budget']}, seed {row['seed']}"
-        kind = diag.get("kind") if isinstance(diag, dict) else None
-        if kind == "harp":
-            name = _safe(
-                f"harp_posterior_{row['method']}_{row['budget']}_s{row['seed']}"
-            )
+        label = f"{row.method} @ {row.budget}, seed {row.seed}"
+        if isinstance(diag, HARPDiagnostics):
+            name = _safe(f"harp_posterior_{row.method}_{row.budget}_s{row.seed}")
             png = _plot_harp(plt, diag, label, plots_dir / f"{name}.png")
             if png is not None:
                 plots.append((f"HARP posterior over the hierarchy: {label}", png))
-        elif kind == "logdet":
+        elif isinstance(diag, LogDetDiagnostics):
             logdet_runs.append((label, diag))
     if logdet_runs:
         png = _plot_gains(plt, logdet_runs, plots_dir / "gain_decay.png")
         if png is not None:
             plots.append(("Greedy gain decay", png))
 
-    suite = rows[-1].get("suite", "?")
+    suite = rows[-1].suite or "?"
     header, lines = _table(entries, primary)
     caption = _caption(primary, score_name, "harm %" in header)
-    n_pool = rows[-1].get("n_pool")
+    n_pool = rows[-1].n_pool
     intro = (
         f"Suite **{suite}** (pool {n_pool} rows; target domains "
         f"{', '.join(entries[0]['domains']) if entries else '-'}); "

@@ -60,8 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.hashing import fingerprint, stable_json
-from harp.errors import HarpError, ParameterError
+from harp.core.context import RunContext
+from harp.core.errors import HarpError, ParameterError
+from harp.core.hashing import fingerprint, stable_json
 
 __all__ = [
     "BUILTIN_SUITES",
@@ -228,7 +229,7 @@ class BenchConfig:
 
         Raises
         ------
-        harp.errors.HarpError
+        harp.core.errors.HarpError
             Naming the file: unreadable, not YAML, not a mapping, an unknown key (top
             level or in a pool/target entry), or a value out of range.
         """
@@ -282,7 +283,7 @@ class BenchConfig:
 
         params = {m: dict(v) for m, v in self.params.items()}
         for method in self.methods or available_methods():
-            if key in get_selector_class(method)._get_param_names():
+            if key in get_selector_class(method).param_names():
                 params.setdefault(method, {}).setdefault(key, value)
         return dataclasses.replace(self, params=params)
 
@@ -332,7 +333,7 @@ def load_suite(name_or_path: str | Path, **overrides: Any) -> BenchConfig:
 
     Raises
     ------
-    harp.errors.HarpError
+    harp.core.errors.HarpError
         For an unknown name that is no file either, or a faulty file.
 
     Examples
@@ -354,7 +355,7 @@ def load_suite(name_or_path: str | Path, **overrides: Any) -> BenchConfig:
     return BenchConfig.from_yaml(path, **overrides)
 
 
-# -- data roots ------------------------------------------------------------------------
+# -- data roots ----------------------------------------------------------------------
 def find_shared_data() -> Path | None:
     """The shared data folder: ``$HARP_SHARED_DATA``, else ``shared/data`` in an
     ancestor of the working directory or of the installed package; None if absent."""
@@ -406,7 +407,7 @@ def _entry_files(entry: dict[str, Any], root: Path, where: str) -> list[Path]:
     return [path]
 
 
-# -- prepared suites -------------------------------------------------------------------
+# -- prepared suites -----------------------------------------------------------------
 @dataclass
 class PreparedSuite:
     """A suite ready to run: data, base model and what results depend on.
@@ -493,15 +494,19 @@ def _recipes(config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return out[0], out[1]
 
 
-def prepare_suite(config: BenchConfig, *, progress: bool = False) -> PreparedSuite:
+def prepare_suite(
+    config: BenchConfig, *, context: RunContext | None = None
+) -> PreparedSuite:
     """Build the suite's data and base model (cached under ``config.out_dir``).
 
     Parameters
     ----------
     config : BenchConfig
         The suite.
-    progress : bool, default False
-        Show progress bars (proxy pretraining).
+    context : RunContext or None, default None
+        Progress display and cache of the proxy's pretraining (a proxy on a file
+        suite's pool lives in ``context.cache_dir``; the skills proxy in
+        ``config.out_dir / "proxy"``).
 
     Returns
     -------
@@ -509,17 +514,22 @@ def prepare_suite(config: BenchConfig, *, progress: bool = False) -> PreparedSui
 
     Raises
     ------
-    harp.errors.HarpError
+    harp.core.errors.HarpError
         For a missing data file, an unknown key, a bad value or a bad model folder,
         naming the suite file.
     """
     train, evaluation = _recipes(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    context = (
+        RunContext(cache_dir=out_dir / "cache", seed=config.seed)
+        if context is None
+        else context
+    )
     if config.kind == "skills":
-        suite = _prepare_skills(config, out_dir, progress)
+        suite = _prepare_skills(config, out_dir, context.progress)
     else:
-        suite = _prepare_files(config, out_dir, progress)
+        suite = _prepare_files(config, out_dir, context)
     suite.train, suite.eval = train, evaluation
     suite.fingerprint = fingerprint(
         "bench-suite",
@@ -535,9 +545,11 @@ def prepare_suite(config: BenchConfig, *, progress: bool = False) -> PreparedSui
     return suite
 
 
-def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
-    from harp.bench._steps import ensure_proxy, proxy_fingerprint
+def _prepare_skills(
+    config: BenchConfig, out_dir: Path, progress: bool
+) -> PreparedSuite:
     from harp.data.synthetic import make_skills_suite
+    from harp.models.proxy import ensure_proxy, proxy_fingerprint
 
     where = f"{config.source or 'skills suite'}: skills"
     _check_kwargs(make_skills_suite, config.skills, where, skip=("seed",))
@@ -580,9 +592,14 @@ def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
     kinds = suite.kinds
     references: dict[str, np.ndarray] = {}
     if config.references:
+        helpful = np.flatnonzero(kinds == "helpful")
         references = {
             "full data": np.arange(len(suite.pool)),
-            "helpful only": np.flatnonzero(kinds == "helpful"),
+            "helpful only": helpful,
+            # The right rows plus the wrong ones: what harmful rows cost.
+            "helpful+harmful": np.sort(
+                np.concatenate([helpful, np.flatnonzero(suite.harmful_mask)])
+            ),
         }
     return PreparedSuite(
         name=config.name,
@@ -599,22 +616,21 @@ def _prepare_skills(config: BenchConfig, out_dir: Path, progress: bool):
 
 
 def _user_model(config: BenchConfig) -> tuple[Path, str]:
-    from harp.models import model_fingerprint
-    from harp.models.loading import _check_model_dir
+    from harp.models.loading import check_model_dir, model_fingerprint
 
     path = Path(config.model).expanduser()
     if not path.is_absolute() and config.source:
         path = Path(config.source).resolve().parent / path
     try:
-        _check_model_dir(path, False)
+        check_model_dir(path, False)
     except HarpError as exc:
         raise HarpError(f"{config.source or 'suite'}: model: {exc}") from None
     return path, model_fingerprint(path)
 
 
 def _load_entry_file(file: Path, entry: dict[str, Any], where: str):
+    from harp.core.errors import DataError
     from harp.data import load_examples
-    from harp.errors import DataError
 
     kwargs = {
         k: entry[k]
@@ -633,7 +649,7 @@ def _load_entry_file(file: Path, entry: dict[str, Any], where: str):
 
 
 def _records(examples, indices, entry: dict[str, Any], file: Path, root: Path):
-    from harp.data.loaders import _domain_from_stem
+    from harp.data.loaders import domain_from_stem
 
     try:
         shown = str(file.relative_to(root))
@@ -645,7 +661,7 @@ def _records(examples, indices, entry: dict[str, Any], file: Path, root: Path):
         domain = entry.get("domain")
         if domain is None:
             domain = (
-                ex.domain if ex.domain != "default" else _domain_from_stem(file.stem)
+                ex.domain if ex.domain != "default" else domain_from_stem(file.stem)
             )
         out.append(
             {
@@ -705,12 +721,14 @@ def _draw_entry(
     return rows
 
 
-def _prepare_files(config: BenchConfig, out_dir: Path, progress: bool):
+def _prepare_files(
+    config: BenchConfig, out_dir: Path, context: RunContext
+) -> PreparedSuite:
     from harp.data import ExampleSet
 
     where = config.source or "suite"
     root = _data_root(config)
-    entries = {
+    entries: dict[str, list[dict[str, Any]]] = {
         section: [
             {"path": e} if isinstance(e, str) else dict(e)
             for e in getattr(config, section)
@@ -781,7 +799,8 @@ def _prepare_files(config: BenchConfig, out_dir: Path, progress: bool):
         ", ".join(target.domains),
     )
     if config.model == "proxy":
-        from harp.models.choice import resolve_model
+        from harp.models.proxy import proxy_fingerprint
+        from harp.models.resolve import resolve_model
 
         pretrain = dict(config.pretrain)
         allowed = {"steps", "batch_size", "max_rows"}
@@ -801,16 +820,7 @@ def _prepare_files(config: BenchConfig, out_dir: Path, progress: bool):
             "pretraining the proxy model on the pool (%d steps; cached for reruns)",
             kwargs["pretrain_steps"],
         )
-        model_dir = resolve_model(
-            "proxy",
-            pool,
-            cache_dir=out_dir / "cache",
-            seed=config.seed,
-            progress=progress,
-            **kwargs,
-        )
-        from harp.bench._steps import proxy_fingerprint
-
+        model_dir = resolve_model("proxy", pool, context=context, **kwargs)
         model_key = proxy_fingerprint(model_dir)
     else:
         model_dir, model_key = _user_model(config)

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harp.bench.demo import DemoResult
 
 __all__ = ["demo_markdown", "demo_table", "eval_table"]
 
 
 def _pct(est: dict[str, Any], sep: str = " ± ") -> str:
-    return f"{100 * est['mean']:.1f}{sep}{100 * est['stderr']:.1f}"
+    mean, se = est.get("mean"), est.get("stderr")
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}{sep}{100 * (se or 0.0):.1f}"
 
 
 def _mean_pct(est: dict[str, Any]) -> str:
-    return f"{100 * est['mean']:.1f}"
+    mean = est.get("mean")
+    return "-" if mean is None else f"{100 * mean:.1f}"
 
 
 def _demo_rows(
-    result: dict[str, Any], *, compact: bool = False
+    result: DemoResult, *, compact: bool = False
 ) -> tuple[list[str], list[list[str]]]:
     # The terminal table gives per-domain means only (stderr is in the avg column and
     # in the Markdown file) so that it fits an 80-column terminal.
-    domains = result["domains"]
+    domains = result.domains
     cell = _mean_pct if compact else _pct
     avg = (lambda e: _pct(e, "±")) if compact else _pct  # noqa: E731
     header = [
@@ -33,37 +40,38 @@ def _demo_rows(
         "sel s",
         "train s",
     ]
-    base = result["base"]
+    base = result.base
     lines = [
         [
             "base",
             "0",
             "-",
-            *(cell(base["exact_match"][d]) for d in domains),
-            avg(base["average_exact_match"]),
+            *(cell(base.score[d]) for d in domains),
+            avg(base.score_average),
             "-",
             "-",
             "-",
         ]
     ]
-    for row in [*result["rows"], *result["references"]]:
-        name = row["name"] if row["kind"] == "method" else f"({row['name']})"
+    for row in [*result.methods, *result.references]:
+        name = row.method if row.kind == "method" else f"({row.method})"
+        harm = row.harmful_fraction
         lines.append(
             [
                 name,
-                str(row["n_selected"]),
-                f"{100 * row['harmful_fraction']:.0f}",
-                *(cell(row["exact_match"][d]) for d in domains),
-                avg(row["average_exact_match"]),
-                f"{100 * row['delta_vs_base']:+.1f}",
-                f"{row['select_seconds']:.1f}",
-                f"{row['train_eval_seconds']:.1f}",
+                str(row.n_selected),
+                "-" if harm is None else f"{100 * harm:.0f}",
+                *(cell(row.score[d]) for d in domains),
+                avg(row.score_average),
+                f"{100 * (row.average - base.average):+.1f}",
+                f"{row.select_seconds:.1f}",
+                f"{row.train_eval_seconds:.1f}",
             ]
         )
     return header, lines
 
 
-def demo_table(result: dict[str, Any]):
+def demo_table(result: DemoResult) -> Any:
     """A rich Table of the demo: exact match (%) per domain ± stderr, per method."""
     from rich import box
     from rich.table import Table
@@ -89,17 +97,18 @@ def demo_table(result: dict[str, Any]):
     return table
 
 
-def demo_markdown(result: dict[str, Any]) -> str:
+def demo_markdown(result: DemoResult) -> str:
     """The demo table as Markdown, with the run's size and total time."""
     header, lines = _demo_rows(result)
+    config = result.config
+    skills = config.skills
     out = [
         "# harp demo — synthetic skills suite",
         "",
-        f"Pool {result['suite']['n_pool']} rows, target domains "
-        f"{', '.join(result['domains'])} "
-        f"({result['suite']['n_target_per_domain']} rows "
-        f"each), budget {result['config']['budget']}, seed {result['config']['seed']}; "
-        f"total {result['total_seconds']:.0f} s.",
+        f"Pool {skills.get('n_pool')} rows, target domains "
+        f"{', '.join(result.domains)} "
+        f"({skills.get('n_target_per_domain')} rows each), budget "
+        f"{config.budgets[0]}, seed {config.seed}; total {result.seconds:.0f} s.",
         "Exact match in % ± standard error; references (not selections) in brackets.",
         "",
         "| " + " | ".join(header) + " |",
@@ -113,7 +122,7 @@ def _est(e: dict[str, Any]) -> str:
     return f"{e['mean']:.3f} ± {e['stderr']:.3f}"
 
 
-def eval_table(result: dict[str, Any]):
+def eval_table(result: dict[str, Any]) -> Any:
     """A rich Table of ``harp evaluate``: per domain, base and tuned scores."""
     from rich.table import Table
 

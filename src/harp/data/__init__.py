@@ -1,13 +1,11 @@
-"""Data stage: load pools and targets of any common schema as :class:`Example` rows."""
+"""Data stage: load pools and targets of any common schema as :class:`Example` rows.
 
-from harp.data._records import (
-    DEFAULT_DOMAIN,
-    Example,
-    ExampleSet,
-    as_example_set,
-    content_id,
-)
-from harp.data.loaders import load_examples
+:class:`Example` and :class:`ExampleSet` live in :mod:`harp.core.records` (every
+stage uses them); they are re-exported here, where users look for them.
+"""
+
+from harp.core.records import DEFAULT_DOMAIN, Example, ExampleSet, content_id
+from harp.data.loaders import as_example_set, load_examples
 from harp.data.writers import write_rows
 
 __all__ = [

@@ -6,7 +6,7 @@ schema of each row, renders the row as one :class:`~harp.data.Example` (``prompt
 selection can be written back in the pool's own format (see
 :func:`harp.data.write_rows`).
 
-Every problem with the input is a :class:`~harp.errors.DataError` naming the file,
+Every problem with the input is a :class:`~harp.core.errors.DataError` naming the file,
 the 1-based line (record number for JSON arrays and Parquet), the field and the fix.
 """
 
@@ -18,16 +18,16 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harp.data._records import DEFAULT_DOMAIN, Example, ExampleSet, content_id
-from harp.errors import DataError, ParameterError
+from harp.core.errors import DataError, ParameterError
+from harp.core.records import DEFAULT_DOMAIN, Example, ExampleSet, content_id
 
-__all__ = ["FORMATS", "SCHEMAS", "detect_format", "load_examples"]
+__all__ = ["FORMATS", "SCHEMAS", "as_example_set", "detect_format", "load_examples"]
 
 logger = logging.getLogger(__name__)
 
@@ -878,7 +878,8 @@ def _short(value: Any, limit: int = 40) -> str:
 # --------------------------------------------------------------------------- building
 
 
-def _domain_from_stem(stem: str) -> str:
+def domain_from_stem(stem: str) -> str:
+    """The domain a file name stands for: its stem without a split suffix."""
     for suffix in _SPLIT_SUFFIXES:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return stem[: -len(suffix)]
@@ -977,8 +978,8 @@ def _records_of(
     if fmt == "jsonl":
         return _iter_jsonl(path, text), (), fmt
     if fmt == "json":
-        records, actual = _json_rows(path, text)
-        return records, (), actual
+        rows_json, actual = _json_rows(path, text)
+        return rows_json, (), actual
     if fmt == "flan-tsv":
         return _iter_flan_tsv(path, text), ("question", "answer", "rationale"), fmt
     header, records = _iter_delimited(path, text, "," if fmt == "csv" else "\t")
@@ -996,7 +997,7 @@ def _load_folder(folder: Path, builder: _Builder) -> None:
             logger.warning("%s is empty; skipped", file)
             continue
         records, _, _ = _records_of(file, detect_format(file))
-        if builder.add(file, records, _domain_from_stem(file.stem)) == 0:
+        if builder.add(file, records, domain_from_stem(file.stem)) == 0:
             logger.warning("%s has no rows; skipped", file)
 
 
@@ -1136,7 +1137,7 @@ def load_examples(
                     path=p,
                 )
             records, columns, fmt = _records_of(p, fmt)
-            default = _domain_from_stem(p.stem) if fmt == "flan-tsv" else DEFAULT_DOMAIN
+            default = domain_from_stem(p.stem) if fmt == "flan-tsv" else DEFAULT_DOMAIN
             builder.add(p, records, default)
     if not builder.examples:
         raise DataError("the file has no rows; add rows or check the path", path=p)
@@ -1152,4 +1153,19 @@ def load_examples(
         format=fmt,
         schema=schema,
         columns=columns,
+    )
+
+
+def as_example_set(data: Any) -> ExampleSet:
+    """Coerce a set, a list of dicts or of examples, or a path into a set."""
+    if isinstance(data, ExampleSet):
+        return data
+    if isinstance(data, (str, Path)) or hasattr(data, "__fspath__"):
+        return load_examples(Path(data))
+    if isinstance(data, Sequence) and all(isinstance(r, Example) for r in data):
+        return ExampleSet(tuple(data))
+    if isinstance(data, Sequence):
+        return ExampleSet.from_records(data)
+    raise TypeError(
+        f"expected an ExampleSet, a path or a list of dicts, got {type(data).__name__}"
     )

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.io import atomic_write_json, atomic_write_text
-from harp.data._records import ExampleSet
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
+from harp.core.io import atomic_write_json, atomic_write_text
+from harp.core.records import ExampleSet
 
 __all__ = [
     "HARMFUL_KINDS",

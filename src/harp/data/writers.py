@@ -17,17 +17,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from harp._utils.io import atomic_open, check_output_path
-from harp.data._records import DEFAULT_DOMAIN, ExampleSet, content_id
+from harp.core.errors import DataError, ParameterError
+from harp.core.io import atomic_open, check_output_path
+from harp.core.records import DEFAULT_DOMAIN, ExampleSet, content_id
 from harp.data.loaders import (
     _ALIASES,
     _EXTENSIONS,
-    _domain_from_stem,
     _domain_of,
     _explicit_id,
     detect_format,
+    domain_from_stem,
 )
-from harp.errors import DataError, ParameterError
 
 __all__ = ["OUTPUT_FORMATS", "detect_format", "write_rows"]
 
@@ -155,7 +155,7 @@ def _flan_rows(examples: ExampleSet, idx: list[int], out: Path) -> list[dict[str
                 field=missing[0],
             )
         rows.append(row)
-    stem_domain = _domain_from_stem(out.stem)
+    stem_domain = domain_from_stem(out.stem)
     if any(examples.examples[i].domain != stem_domain for i in idx):
         logger.warning(
             "%s: a FLAN TSV has no domain field; reloaded, its rows get the domain "

@@ -7,11 +7,11 @@ arguments (paths, rows, settings) that write their output to fingerprinted paths
 (a feature-store shard, an oracle cache file), so results never depend on the
 executor or the number of workers, and a task that is run twice does no harm.
 
-Failure rules, the same for every executor: a :class:`~harp.errors.HarpError`
+Failure rules, the same for every executor: a :class:`~harp.core.errors.HarpError`
 raised by a task (bad data, a bad parameter) is the caller's error and propagates
 unchanged, without retry; any other failure (an unexpected exception, a worker that
 died or was killed) is retried up to ``max_retries`` times, then raised as a
-:class:`~harp.errors.HarpError` that names the item.
+:class:`~harp.core.errors.HarpError` that names the item.
 
 Ray is optional (``pip install 'harp-select[ray]'``) and imported only by
 :class:`RayExecutor`.
@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from harp.errors import HarpError, ParameterError
+from harp.core.errors import HarpError, ParameterError
 
 __all__ = [
     "EXECUTORS",
@@ -332,7 +332,7 @@ class RayExecutor(Executor):
         self.max_retries = max_retries
         self.init_kwargs = dict(init_kwargs or {})
         self._started = False
-        self._remote = None
+        self._remote: Any = None
 
     def __repr__(self) -> str:
         return (

@@ -1,12 +1,22 @@
 """features stage: what selectors compute from examples.
 
-Text embeddings (offline sentence encoder or hashed TF-IDF), exact per-example LoRA
-gradients with a seeded random projection, and the on-disk feature store (memory-mapped
-shards plus a manifest) that extraction fills resumably. Heavy libraries (torch,
+The feature components that selectors take as parameters (:class:`TextFeatures`,
+:class:`GradientFeatures`), built on text embeddings (offline sentence encoder or
+hashed TF-IDF), exact per-example LoRA gradients with a seeded random projection,
+and the on-disk feature store (memory-mapped shards plus a manifest) that extraction
+fills resumably. Heavy libraries (torch,
 scikit-learn, sentence-transformers) are imported inside the functions that use them,
 so importing this package stays fast.
 """
 
+from harp.features.components import (
+    FEATURE_KINDS,
+    FeatureComponent,
+    GradientFeatures,
+    TextFeatures,
+    make_features,
+    unit_rows,
+)
 from harp.features.extract import (
     extract_embedding_features,
     extract_gradient_features,
@@ -35,6 +45,12 @@ from harp.features.text import (
 
 __all__ = [
     "ENCODERS",
+    "FEATURE_KINDS",
+    "FeatureComponent",
+    "GradientFeatures",
+    "TextFeatures",
+    "make_features",
+    "unit_rows",
     "FeatureStore",
     "RandomProjector",
     "TextFeaturizer",

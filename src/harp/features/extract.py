@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.hashing import fingerprint
-from harp.data._records import ExampleSet
-from harp.errors import HarpError, ParameterError
+from harp.core.context import RunContext
+from harp.core.errors import HarpError, ParameterError
+from harp.core.hashing import fingerprint
+from harp.core.records import ExampleSet
+from harp.features.store import FeatureStore, estimate_store_bytes, format_bytes
 
 __all__ = ["extract_embedding_features", "extract_gradient_features", "gradient_spec"]
 
@@ -38,8 +40,13 @@ def gradient_spec(
     optimizer: str = "sgd",
     max_length: int = 256,
     lora: dict[str, Any] | None = None,
+    dtype: str = "fp32",
 ) -> dict[str, Any]:
-    """The spec that identifies a gradient feature store (see the module docstring)."""
+    """The spec that identifies a gradient feature store (see the module docstring).
+
+    The model's dtype is part of it (bf16 and fp32 gradients differ); the device is
+    not (the same model gives the same features on any device, within rounding).
+    """
     from harp.models.loading import model_fingerprint
 
     if optimizer not in OPTIMIZERS:
@@ -63,6 +70,7 @@ def gradient_spec(
         "optimizer": optimizer,
         "max_length": int(max_length),
         "data": examples.content_hash(),
+        **({} if dtype == "fp32" else {"dtype": dtype}),
     }
 
 
@@ -74,7 +82,7 @@ def _lora_identity(checkpoint: Any, seed: int) -> dict[str, Any]:
     """
     import json
 
-    from harp._utils.hashing import sha256_hex
+    from harp.core.hashing import sha256_hex
 
     if checkpoint is None:
         return {
@@ -115,9 +123,8 @@ def extract_gradient_features(
     batch_size: int = 16,
     max_length: int = 256,
     shard_rows: int = 2048,
-    progress: bool = False,
-    executor: Any = None,
-):
+    context: RunContext | None = None,
+) -> FeatureStore:
     """Projected per-example LoRA gradients of ``examples``, in a feature store.
 
     Parameters
@@ -144,23 +151,22 @@ def extract_gradient_features(
         Per-sample gradient batch and token limit.
     shard_rows : int, default=2048
         Rows per store shard: the unit of resume and of parallel work.
-    progress : bool, default=False
-        Show progress bars.
-    executor : Executor, str or None, default=None
-        Runs the pending shards as tasks (see :mod:`harp.execution`): each task
-        loads the model from ``base_dir`` (once per worker process), computes its
-        shard and writes it into the store; the store is finalised once every shard
-        is in. None computes the shards here, one after another. The features are
-        bit-identical either way (same shards, seeded projection) given the same
-        torch thread count per task.
+    context : RunContext or None, default=None
+        The model's device and dtype, the progress display and the executor. With
+        an executor the pending shards run as tasks (see :mod:`harp.execution`):
+        each task loads the model from ``base_dir`` (once per worker process, on
+        the context's device as that worker resolves it), computes its shard and
+        writes it into the store; the store is finalised once every shard is in.
+        Without one the shards are computed here, one after another. The features
+        are bit-identical either way (same shards, seeded projection) given the
+        same device and torch thread count per task.
 
     Returns
     -------
     FeatureStore
         Opened read-only and complete.
     """
-    from harp.features.store import estimate_store_bytes
-
+    context = RunContext() if context is None else context
     spec = gradient_spec(
         base_dir,
         examples,
@@ -170,6 +176,7 @@ def extract_gradient_features(
         seed=seed,
         optimizer=optimizer,
         max_length=max_length,
+        dtype=context.dtype_name,
     )
     directory = (
         Path(store_root)
@@ -182,6 +189,7 @@ def extract_gradient_features(
         projection=projection,
         seed=seed,
         optimizer=optimizer,
+        context=context.for_worker(),
     )
     state: dict[str, Any] = {}
 
@@ -198,7 +206,7 @@ def extract_gradient_features(
             len(examples),
             directory,
             width,
-            _fmt_bytes(estimate_store_bytes(len(examples), width, "float32")),
+            format_bytes(estimate_store_bytes(len(examples), width, "float32")),
         )
         return width
 
@@ -208,7 +216,7 @@ def extract_gradient_features(
             examples.subset(range(start, stop)),
             batch_size=batch_size,
             max_length=max_length,
-            progress=progress,
+            progress=context.progress,
         )
 
     def shard_job(k: int, start: int, stop: int) -> tuple[Callable, dict[str, Any]]:
@@ -228,8 +236,8 @@ def extract_gradient_features(
         out_dim,
         compute_shard,
         shard_rows,
-        progress,
-        executor=executor,
+        context.progress,
+        executor=context.executor,
         shard_job=shard_job,
     )
 
@@ -241,24 +249,29 @@ def extract_embedding_features(
     encoder: str = "auto",
     batch_size: int = 64,
     shard_rows: int = 8192,
-    progress: bool = False,
-    executor: Any = None,
-):
+    context: RunContext | None = None,
+) -> FeatureStore:
     """Sentence embeddings of ``examples`` (``prompt + response``) in a feature store.
 
     ``encoder="tfidf"`` fits its IDF on ``examples`` alone, so its features are only
     comparable within one store.
 
-    With an ``executor`` (see :func:`extract_gradient_features`), the shards of a
-    neural encoder are embedded and written by tasks, each loading the encoder once
-    per worker process. TF-IDF depends on the whole corpus and is cheap: it is
-    always computed and written here, whatever the executor.
+    With an executor in ``context`` (see :func:`extract_gradient_features`), the
+    shards of a neural encoder are embedded and written by tasks, each loading the
+    encoder once per worker process. TF-IDF depends on the whole corpus and is
+    cheap: it is always computed and written here, whatever the executor. A neural
+    encoder runs on the context's device.
     """
     from harp.features.text import TextFeaturizer, resolve_encoder
 
+    context = RunContext() if context is None else context
     resolved = resolve_encoder(encoder)
+    device = "cpu" if resolved == "tfidf" else context.device_name
     featurizer = TextFeaturizer(
-        encoder=resolved, batch_size=batch_size, progress=progress
+        encoder=resolved,
+        batch_size=batch_size,
+        progress=context.progress,
+        device=device,
     )
     spec = {"kind": "embeddings", "encoder": resolved, "data": examples.content_hash()}
     directory = (
@@ -291,6 +304,7 @@ def extract_embedding_features(
             "texts": list(texts[start:stop]),
             "encoder": resolved,
             "batch_size": batch_size,
+            "context": context.for_worker(),
         }
 
     return _complete_store(
@@ -300,8 +314,8 @@ def extract_embedding_features(
         out_dim,
         compute_shard,
         shard_rows,
-        progress,
-        executor=None if resolved == "tfidf" else executor,
+        context.progress,
+        executor=None if resolved == "tfidf" else context.executor,
         shard_job=shard_job,
     )
 
@@ -391,23 +405,20 @@ def _gradient_parts(
     projection: str,
     seed: int,
     optimizer: str,
+    context: RunContext,
 ) -> dict[str, Any]:
     """The model (with its LoRA adapter), tokenizer, projector and preconditioner."""
     from harp.features.gradients import gradient_dim
     from harp.features.projection import RandomProjector
-    from harp.models.loading import attach_lora, load_model
+    from harp.models.loading import attach_lora, load_model, load_tokenizer
+    from harp.nn.encode import seeded
 
     if checkpoint is not None:
-        from harp.models.loading import load_tokenizer
-
-        model = checkpoint.load_model(base_dir)
+        model = checkpoint.load_model(base_dir, context=context)
         tokenizer = load_tokenizer(base_dir)
     else:
-        import torch
-
-        model, tokenizer = load_model(base_dir)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        model, tokenizer = load_model(base_dir, context=context)
+        with seeded(seed):
             model = attach_lora(model)
     model.eval()
     in_dim = gradient_dim(model)
@@ -420,7 +431,7 @@ def _gradient_parts(
         "of memory (%s), plus one batch of activations",
         in_dim,
         width,
-        _fmt_bytes(
+        format_bytes(
             0
             if projector is None
             else projector.nbytes
@@ -491,7 +502,7 @@ def _writable_store(directory: str):
 
 def _gradient_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     """Compute and write one shard of a gradient store (see ``_complete_store``)."""
-    from harp._utils.hashing import stable_json
+    from harp.core.hashing import stable_json
 
     store = _writable_store(job["directory"])
     k = job["shard"]
@@ -517,15 +528,12 @@ def _embedding_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     k = job["shard"]
     if store.is_done(k):
         return {"shard": k, "computed": False}
+    device = job["context"].device_name
     featurizer = _worker_cached(
-        f"embed:{job['encoder']}:{job['batch_size']}",
-        lambda: TextFeaturizer(encoder=job["encoder"], batch_size=job["batch_size"]),
+        f"embed:{job['encoder']}:{job['batch_size']}:{device}",
+        lambda: TextFeaturizer(
+            encoder=job["encoder"], batch_size=job["batch_size"], device=device
+        ),
     )
     store.write_shard(k, featurizer.embed(job["texts"]))
     return {"shard": k, "computed": True}
-
-
-def _fmt_bytes(n: int) -> str:
-    from harp.features.store import format_bytes
-
-    return format_bytes(n)

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harp.errors import DataError, NumericalError, ParameterError
+from harp.core.errors import DataError, NumericalError, ParameterError
+from harp.nn.encode import collate, encode_examples, model_device, pad_token_id
+from harp.nn.loss import row_losses
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -61,8 +63,6 @@ logger = logging.getLogger(__name__)
 
 #: Names accepted by ``per_sample_gradients(method=...)``.
 GRADIENT_METHODS: tuple[str, ...] = ("auto", "hooks", "vmap")
-
-_IGNORE = -100
 
 #: Most bytes of unprojected gradient rows buffered before a projection call.
 _PROJECT_BUFFER_BYTES = 256 * 1024**2
@@ -193,22 +193,6 @@ def _check_finite(
         )
 
 
-def _per_row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over each row's labelled tokens: ``(batch,)``."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    tok = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=_IGNORE,
-        reduction="none",
-    ).view(shift_labels.shape)
-    count = (shift_labels != _IGNORE).sum(dim=1).clamp_min(1)
-    return tok.sum(dim=1) / count.to(tok.dtype)
-
-
 def _hook_plan(model: Any, names: list[str]) -> dict[Any, dict[str, str]] | None:
     """Map each linear module owning trainable params to ``{"weight"/"bias": name}``.
 
@@ -258,7 +242,7 @@ def _batch_hooks(
     try:
         with torch.enable_grad():
             logits = model(input_ids=input_ids, use_cache=False).logits
-            total = _per_row_losses(logits, labels).sum()
+            total = row_losses(logits, labels).sum()
             order = [(m, k) for m in plan for k in range(len(outputs[m]))]
             if not order:
                 raise ParameterError("no trainable linear layer ran in the forward")
@@ -316,7 +300,7 @@ def _batch_vmap(
             kwargs={"input_ids": ids.unsqueeze(0), "use_cache": False},
             strict=False,
         )
-        return _per_row_losses(out.logits, labs.unsqueeze(0)).sum()
+        return row_losses(out.logits, labs.unsqueeze(0)).sum()
 
     with torch.enable_grad(), warnings.catch_warnings():
         # torch has no batching rule for CPU flash attention: it loops (correctly)
@@ -326,14 +310,6 @@ def _batch_vmap(
     return torch.cat([grads[n].reshape(batch, -1).float() for n in names], dim=1)
 
 
-def _model_device(model: Any) -> Any:
-    for p in model.parameters():
-        return p.device
-    import torch
-
-    return torch.device("cpu")
-
-
 def _encode_chunk(
     tokenizer: Any,
     examples: Any,
@@ -341,8 +317,6 @@ def _encode_chunk(
     max_length: int,
     skip_empty: bool,
 ) -> tuple[list[int], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
-    from harp.training.finetune import encode_examples
-
     enc = encode_examples(
         tokenizer, [examples[i] for i in chunk], max_length=max_length
     )
@@ -454,8 +428,9 @@ def per_sample_gradients(
         layer (LoRA), else ``"vmap"``.
     skip_empty : bool, default False
         Examples that keep no response token within ``max_length`` raise
-        :class:`~harp.errors.DataError` (naming their ids) when False; when True they
-        are skipped with a warning and absent from the yielded row indices.
+        :class:`~harp.core.errors.DataError` (naming their ids) when False; when
+        True they are skipped with a warning and absent from the yielded row
+        indices.
     project_rows : int or None, default None
         Rows gathered before one projection call (and one yield). Projecting is
         memory bound for few rows (``P`` is read once per call), so small batches
@@ -475,12 +450,12 @@ def per_sample_gradients(
 
     Raises
     ------
-    harp.errors.NumericalError
+    harp.core.errors.NumericalError
         When a gradient (or preconditioned row) is NaN or infinite; the message
         names the examples' ids.
-    harp.errors.DataError
+    harp.core.errors.DataError
         When an example keeps no response token (unless ``skip_empty``).
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         For bad arguments, a projector of the wrong size, or a preconditioner
         missing some trainable parameter.
     """
@@ -500,18 +475,15 @@ def per_sample_gradients(
             "weight or bias of a torch.nn.Linear; use method='vmap'"
         )
     use_hooks = plan is not None
-    device = _model_device(model)
+    device = model_device(model)
     moments = (
         _flat_moments(model, names, preconditioner, device)
         if preconditioner is not None
         else None
     )
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     n = len(examples)
     n_batches = -(-n // batch_size)
-    from harp.training.finetune import collate
 
     if project_rows is None:
         project_rows = max(batch_size, min(64, _PROJECT_BUFFER_BYTES // (4 * dim)))
@@ -541,8 +513,7 @@ def per_sample_gradients(
                 tokenizer, examples, chunk, max_length, skip_empty
             )
             if rows:
-                input_ids, _, labels = collate(encoded, pad_id)
-                input_ids, labels = input_ids.to(device), labels.to(device)
+                input_ids, _, labels = collate(encoded, pad_id, device)
                 if use_hooks:
                     assert plan is not None
                     grads = _batch_hooks(model, plan, names, input_ids, labels)
@@ -606,7 +577,7 @@ beta2, eps, skip_empty
     dim = gradient_dim(model)
     _check_args(project_every, max_length, projector, dim)
     params = dict(model.named_parameters())
-    device = _model_device(model)
+    device = model_device(model)
     moments = (
         _flat_moments(model, names, preconditioner, device)
         if preconditioner is not None
@@ -647,7 +618,7 @@ beta2, eps, skip_empty
                     params[n].grad = None
                 with torch.enable_grad():
                     logits = model(input_ids=input_ids, use_cache=False).logits
-                    _per_row_losses(logits, labels).sum().backward()
+                    row_losses(logits, labels).sum().backward()
                 flat = [
                     params[n].grad.reshape(-1).float()
                     if params[n].grad is not None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -45,13 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.hashing import SCHEMA_VERSION, fingerprint, sha256_hex, stable_json
-from harp._utils.io import atomic_open, atomic_write_json
 from harp._version import __version__
-from harp.errors import DataError, HarpError, NumericalError, ParameterError
+from harp.core.errors import DataError, HarpError, NumericalError, ParameterError
+from harp.core.hashing import SCHEMA_VERSION, fingerprint, sha256_hex, stable_json
+from harp.core.io import atomic_open, atomic_write_json
+from harp.core.progress import ProgressBar
 
 __all__ = [
     "FeatureStore",
+    "StoreRows",
     "estimate_store_bytes",
     "fill_store",
     "format_bytes",
@@ -64,7 +66,10 @@ IDS_FILE = "ids.json"
 STORE_FORMAT = "harp.feature_store"
 
 #: Storage dtypes, by name; files are always little-endian.
-_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+}
 
 _HINT = "use another --features directory or delete it"
 
@@ -173,7 +178,7 @@ def _shard_name(k: int) -> str:
 
 
 def _hash_array(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
 
 
 def _hash_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -520,10 +525,10 @@ class FeatureStore:
         if expect_ids is not None:
             asked = _check_ids(expect_ids)
             if _ids_hash(asked) != manifest["ids_hash"]:
-                was, now = _ids_difference(ids, asked)
+                built_ids, asked_ids = _ids_difference(ids, asked)
                 raise HarpError(
-                    f"feature store {directory} was built with {was}; you asked for "
-                    f"{now}; {_HINT}"
+                    f"feature store {directory} was built with {built_ids}; you asked "
+                    f"for {asked_ids}; {_HINT}"
                 )
         store = cls(directory, manifest, ids, writable=False)
         if not store.complete and not allow_incomplete:
@@ -677,7 +682,7 @@ class FeatureStore:
             self._manifest = {**self._manifest, "complete": False}
             atomic_write_json(self.directory / MANIFEST, self._manifest)
         with atomic_open(self.shard_path(k), "wb") as handle:
-            handle.write(memoryview(data).cast("B"))
+            handle.write(data.data.cast("B"))
         atomic_write_json(
             done,
             {
@@ -838,6 +843,15 @@ class FeatureStore:
             del mm
         return out
 
+    def rows(self) -> StoreRows:
+        """The rows as a read-on-demand array-like (for consumers that stream).
+
+        Slicing and integer-array indexing read float32 copies of just those rows,
+        across shards; nothing is loaded whole. The log-det engine takes it as it
+        takes a memmap.
+        """
+        return StoreRows(self)
+
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """Stream all rows in order as ``(start, float32 block)`` pairs.
 
@@ -858,6 +872,43 @@ class FeatureStore:
                 del mm
                 row = end
             yield start, block
+
+
+class StoreRows:
+    """A feature store's rows as an array-like: ``shape``, ``dtype``, indexing.
+
+    ``rows[a:b]`` and ``rows[index_array]`` read float32 copies of those rows only
+    (:meth:`FeatureStore.read`); ``np.asarray(rows)`` reads everything.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = FeatureStore.create(tempfile.mkdtemp() + "/s", ids=["a", "b", "c"],
+    ...                             dim=2, spec={"kind": "demo"}, shard_rows=2)
+    >>> _ = fill_store(store, lambda k, start, stop: np.ones((stop - start, 2)))
+    >>> rows = FeatureStore.open(store.directory).rows()
+    >>> rows.shape, rows[1:3].shape, rows[np.array([2, 0])].dtype.name
+    ((3, 2), (2, 2), 'float32')
+    """
+
+    ndim = 2
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self.shape = (store.n_rows, store.dim)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self.store.read([int(index)])[0]
+        return self.store.read(index)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.store.read()
+        return out if dtype is None else out.astype(dtype)
 
 
 # ------------------------------------------------------------------ manifest I/O
@@ -1007,21 +1058,10 @@ def fill_store(
             len(pending),
             store.n_shards,
         )
-    bar = None
-    if progress and pending:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task("features", total=len(pending))
-        bar.start()
-    try:
+    with ProgressBar(progress and bool(pending), "features", len(pending)) as bar:
         for k in pending:
             start, stop = store.shard_range(k)
             store.write_shard(k, compute_shard(k, start, stop))
-            if bar is not None:
-                bar.update(task, advance=1)
-    finally:
-        if bar is not None:
-            bar.stop()
+            bar.advance()
     store.finalize()
     return store

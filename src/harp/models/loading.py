@@ -21,15 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harp.errors import ModelError
+from harp.core.context import RunContext
+from harp.core.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "check_model_dir",
+    "is_peft",
     "load_model",
+    "quiet_transformers",
     "load_tokenizer",
     "save_model",
     "attach_lora",
@@ -51,7 +54,7 @@ _SAMPLE_BYTES = 4 * 1024**2
 
 
 @contextlib.contextmanager
-def _quiet_transformers(progress: bool) -> Iterator[None]:
+def quiet_transformers(progress: bool = False) -> Iterator[None]:
     """Hide transformers' own progress bars (loading/writing shards) unless asked."""
     from transformers.utils import logging as hf_logging
 
@@ -98,8 +101,14 @@ def weight_files(path: str | Path) -> dict[str, list[Path]]:
     return {"safetensors": safe, "pickle": pickle}
 
 
-def _check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
-    """Raise a clear :class:`ModelError` for every way ``path`` is not loadable."""
+def check_model_dir(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Raise a clear :class:`ModelError` for every way ``path`` is not loadable.
+
+    Returns
+    -------
+    dict
+        The folder's ``config.json``.
+    """
     if not path.exists():
         raise ModelError(
             f"{path}: model directory not found; pass the path of a local Hugging Face "
@@ -154,12 +163,15 @@ def _check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
 def load_model(
     path: str | Path,
     *,
+    context: RunContext | None = None,
     trust_remote_code: bool = False,
-    dtype: torch.dtype | str | None = None,
     allow_pickle: bool = False,
     progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal language model and its tokenizer from a local directory.
+    """Load a causal language model and its tokenizer, onto the run's device.
+
+    The model is placed once, here: on ``context``'s device in its dtype. Nothing
+    downstream moves it; encoders and loops create their tensors on its device.
 
     Parameters
     ----------
@@ -171,10 +183,9 @@ def load_model(
     trust_remote_code : bool, default False
         Allow a config whose ``auto_map`` points at Python files in the folder. Off by
         default: such code runs with your privileges.
-    dtype : torch.dtype or str or None, default None
-        Parameter dtype. None loads float32 (CPU training and bit-exact
-        reproducibility); ``"auto"`` keeps the checkpoint's dtype (bf16 for most
-        released LLMs), or pass e.g. ``torch.bfloat16``.
+    context : RunContext or None, default None
+        Device and dtype policy (None: the default context, ``device="auto"``,
+        ``dtype="auto"``: bf16 on a GPU that supports it, fp32 on the CPU).
     allow_pickle : bool, default False
         Read ``pytorch_model.bin`` checkpoints when the folder has no safetensors
         files. Off by default because such files are pickles; safetensors are always
@@ -191,7 +202,7 @@ def load_model(
 
     Raises
     ------
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When the path is missing or not a directory, has no ``config.json``, has no
         weights, needs remote code without ``trust_remote_code``, has only pickle
         weights without ``allow_pickle``, or when transformers cannot load it.
@@ -208,11 +219,13 @@ def load_model(
     >>> type(loaded).__name__
     'LlamaForCausalLM'
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
+    context = RunContext() if context is None else context
+    device = context.torch_device()
+    dtype = context.torch_dtype()
     path = Path(path).expanduser()
-    config = _check_model_dir(path, trust_remote_code)
+    config = check_model_dir(path, trust_remote_code)
     files = weight_files(path)
     if files["safetensors"]:
         use_safetensors = True
@@ -226,10 +239,8 @@ def load_model(
             "files unless asked. Pass allow_pickle=True if you trust the file, or "
             "convert it to model.safetensors"
         )
-    if dtype is None:
-        dtype = torch.float32
     try:
-        with _quiet_transformers(progress):
+        with quiet_transformers(progress):
             model = AutoModelForCausalLM.from_pretrained(
                 str(path),
                 local_files_only=True,
@@ -244,6 +255,8 @@ def load_model(
         ) from exc
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     _ensure_pad_token(model, tokenizer, path)
+    if device.type != "cpu":
+        model.to(device)  # type: ignore[arg-type]  # transformers' stub is narrow
     model.eval()
     return model, tokenizer
 
@@ -256,7 +269,7 @@ def load_tokenizer(
 
     Raises
     ------
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When the folder holds no usable tokenizer.
     """
     from transformers import AutoTokenizer
@@ -320,19 +333,19 @@ def save_model(
         ``directory``.
     """
     directory = Path(directory).expanduser()
-    if _is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
+    if is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
     if directory.exists():
         if not directory.is_dir():
             raise ModelError(f"{directory}: exists and is not a directory")
-        with _quiet_transformers(False):
+        with quiet_transformers(False):
             model.save_pretrained(str(directory))
         tokenizer.save_pretrained(str(directory))
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        with _quiet_transformers(False):
+        with quiet_transformers(False):
             model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is not
@@ -343,7 +356,8 @@ def save_model(
     return directory
 
 
-def _is_peft(model: Any) -> bool:
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a peft model (it carries adapters)."""
     with contextlib.suppress(ImportError):
         from peft import PeftModel
 
@@ -415,7 +429,7 @@ def attach_lora(
 
     Raises
     ------
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When peft cannot find the target modules.
     """
     from peft import LoraConfig, get_peft_model
@@ -429,7 +443,7 @@ def attach_lora(
     lora_config = LoraConfig(
         task_type="CAUSAL_LM",
         r=int(r),
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts a float
         lora_dropout=float(dropout),
         target_modules=target_modules,
         bias="none",
@@ -485,11 +499,11 @@ def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
 
     Raises
     ------
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When the folder is not a loadable model folder.
     """
     path = Path(path).expanduser()
-    _check_model_dir(path, trust_remote_code=True)
+    check_model_dir(path, trust_remote_code=True)
     files = weight_files(path)
     entries: list[tuple[str, int, str]] = []
     named = [path / "config.json"]

@@ -7,21 +7,38 @@ and the synthetic benchmark use a ~0.86M-parameter Llama with a character vocabu
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
+from harp.core.hashing import fingerprint
+from harp.core.io import atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-    from harp.data import ExampleSet
+    from harp.core.records import ExampleSet
 
-__all__ = ["ProxyConfig", "build_proxy", "pretrain_proxy"]
+__all__ = [
+    "PROXY_MARKER",
+    "ProxyConfig",
+    "build_proxy",
+    "ensure_proxy",
+    "pretrain_proxy",
+    "proxy_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
+
+
+#: File in a proxy folder recording what it was built from.
+PROXY_MARKER = "harp-proxy.json"
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,7 @@ def build_proxy(
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads or config.num_heads,
         max_position_embeddings=config.max_position_embeddings,
-        rope_theta=config.rope_theta,
+        rope_theta=config.rope_theta,  # type: ignore[call-arg]  # read as a kwarg
         tie_word_embeddings=config.tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -162,7 +179,7 @@ def build_proxy(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(llama_config)
-    model = model.to(torch.float32)
+    model = model.to(torch.float32)  # type: ignore[arg-type]  # a narrow stub
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -237,13 +254,14 @@ def pretrain_proxy(
 
     Raises
     ------
-    harp.errors.NumericalError
+    harp.core.errors.NumericalError
         When the loss becomes NaN or infinite (with the batch's example ids).
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         For a bad ``loss_on``, ``steps`` or ``batch_size``, or no examples.
     """
-    from harp.data import ExampleSet
-    from harp.training.finetune import _encode_examples, _encode_texts, _train_loop
+    from harp.core.records import ExampleSet
+    from harp.nn.encode import encode_examples, encode_texts, pad_token_id
+    from harp.nn.loop import train_loop
 
     if loss_on not in ("all", "response"):
         raise ParameterError(
@@ -257,23 +275,22 @@ def pretrain_proxy(
     if max_length is None:
         max_length = int(getattr(model.config, "max_position_embeddings", 1024))
     if isinstance(examples, ExampleSet):
-        rows, dropped = _encode_examples(
+        enc = encode_examples(
             tokenizer,
             examples,
             max_length=max_length,
             response_only=(loss_on == "response"),
         )
+        rows = list(zip(enc.indices, enc.input_ids, enc.labels))
         ids = [examples[i].id for i, _, _ in rows]
     else:
-        rows = _encode_texts(tokenizer, list(examples), max_length=max_length)
+        rows = encode_texts(tokenizer, list(examples), max_length=max_length)
         ids = [f"text[{i}]" for i, _, _ in rows]
-    params = [p for p in model.parameters() if p.requires_grad]
-    _train_loop(
+    train_loop(
         model,
         [(input_ids, labels) for _, input_ids, labels in rows],
         ids,
-        params,
-        pad_id=_pad_id(tokenizer),
+        pad_id=pad_token_id(tokenizer),
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -288,6 +305,88 @@ def pretrain_proxy(
     return model
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
+def proxy_fingerprint(directory: Path) -> str:
+    """The fingerprint a proxy folder's marker records (what it was built from)."""
+    return json.loads((Path(directory) / PROXY_MARKER).read_text())["fingerprint"]
+
+
+def ensure_proxy(
+    corpus: ExampleSet,
+    directory: Path,
+    *,
+    seed: int,
+    pretrain: dict[str, Any],
+    progress: bool = False,
+) -> Path:
+    """Build and pretrain the proxy on ``corpus`` unless ``directory`` already holds it.
+
+    The folder is reused only when its marker file records the same corpus hash, model
+    shape and pretraining arguments; otherwise it is rebuilt. Writing goes to a
+    temporary sibling folder that is renamed at the end, so a crash never leaves a
+    half-saved model that a rerun would trust. Pretraining runs on the CPU whatever
+    the run's device (the proxy is tiny, and its cache must not depend on where it
+    was built); :func:`harp.models.load_model` then places it.
+
+    Parameters
+    ----------
+    corpus : ExampleSet
+        Pretraining rows.
+    directory : Path
+        The proxy's folder.
+    seed : int
+        Seed of the initialisation and the pretraining.
+    pretrain : dict
+        Arguments of :func:`pretrain_proxy` (``steps``, ``batch_size``…).
+    progress : bool, default False
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        ``directory``, holding a loadable model folder.
+    """
+    from harp.models.loading import save_model
+
+    config = ProxyConfig()
+    key = fingerprint(
+        "proxy",
+        content=corpus.content_hash(),
+        params={"model": config.to_dict(), "pretrain": pretrain},
+        seed=seed,
+    )
+    marker = directory / PROXY_MARKER
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text())["fingerprint"] == key:
+                logger.info("reusing the pretrained proxy in %s", directory)
+                return directory
+        except (ValueError, KeyError):
+            pass
+    logger.info(
+        "pretraining the proxy model (%s steps; cached for reruns)",
+        pretrain.get("steps", "default"),
+    )
+    start = time.perf_counter()
+    model, tokenizer = build_proxy(config, seed=seed)
+    model = pretrain_proxy(
+        model, tokenizer, corpus, seed=seed, progress=progress, **pretrain
+    )
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tokenizer, tmp)
+    atomic_write_json(
+        tmp / PROXY_MARKER,
+        {
+            "fingerprint": key,
+            "model": config.to_dict(),
+            "pretrain": pretrain,
+            "seed": seed,
+            "corpus_rows": len(corpus),
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory

@@ -1,29 +1,36 @@
 """Selectors: every method is a :class:`BaseSelector` returning a :class:`Selection`."""
 
-from harp.selectors._base import (
+from harp.core.amount import parse_budget, resolve_budget
+from harp.core.params import Interval, Options
+from harp.core.selection import Cost, Selection
+from harp.selectors.base import (
     BaseSelector,
-    Interval,
-    Options,
+    Diagnostics,
     check_is_fitted,
     ranked_order,
 )
-from harp.selectors._budget import parse_budget, resolve_budget
-from harp.selectors._registry import (
+
+# Importing the modules registers the built-in methods.
+from harp.selectors.cluster import ClusterSelector
+from harp.selectors.diagnostics import (
+    HARPDiagnostics,
+    LeafDiagnostics,
+    LogDetDiagnostics,
+    diagnostics_from_dict,
+)
+from harp.selectors.dsir import DSIRSelector
+from harp.selectors.gradient import GradientSelector
+from harp.selectors.harp.selector import HARPCSelector, HARPESelector
+from harp.selectors.less import GradNormSelector, LESSSelector
+from harp.selectors.random import RandomSelector
+from harp.selectors.registry import (
     available_methods,
     get_selector_class,
     make_selector,
     register,
 )
-from harp.selectors._selection import Cost, Selection
-
-# Importing the modules registers the built-in methods.
-from harp.selectors.cluster import ClusterSelector  # noqa: E402
-from harp.selectors.dsir import DSIRSelector
-from harp.selectors.harp.selector import HARPCSelector, HARPESelector  # noqa: E402
-from harp.selectors.less import GradNormSelector, LESSSelector  # noqa: E402
-from harp.selectors.random import RandomSelector  # noqa: E402
-from harp.selectors.similarity import SimilaritySelector  # noqa: E402
-from harp.selectors.spice import DPPSelector, FisherSelector, SPICESelector  # noqa: E402
+from harp.selectors.similarity import SimilaritySelector
+from harp.selectors.spice import DPPSelector, FisherSelector, SPICESelector
 
 __all__ = [
     "BaseSelector",
@@ -31,12 +38,17 @@ __all__ = [
     "Cost",
     "DPPSelector",
     "DSIRSelector",
+    "Diagnostics",
     "FisherSelector",
-    "HARPCSelector",
-    "HARPESelector",
     "GradNormSelector",
-    "LESSSelector",
+    "GradientSelector",
+    "HARPCSelector",
+    "HARPDiagnostics",
+    "HARPESelector",
     "Interval",
+    "LESSSelector",
+    "LeafDiagnostics",
+    "LogDetDiagnostics",
     "Options",
     "RandomSelector",
     "SPICESelector",
@@ -44,6 +56,7 @@ __all__ = [
     "SimilaritySelector",
     "available_methods",
     "check_is_fitted",
+    "diagnostics_from_dict",
     "get_selector_class",
     "make_selector",
     "parse_budget",

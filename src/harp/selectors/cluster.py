@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 
-from harp.data._records import ExampleSet
-from harp.errors import ParameterError
-from harp.features.text import ENCODERS, TextFeaturizer
-from harp.selectors._base import BaseSelector, Interval, Options
-from harp.selectors._registry import register
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
+from harp.core.records import ExampleSet
+from harp.features.components import TextFeatures
+from harp.selectors.base import BaseSelector, Interval, Options, SelectResult
+from harp.selectors.registry import register
 
 __all__ = ["ClusterSelector"]
 
@@ -66,8 +67,9 @@ class ClusterSelector(BaseSelector):
         Rows to select: a count, a fraction of the pool, or a percentage string.
     seed : int or None, default=0
         Seeds k-means and, with ``within="random"``, the order inside clusters.
-    encoder : {"auto", "minilm", "tfidf"}, default="auto"
-        Text encoder (see :class:`~harp.features.TextFeaturizer`).
+    features : TextFeatures or None, default=None
+        The text embedding (None: ``TextFeatures()``; see
+        :class:`~harp.features.TextFeatures`).
     n_clusters : int or None, default=None
         Number of clusters; ``None`` means ``min(budget, max(2, round(sqrt(n_pool))))``.
         Never more than the pool has rows.
@@ -79,10 +81,8 @@ class ClusterSelector(BaseSelector):
         are used only when the others run out of rows.
     n_init : int, default=3
         k-means restarts (the best inertia is kept).
-    batch_size : int, default=64
-        Texts per forward pass of the sentence encoder.
-    progress : bool, default=False
-        Show a progress bar while encoding.
+    context : RunContext or None, default=None
+        Where the encoder runs, progress display (see :class:`harp.core.RunContext`).
 
     Attributes
     ----------
@@ -123,22 +123,24 @@ class ClusterSelector(BaseSelector):
     >>> topics = ["cats purr and nap", "stocks fell on monday", "rain soaks the hills"]
     >>> pool = [{"prompt": t, "response": f"note {i}"}
     ...         for t in topics for i in range(4)]
-    >>> sel = ClusterSelector(budget=3, n_clusters=3, encoder="tfidf").select(pool)
+    >>> from harp.features import TextFeatures
+    >>> sel = ClusterSelector(budget=3, n_clusters=3,
+    ...                       features=TextFeatures(encoder="tfidf")).select(pool)
     >>> sorted((sel.indices // 4).tolist())  # one row from each topic
     [0, 1, 2]
     """
 
     name = "cluster"
+    _components = ("features",)
     _parameter_constraints = {
         "budget": ["budget"],
         "seed": ["seed"],
-        "encoder": [Options(*ENCODERS)],
+        "features": [None, Options("text"), TextFeatures],
         "n_clusters": [None, Interval(int, 1, None)],
         "within": [Options("nearest", "random")],
         "target_weighted": ["boolean"],
         "n_init": [Interval(int, 1, None)],
-        "batch_size": [Interval(int, 1, None)],
-        "progress": ["boolean"],
+        "context": [None, RunContext],
     }
 
     def __init__(
@@ -146,23 +148,24 @@ class ClusterSelector(BaseSelector):
         *,
         budget: int | float | str = "10%",
         seed: int | None = 0,
-        encoder: str = "auto",
+        features: TextFeatures | None = None,
         n_clusters: int | None = None,
         within: str = "nearest",
         target_weighted: bool = False,
         n_init: int = 3,
-        batch_size: int = 64,
-        progress: bool = False,
+        context: RunContext | None = None,
     ) -> None:
         self.budget = budget
         self.seed = seed
-        self.encoder = encoder
+        self.features = features
         self.n_clusters = n_clusters
         self.within = within
         self.target_weighted = target_weighted
         self.n_init = n_init
-        self.batch_size = batch_size
-        self.progress = progress
+        self.context = context
+
+    def _default_component(self, name: str, kind: str | None = None) -> TextFeatures:
+        return TextFeatures()
 
     def _kmeans(self, x: np.ndarray, k: int, random_state: int):
         from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -193,21 +196,27 @@ class ClusterSelector(BaseSelector):
         pool: ExampleSet,
         target: ExampleSet | None,
         budget: int,
-        rng: np.random.Generator,
-    ):
+        context: RunContext,
+    ) -> SelectResult:
+        rng = context.rng()
         if self.target_weighted and target is None:
             raise ParameterError(
                 "ClusterSelector: target_weighted=True needs a target set; pass "
                 "target=... or set target_weighted=False"
             )
         n = len(pool)
-        featurizer = TextFeaturizer(
-            encoder=self.encoder, batch_size=self.batch_size, progress=self.progress
-        )
-        self.encoder_ = featurizer.resolved_encoder
+        features = self.resolved_component("features")
+        self.encoder_ = features.resolved_encoder()
         use_target = self.target_weighted and target is not None
-        sets = [pool.texts, target.texts] if use_target else [pool.texts]
-        embeddings = featurizer.embed_sets(*sets)
+        sets = (
+            [pool.texts]
+            if target is None or not use_target
+            else [
+                pool.texts,
+                target.texts,
+            ]
+        )
+        embeddings = features.embed_sets(sets, context)
         x = embeddings[0]
         if self.n_clusters is None:
             k = min(budget, max(2, int(round(math.sqrt(n)))))
@@ -273,7 +282,8 @@ class ClusterSelector(BaseSelector):
         order = picks_all[np.lexsort((clusters_all, keys_all))]
         scores = -dist
         cost = {
-            "rows_scored": n + (len(target) if use_target else 0),
-            "device": "cpu",
+            "rows_scored": n
+            + (len(target) if target is not None and use_target else 0),
+            "device": features.device_for(context),
         }
         return order, scores, None, cost

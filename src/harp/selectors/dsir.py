@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harp.data._records import ExampleSet
-from harp.selectors._base import BaseSelector, Interval, ranked_order
-from harp.selectors._registry import register
+from harp.core.context import RunContext
+from harp.core.records import ExampleSet
+from harp.selectors.base import BaseSelector, Interval, SelectResult, ranked_order
+from harp.selectors.registry import register
 
 __all__ = ["DSIRSelector", "hashed_ngram_counts", "ngrams", "ngram_bucket"]
 
@@ -113,6 +114,8 @@ class DSIRSelector(BaseSelector):
     gumbel : bool, default=True
         Sample by Gumbel-top-k (importance resampling without replacement, as in DSIR);
         ``False`` takes the ``budget`` largest weights (deterministic top-k).
+    context : RunContext or None, default=None
+        Run settings (the n-gram models run on the CPU).
 
     Attributes
     ----------
@@ -170,6 +173,7 @@ class DSIRSelector(BaseSelector):
         "num_buckets": [Interval(int, 1, 2**24)],
         "smoothing": [Interval(float, 0, None, closed="neither")],
         "gumbel": ["boolean"],
+        "context": [None, RunContext],
     }
 
     def __init__(
@@ -180,20 +184,23 @@ class DSIRSelector(BaseSelector):
         num_buckets: int = 10_000,
         smoothing: float = 1.0,
         gumbel: bool = True,
+        context: RunContext | None = None,
     ) -> None:
         self.budget = budget
         self.seed = seed
         self.num_buckets = num_buckets
         self.smoothing = smoothing
         self.gumbel = gumbel
+        self.context = context
 
     def _select(
         self,
         pool: ExampleSet,
         target: ExampleSet | None,
         budget: int,
-        rng: np.random.Generator,
-    ):
+        context: RunContext,
+    ) -> SelectResult:
+        rng = context.rng()
         assert target is not None  # checked by BaseSelector.fit (needs_target)
         b = int(self.num_buckets)
         alpha = float(self.smoothing)

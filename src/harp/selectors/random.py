@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from harp.data._records import ExampleSet
-from harp.selectors._base import BaseSelector
-from harp.selectors._registry import register
+from harp.core.context import RunContext
+from harp.core.records import ExampleSet
+from harp.selectors.base import BaseSelector, SelectResult
+from harp.selectors.registry import register
 
 __all__ = ["RandomSelector"]
 
@@ -21,6 +20,8 @@ class RandomSelector(BaseSelector):
         Rows to select: a count, a fraction of the pool, or a percentage string.
     seed : int or None, default=0
         Seed of the permutation; the same seed gives the same rows in the same order.
+    context : RunContext or None, default=None
+        Run settings (unused: a permutation needs no device).
 
     Attributes
     ----------
@@ -36,14 +37,29 @@ class RandomSelector(BaseSelector):
     """
 
     name = "random"
-    _parameter_constraints = {"budget": ["budget"], "seed": ["seed"]}
+    _parameter_constraints = {
+        "budget": ["budget"],
+        "seed": ["seed"],
+        "context": [None, RunContext],
+    }
 
     def __init__(
-        self, *, budget: int | float | str = "10%", seed: int | None = 0
+        self,
+        *,
+        budget: int | float | str = "10%",
+        seed: int | None = 0,
+        context: RunContext | None = None,
     ) -> None:
         self.budget = budget
         self.seed = seed
+        self.context = context
 
-    def _select(self, pool: ExampleSet, target, budget: int, rng: np.random.Generator):
-        order = rng.permutation(len(pool))[:budget]
+    def _select(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet | None,
+        budget: int,
+        context: RunContext,
+    ) -> SelectResult:
+        order = context.rng().permutation(len(pool))[:budget]
         return order, None, None, {"rows_scored": 0}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from harp.data._records import ExampleSet
-from harp.features.text import ENCODERS, TextFeaturizer
-from harp.selectors._base import BaseSelector, Interval, Options, ranked_order
-from harp.selectors._registry import register
+from harp.core.context import RunContext
+from harp.core.records import ExampleSet
+from harp.features.components import TextFeatures
+from harp.selectors.base import BaseSelector, Options, SelectResult, ranked_order
+from harp.selectors.registry import register
 
 __all__ = ["SimilaritySelector"]
 
@@ -28,17 +29,16 @@ class SimilaritySelector(BaseSelector):
         Rows to select: a count, a fraction of the pool, or a percentage string.
     seed : int or None, default=0
         Accepted for a uniform interface; the ranking does not depend on it.
-    encoder : {"auto", "minilm", "tfidf"}, default="auto"
-        Text encoder: the offline all-MiniLM-L6-v2 sentence encoder, hashed TF-IDF +
-        SVD, or MiniLM when installed else TF-IDF.
+    features : TextFeatures or None, default=None
+        The text embedding (None: ``TextFeatures()``, the offline all-MiniLM-L6-v2
+        sentence encoder when installed, else hashed TF-IDF + SVD); e.g.
+        ``features=TextFeatures(encoder="tfidf")`` or ``features__encoder="tfidf"``.
     aggregate : {"max", "mean"}, default="max"
         How similarities to the domain centroids combine: ``"max"`` serves every domain
         (a small domain is not drowned by a large one); ``"mean"`` favours rows close to
         all domains at once.
-    batch_size : int, default=64
-        Texts per forward pass of the sentence encoder.
-    progress : bool, default=False
-        Show a progress bar while encoding.
+    context : RunContext or None, default=None
+        Where the encoder runs, progress display (see :class:`harp.core.RunContext`).
 
     Attributes
     ----------
@@ -74,20 +74,22 @@ class SimilaritySelector(BaseSelector):
     ...         {"prompt": "write a poem about rain", "response": "drops fall"},
     ...         {"prompt": "add 7 and 1", "response": "8"}]
     >>> target = [{"prompt": "add 4 and 4", "response": "8"}]
-    >>> sel = SimilaritySelector(budget=2, encoder="tfidf").select(pool, target)
+    >>> from harp.features import TextFeatures
+    >>> sel = SimilaritySelector(budget=2, features=TextFeatures(encoder="tfidf")
+    ...                          ).select(pool, target)
     >>> sorted(sel.indices.tolist())
     [0, 2]
     """
 
     name = "similarity"
     needs_target = True
+    _components = ("features",)
     _parameter_constraints = {
         "budget": ["budget"],
         "seed": ["seed"],
-        "encoder": [Options(*ENCODERS)],
+        "features": [None, Options("text"), TextFeatures],
         "aggregate": [Options("max", "mean")],
-        "batch_size": [Interval(int, 1, None)],
-        "progress": ["boolean"],
+        "context": [None, RunContext],
     }
 
     def __init__(
@@ -95,31 +97,30 @@ class SimilaritySelector(BaseSelector):
         *,
         budget: int | float | str = "10%",
         seed: int | None = 0,
-        encoder: str = "auto",
+        features: TextFeatures | None = None,
         aggregate: str = "max",
-        batch_size: int = 64,
-        progress: bool = False,
+        context: RunContext | None = None,
     ) -> None:
         self.budget = budget
         self.seed = seed
-        self.encoder = encoder
+        self.features = features
         self.aggregate = aggregate
-        self.batch_size = batch_size
-        self.progress = progress
+        self.context = context
+
+    def _default_component(self, name: str, kind: str | None = None) -> TextFeatures:
+        return TextFeatures()
 
     def _select(
         self,
         pool: ExampleSet,
         target: ExampleSet | None,
         budget: int,
-        rng: np.random.Generator,
-    ):
+        context: RunContext,
+    ) -> SelectResult:
         assert target is not None  # checked by BaseSelector.fit (needs_target)
-        featurizer = TextFeaturizer(
-            encoder=self.encoder, batch_size=self.batch_size, progress=self.progress
-        )
-        self.encoder_ = featurizer.resolved_encoder
-        pool_emb, target_emb = featurizer.embed_sets(pool.texts, target.texts)
+        features = self.resolved_component("features")
+        self.encoder_ = features.resolved_encoder()
+        pool_emb, target_emb = features.embed_sets([pool.texts, target.texts], context)
         by_domain = target.by_domain()
         self.domains_ = list(by_domain)
         centroids = np.stack(
@@ -133,5 +134,8 @@ class SimilaritySelector(BaseSelector):
         self.domain_similarity_ = sims
         scores = sims.max(axis=1) if self.aggregate == "max" else sims.mean(axis=1)
         order = ranked_order(scores)[:budget]
-        cost = {"rows_scored": len(pool) + len(target), "device": "cpu"}
+        cost = {
+            "rows_scored": len(pool) + len(target),
+            "device": features.device_for(context),
+        }
         return order, scores, None, cost

@@ -1,9 +1,11 @@
 """SPICE, Fisher (D-optimal) and DPP selection: one greedy log-det engine, three uses.
 
 All three maximise :math:`\\log\\det(I + \\alpha G_S^\\top G_S)` over projected LoRA
-gradients of the warm-up proxy (:mod:`harp.selectors._logdet`); SPICE subtracts a
+gradients of the warm-up proxy (:mod:`harp.selectors.logdet`); SPICE subtracts a
 gradient-conflict penalty, Fisher does not, DPP works on unit-length gradients (a
-cosine kernel).
+cosine kernel). The feature store's rows are handed to the engine as they are: it
+streams them in blocks (normalising per block for DPP), never a float64 copy of the
+whole store beyond its own cache limit.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from harp.selectors._base import Interval, Options
-from harp.selectors._logdet import GreedyLogDet, GreedyTrace, default_alpha
-from harp.selectors._registry import register
-from harp.selectors.less import _COMMON_CONSTRAINTS, _GradientSelector
+from harp.core.context import RunContext
+from harp.core.params import Interval, Options
+from harp.core.records import ExampleSet
+from harp.features.components import GradientFeatures
+from harp.selectors.base import Diagnostics, SelectResult, check_is_fitted
+from harp.selectors.diagnostics import LogDetDiagnostics
+from harp.selectors.gradient import GRADIENT_CONSTRAINTS, GradientSelector
+from harp.selectors.logdet import GreedyLogDet, GreedyTrace, default_alpha
+from harp.selectors.registry import register
 
 __all__ = ["DPPSelector", "FisherSelector", "SPICESelector"]
 
 log = logging.getLogger(__name__)
 
-_ENGINE_CONSTRAINTS: dict[str, list] = {
-    **_COMMON_CONSTRAINTS,
+_ENGINE_CONSTRAINTS: dict[str, list[Any]] = {
+    **GRADIENT_CONSTRAINTS,
     "alpha": [None, Interval(float, 0.0, None, closed="neither")],
     "early_stop": [None, Interval(float, 0.0, 1.0, closed="right")],
     "strategy": [Options("exact", "lazy", "stochastic")],
@@ -33,14 +40,17 @@ _ENGINE_CONSTRAINTS: dict[str, list] = {
 }
 
 
-class _LogDetSelector(_GradientSelector):
-    """Plumbing shared by the log-det selectors: gradients, the engine, diagnostics."""
+class _LogDetSelector(GradientSelector):
+    """What the log-det selectors share: gradients, the engine, diagnostics."""
 
     # The greedy stops early by the ω rule, or when no row adds information (all
     # left are zero or exact repeats of picked rows).
     fills_budget = False
     #: Whether rows are L2-normalised first (DPP's cosine kernel).
     _normalize = False
+    #: A projection to 1024 dims and the gradients at the end of a one-checkpoint
+    #: warm-up: the model the selection serves.
+    default_features = {"dim": 1024, "n_checkpoints": 1}
 
     def __init__(
         self,
@@ -48,43 +58,27 @@ class _LogDetSelector(_GradientSelector):
         budget: int | float | str = "10%",
         seed: int | None = 0,
         model: str | Path | None = None,
-        dim: int = 1024,
-        projection: str = "rademacher",
-        warmup_fraction: float = 0.05,
-        warmup_epochs: float = 4.0,
-        n_checkpoints: int = 1,
-        batch_size: int = 16,
-        max_length: int = 256,
-        cache_dir: str | Path = ".harp-cache",
-        progress: bool = False,
+        features: GradientFeatures | None = None,
         alpha: float | None = None,
         early_stop: float | None = None,
         strategy: str = "exact",
         epsilon: float = 0.01,
+        context: RunContext | None = None,
     ) -> None:
-        super().__init__(
-            budget=budget,
-            seed=seed,
-            model=model,
-            dim=dim,
-            projection=projection,
-            warmup_fraction=warmup_fraction,
-            warmup_epochs=warmup_epochs,
-            n_checkpoints=n_checkpoints,
-            batch_size=batch_size,
-            max_length=max_length,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
+        self.budget = budget
+        self.seed = seed
+        self.model = model
+        self.features = features
         self.alpha = alpha
         self.early_stop = early_stop
         self.strategy = strategy
         self.epsilon = epsilon
+        self.context = context
 
     def _conflict_weight(self) -> float:
         return 0.0
 
-    def _engine(self, dim: int, alpha: float) -> GreedyLogDet:
+    def _engine(self, dim: int, alpha: float, context: RunContext) -> GreedyLogDet:
         return GreedyLogDet(
             dim,
             alpha=alpha,
@@ -92,26 +86,34 @@ class _LogDetSelector(_GradientSelector):
             early_stop=self.early_stop,
             strategy=self.strategy,
             epsilon=self.epsilon,
-            seed=self.seed or 0,
+            seed=context.int_seed("engine"),
         )
 
-    def _gradients(self, pool):
-        model_dir, checkpoints = self._prepare(pool)
-        # The gradients at the end of the warm-up: the model the selection serves.
-        store = self._features(model_dir, pool, checkpoints[-1], "sgd")
-        return model_dir, checkpoints, store
-
-    def _select(self, pool, target, budget, rng):
-        _, checkpoints, store = self._gradients(pool)
-        g = store.read().astype(np.float64)
-        if self._normalize:
-            norms = np.linalg.norm(g, axis=1, keepdims=True)
-            g = np.divide(g, norms, out=np.zeros_like(g), where=norms > 0)
-        alpha = self.alpha if self.alpha is not None else default_alpha(g)
-        trace = self._engine(g.shape[1], alpha).select(g, budget)
+    def _select(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet | None,
+        budget: int,
+        context: RunContext,
+    ) -> SelectResult:
+        features = self.features_for()
+        model_dir = self.model_dir(pool, context)
+        last = features.warmup(model_dir, pool, context)[-1]
+        store = features.extract(pool, context, model_dir=model_dir, checkpoint=last)
+        rows = store.rows()
+        alpha = (
+            self.alpha
+            if self.alpha is not None
+            else default_alpha(rows, normalize=self._normalize)
+        )
+        engine = self._engine(store.dim, alpha, context)
+        trace = engine.select(rows, budget, normalize=self._normalize)
         self._keep_trace(trace)
-        passes = len(pool)
-        cost = {"gradient_passes": passes, "rows_scored": len(pool)}
+        cost = {
+            "gradient_passes": len(pool),
+            "rows_scored": len(pool),
+            "device": context.device_name,
+        }
         return trace.indices, trace.initial_gains, trace.gains, cost
 
     def _keep_trace(self, trace: GreedyTrace) -> None:
@@ -119,23 +121,10 @@ class _LogDetSelector(_GradientSelector):
         self.alpha_ = float(trace.alpha)
         self.stopped_early_ = bool(trace.stopped_early)
 
-    def diagnostics(self) -> dict[str, Any]:
-        """Per-pick gain, ε, conflict and objective of the greedy (JSON-friendly)."""
-        from harp.selectors._base import check_is_fitted
-
+    def diagnostics(self) -> Diagnostics:
+        """Per-pick gain, ε, conflict and objective of the greedy."""
         check_is_fitted(self)
-        t = self.trace_
-        return {
-            "kind": "logdet",
-            "method": self.name,
-            "alpha": float(t.alpha),
-            "stopped_early": bool(t.stopped_early),
-            "gains": t.gains.tolist(),
-            "scores": t.scores.tolist(),
-            "epsilons": t.epsilons.tolist(),
-            "conflicts": t.conflicts.tolist(),
-            "objective": t.objective.tolist(),
-        }
+        return LogDetDiagnostics.from_trace(self.name, self.trace_)
 
 
 @register
@@ -150,14 +139,12 @@ class FisherSelector(_LogDetSelector):
 
     Parameters
     ----------
-    budget, seed, model, projection, warmup_fraction, warmup_epochs, batch_size
+    budget, seed, model, context
         As for :class:`harp.selectors.LESSSelector`.
-    max_length, cache_dir, progress
-        As for :class:`harp.selectors.LESSSelector`.
-    dim : int, default=1024
-        Projection dimension of the gradients (0 keeps them whole).
-    n_checkpoints : int, default=1
-        Warm-up checkpoints saved; the gradients are taken at the last one.
+    features : GradientFeatures or None, default=None
+        How the gradients are taken; None means
+        ``GradientFeatures(dim=1024, n_checkpoints=1)``: projected to 1024
+        dimensions, at the end of a one-checkpoint warm-up.
     alpha : float or None, default=None
         Scale of the information; None sets :math:`\\alpha = 1/\\mathrm{median}
         \\lVert g\\rVert^2` so that a typical row's gain is about log 2.
@@ -207,9 +194,7 @@ class DPPSelector(_LogDetSelector):
 
     Parameters
     ----------
-    budget, seed, model, dim, projection, warmup_fraction, warmup_epochs
-        As for :class:`FisherSelector`.
-    n_checkpoints, batch_size, max_length, cache_dir, progress
+    budget, seed, model, features, context
         As for :class:`FisherSelector`.
     alpha, early_stop, strategy, epsilon
         As for :class:`FisherSelector` (the default α is 1 for unit rows).
@@ -243,9 +228,7 @@ class SPICESelector(_LogDetSelector):
 
     Parameters
     ----------
-    budget, seed, model, dim, projection, warmup_fraction, warmup_epochs
-        As for :class:`FisherSelector`.
-    n_checkpoints, batch_size, max_length, cache_dir, progress
+    budget, seed, model, features, context
         As for :class:`FisherSelector`.
     alpha, early_stop, strategy, epsilon
         As for :class:`FisherSelector` (SPICE+ is ``early_stop=0.5``).
@@ -302,15 +285,7 @@ class SPICESelector(_LogDetSelector):
         budget: int | float | str = "10%",
         seed: int | None = 0,
         model: str | Path | None = None,
-        dim: int = 1024,
-        projection: str = "rademacher",
-        warmup_fraction: float = 0.05,
-        warmup_epochs: float = 4.0,
-        n_checkpoints: int = 1,
-        batch_size: int = 16,
-        max_length: int = 256,
-        cache_dir: str | Path = ".harp-cache",
-        progress: bool = False,
+        features: GradientFeatures | None = None,
         alpha: float | None = None,
         early_stop: float | None = None,
         strategy: str = "exact",
@@ -321,24 +296,18 @@ class SPICESelector(_LogDetSelector):
         picks_per_pool: int = 12,
         train_every: int = 10,
         lr: float = 1e-4,
+        context: RunContext | None = None,
     ) -> None:
         super().__init__(
             budget=budget,
             seed=seed,
             model=model,
-            dim=dim,
-            projection=projection,
-            warmup_fraction=warmup_fraction,
-            warmup_epochs=warmup_epochs,
-            n_checkpoints=n_checkpoints,
-            batch_size=batch_size,
-            max_length=max_length,
-            cache_dir=cache_dir,
-            progress=progress,
+            features=features,
             alpha=alpha,
             early_stop=early_stop,
             strategy=strategy,
             epsilon=epsilon,
+            context=context,
         )
         self.conflict_weight = conflict_weight
         self.schedule = schedule
@@ -350,47 +319,52 @@ class SPICESelector(_LogDetSelector):
     def _conflict_weight(self) -> float:
         return float(self.conflict_weight)
 
-    def _select(self, pool, target, budget, rng):
+    def _select(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet | None,
+        budget: int,
+        context: RunContext,
+    ) -> SelectResult:
         if self.schedule == "global":
-            return super()._select(pool, target, budget, rng)
-        return self._select_online(pool, budget, rng)
+            return super()._select(pool, target, budget, context)
+        return self._select_online(pool, budget, context)
 
-    def _select_online(self, pool, budget, rng):
+    def _select_online(
+        self, pool: ExampleSet, budget: int, context: RunContext
+    ) -> SelectResult:
         """The paper's schedule: pools of candidates, a proxy step every T pools."""
         import torch
 
         from harp.features.gradients import gradient_dim, per_sample_gradients
-        from harp.features.projection import RandomProjector
         from harp.models.loading import load_tokenizer
-        from harp.training.finetune import (
-            _pad_id,
-            causal_lm_loss,
-            collate,
-            encode_examples,
-        )
+        from harp.nn.encode import encode_examples, pad_token_id
+        from harp.nn.loop import Trainer
 
-        model_dir, checkpoints = self._prepare(pool)
-        model = checkpoints[-1].load_model(model_dir)
+        features = self.features_for()
+        model_dir = self.model_dir(pool, context)
+        checkpoints = features.warmup(model_dir, pool, context)
+        model = checkpoints[-1].load_model(model_dir, context=context)
         tokenizer = load_tokenizer(model_dir)
-        params = [p for p in model.parameters() if p.requires_grad]
         in_dim = gradient_dim(model)
-        projector = (
-            RandomProjector(in_dim, self.dim, kind=self.projection, seed=self.seed or 0)
-            if self.dim
-            else None
+        projector = features.projector(in_dim, context)
+        width = projector.out_dim if projector is not None else in_dim
+        # AdamW's defaults of the paper's code: weight decay 0.01, no clipping.
+        trainer = Trainer(
+            model,
+            pad_id=pad_token_id(tokenizer),
+            lr=self.lr,
+            weight_decay=0.01,
+            description="SPICE online proxy step",
         )
-        width = self.dim or in_dim
-        optimizer = torch.optim.AdamW(params, lr=self.lr)
-        pad_id = _pad_id(tokenizer)
 
-        order = rng.permutation(len(pool))
+        order = context.rng("online").permutation(len(pool))
         n_pools = math.ceil(len(pool) / self.pool_size)
         engine: GreedyLogDet | None = None
         picked: list[int] = []
         traces: list[GreedyTrace] = []
         recent: list[int] = []
-        steps = 0
-        generator = torch.Generator().manual_seed(int(self.seed or 0))
+        generator = torch.Generator().manual_seed(context.int_seed("online"))
         for j in range(n_pools):
             if len(picked) >= budget or (engine is not None and engine.stopped):
                 break
@@ -401,15 +375,15 @@ class SPICESelector(_LogDetSelector):
                 model,
                 tokenizer,
                 rows,
-                batch_size=self.batch_size,
-                max_length=self.max_length,
+                batch_size=features.batch_size,
+                max_length=features.max_length,
                 projector=projector,
             ):
                 g[np.asarray(idx)] = grads
             if engine is None:
                 # α from the first pool's scale: the data seen before any pick.
                 alpha = self.alpha if self.alpha is not None else default_alpha(g)
-                engine = self._engine(width, alpha)
+                engine = self._engine(width, alpha, context)
             k = min(self.picks_per_pool, budget - len(picked))
             trace = engine.select(g, k)
             traces.append(trace)
@@ -420,35 +394,25 @@ class SPICESelector(_LogDetSelector):
                 # One optimiser step on a batch of the picks since the last step:
                 # the proxy follows the model the selection is training.
                 take = torch.randperm(len(recent), generator=generator)[
-                    : self.batch_size
+                    : features.batch_size
                 ].tolist()
-                enc = encode_examples(
-                    tokenizer,
-                    pool.subset([recent[i] for i in take]),
-                    max_length=self.max_length,
-                )
+                batch = pool.subset([recent[i] for i in take])
+                enc = encode_examples(tokenizer, batch, max_length=features.max_length)
                 if len(enc):
-                    input_ids, _, labels = collate(
-                        list(zip(enc.input_ids, enc.labels)), pad_id
+                    trainer.step(
+                        list(zip(enc.input_ids, enc.labels)),
+                        [batch[i].id for i in enc.indices],
                     )
-                    model.train()
-                    loss = causal_lm_loss(
-                        model(input_ids=input_ids, use_cache=False).logits, labels
-                    )
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    model.eval()
-                    steps += 1
                 recent = []
         trace = _concat_traces(traces)
         self._keep_trace(trace)
-        self.online_ = {"pools": len(traces), "proxy_steps": steps}
+        self.online_ = {"pools": len(traces), "proxy_steps": trainer.steps_done}
         scores = np.full(len(pool), np.nan)
         indices = np.asarray(picked, dtype=np.int64)
         cost = {
             "gradient_passes": int(sum(len(t.initial_gains) for t in traces)),
             "rows_scored": int(sum(len(t.initial_gains) for t in traces)),
+            "device": context.device_name,
         }
         return indices, scores, trace.gains, cost
 

@@ -1,42 +1,49 @@
 """Training and evaluation: finetune a model on a subset, score target domains.
 
-One prompt template (:func:`format_prompt`) serves finetuning, pretraining of the
-proxy and evaluation. Nothing here imports torch at import time.
+:class:`TrainEvalUtility` is the one train-and-score utility (cached, counted,
+mappable over an executor) that HARP's oracle, the benchmark harness, the demo and
+``harp evaluate`` share. The prompt template, encoder and loop come from
+:mod:`harp.nn` and are re-exported here for convenience. Nothing here imports torch
+at import time.
 """
 
-from harp.training.config import EvalConfig, TrainConfig, format_example, format_prompt
+from harp.nn.encode import encode_examples, format_example, format_prompt
+from harp.nn.loop import TrainStep
+from harp.training.config import EvalConfig, TrainConfig
 from harp.training.evaluate import (
     Estimate,
     EvalReport,
     evaluate,
     extract_answer,
-    finetune_and_evaluate,
     generate_greedy,
     is_correct,
     normalize_answer,
+    response_losses,
 )
-from harp.training.finetune import TrainStep, encode_examples, finetune
-from harp.training.run import evaluate_subset
+from harp.training.finetune import finetune
+from harp.training.utility import CallResult, TrainEvalUtility, evaluate_subset
 from harp.training.warmup import Checkpoint, WarmupResult, warmup
 
 __all__ = [
-    "TrainStep",
+    "CallResult",
     "Checkpoint",
-    "WarmupResult",
-    "evaluate_subset",
-    "warmup",
     "Estimate",
     "EvalConfig",
     "EvalReport",
     "TrainConfig",
+    "TrainEvalUtility",
+    "TrainStep",
+    "WarmupResult",
     "encode_examples",
     "evaluate",
+    "evaluate_subset",
     "extract_answer",
     "finetune",
-    "finetune_and_evaluate",
     "format_example",
     "format_prompt",
     "generate_greedy",
     "is_correct",
     "normalize_answer",
+    "response_losses",
+    "warmup",
 ]

@@ -1,4 +1,4 @@
-"""The prompt template and the configuration of finetuning and evaluation runs.
+"""The configuration of finetuning and evaluation runs.
 
 This module imports neither torch nor transformers, so configs can be built, checked
 and hashed cheaply (CLI parsing, cache keys).
@@ -10,12 +10,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
+from harp.nn.loop import LR_SCHEDULES
 
 __all__ = [
-    "RESPONSE_MARKER",
-    "format_prompt",
-    "format_example",
     "TrainConfig",
     "EvalConfig",
     "TRAIN_METHODS",
@@ -23,74 +21,10 @@ __all__ = [
     "EVAL_METRICS",
 ]
 
-#: The line that separates a prompt from its response in every formatted text.
-RESPONSE_MARKER = "### Response:\n"
-
 #: Allowed values of :attr:`TrainConfig.method`.
 TRAIN_METHODS = ("lora", "full")
-#: Allowed values of :attr:`TrainConfig.schedule`.
-LR_SCHEDULES = ("cosine", "linear", "constant")
 #: Allowed entries of :attr:`EvalConfig.metrics`.
 EVAL_METRICS = ("exact_match", "loss")
-
-
-def format_prompt(prompt: str) -> str:
-    """Render a prompt the way the model reads it, in training and in evaluation alike.
-
-    The template is ``f"{prompt}\\n### Response:\\n"``: the prompt, a newline and a
-    short response marker. It is the **only** template in harp — finetuning, the
-    proxy's pretraining, loss evaluation and generation all call this function, so a
-    model is always scored on the format it was trained on. It is deliberately short
-    because the proxy model reads characters, not words: every template character is a
-    position of context.
-
-    Parameters
-    ----------
-    prompt : str
-        The example's prompt (everything before the answer).
-
-    Returns
-    -------
-    str
-        The text that precedes the response.
-
-    See Also
-    --------
-    format_example : the full training text (prompt, response, end of sequence).
-
-    Examples
-    --------
-    >>> format_prompt("2+2=")
-    '2+2=\\n### Response:\\n'
-    """
-    return f"{prompt}\n{RESPONSE_MARKER}"
-
-
-def format_example(prompt: str, response: str, eos_token: str = "") -> str:
-    """The training text of one example: ``format_prompt(prompt) + response + eos``.
-
-    Parameters
-    ----------
-    prompt : str
-        The example's prompt.
-    response : str
-        The answer the model must produce.
-    eos_token : str, default ""
-        The tokenizer's end-of-sequence token text. harp's own encoders append the
-        EOS *id* instead of its text (robust for every tokenizer); this argument is for
-        people who want the text form.
-
-    Returns
-    -------
-    str
-        The formatted text.
-
-    Examples
-    --------
-    >>> format_example("2+2=", "4", "</s>")
-    '2+2=\\n### Response:\\n4</s>'
-    """
-    return format_prompt(prompt) + response + eos_token
 
 
 def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False) -> None:
@@ -192,7 +126,7 @@ class TrainConfig:
 
     Raises
     ------
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         When a field has a value outside its allowed range, naming the field.
 
     Examples
@@ -202,7 +136,7 @@ class TrainConfig:
     >>> TrainConfig(method="qlora")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    harp.errors.ParameterError: method='qlora' is not allowed; expected one of ...
+    harp.core.errors.ParameterError: method='qlora' is not allowed; expected one of ...
     """
 
     method: str = "lora"
@@ -306,7 +240,7 @@ class EvalConfig:
 
     Raises
     ------
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         When a field has a value outside its allowed range, naming the field.
     """
 

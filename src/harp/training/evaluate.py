@@ -15,13 +15,23 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harp.errors import ParameterError
-from harp.training.config import EvalConfig, TrainConfig, format_prompt
+from harp.core.errors import ParameterError
+from harp.core.progress import ProgressBar
+from harp.nn.encode import (
+    collate,
+    encode_examples,
+    format_prompt,
+    length_batches,
+    model_device,
+    model_max_length,
+    pad_token_id,
+)
+from harp.nn.loss import row_losses
+from harp.training.config import EvalConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -32,7 +42,7 @@ __all__ = [
     "Estimate",
     "EvalReport",
     "evaluate",
-    "finetune_and_evaluate",
+    "response_losses",
     "generate_greedy",
     "extract_answer",
     "normalize_answer",
@@ -40,10 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Metrics where a larger value is better.
-HIGHER_IS_BETTER = {"exact_match": True, "loss": False}
-
 
 # ---------------------------------------------------------------------------------
 # Estimates and reports
@@ -432,18 +438,6 @@ def is_correct(prediction: str, reference: str) -> bool:
 # ---------------------------------------------------------------------------------
 
 
-def _model_max_length(model: Any) -> int | None:
-    config = getattr(model, "config", None)
-    value = getattr(config, "max_position_embeddings", None)
-    return int(value) if value else None
-
-
-def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches of indices grouped by length (stable: ties keep input order)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 def response_losses(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -478,41 +472,30 @@ def response_losses(
     """
     import torch
 
-    from harp.training.finetune import (
-        _pad_id,
-        _progress_bar,
-        collate,
-        encode_examples,
-    )
-
-    limit = max_length or _model_max_length(model) or 1_000_000
+    limit = max_length or model_max_length(model) or 1_000_000
     enc = encode_examples(tokenizer, examples, max_length=limit)
     out = np.full(len(examples), np.nan, dtype=np.float64)
     rows = list(zip(enc.input_ids, enc.labels))
-    batches = _length_batches([len(r[0]) for r in rows], batch_size)
-    bar = _progress_bar(progress, "target loss", len(batches))
-    pad = _pad_id(tokenizer)
+    batches = length_batches([len(r[0]) for r in rows], batch_size)
+    pad = pad_token_id(tokenizer)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            ProgressBar(progress, "target loss", len(batches)) as bar,
+        ):
             for batch in batches:
-                input_ids, mask, labels = collate([rows[i] for i in batch], pad)
-                logits = model(input_ids=input_ids, use_cache=False).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                target = labels[:, 1:]
-                keep = target != -100
-                nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                nll = (nll * keep).sum(1) / keep.sum(1).clamp(min=1)
+                input_ids, _, labels = collate([rows[i] for i in batch], pad, device)
+                logits = model(input_ids=input_ids, use_cache=False).logits
+                nll = row_losses(logits, labels).cpu()
                 for j, i in enumerate(batch):
                     out[enc.indices[i]] = float(nll[j])
-                if bar is not None:
-                    bar[0].update(bar[1], advance=1)
+                bar.advance()
     finally:
         if was_training:
             model.train()
-        if bar is not None:
-            bar[0].stop()
     return out
 
 
@@ -558,14 +541,13 @@ def generate_greedy(
     """
     import torch
 
-    from harp.training.finetune import _pad_id, _progress_bar
-
     if not prompts:
         return []
     eos = tokenizer.eos_token_id
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
+    device = model_device(model)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    limit = max_length or _model_max_length(model)
+    limit = max_length or model_max_length(model)
     max_prompt = None if limit is None else max(1, limit - max_new_tokens)
     encoded = []
     n_cut = 0
@@ -581,12 +563,14 @@ def generate_greedy(
     if n_cut:
         logger.info("%d prompt(s) lost their start to fit the model's length", n_cut)
     outputs: list[str] = [""] * len(prompts)
-    batches = _length_batches([len(e) for e in encoded], batch_size)
-    bar = _progress_bar(progress, "generating", len(batches))
+    batches = length_batches([len(e) for e in encoded], batch_size)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            ProgressBar(progress, "generating", len(batches)) as bar,
+        ):
             for batch in batches:
                 rows = [encoded[i] for i in batch]
                 width = max(len(r) for r in rows)
@@ -595,19 +579,23 @@ def generate_greedy(
                 for r, ids in enumerate(rows):
                     input_ids[r, width - len(ids) :] = torch.tensor(ids)
                     mask[r, width - len(ids) :] = 1
-                new = _greedy_batch(model, input_ids, mask, max_new_tokens, eos, pad)
+                new = _greedy_batch(
+                    model,
+                    input_ids.to(device),
+                    mask.to(device),
+                    max_new_tokens,
+                    eos,
+                    pad,
+                )
                 for r, i in enumerate(batch):
                     tokens = new[r]
                     if eos is not None and eos in tokens:
                         tokens = tokens[: tokens.index(eos)]
-                    outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-                if bar is not None:
-                    bar[0].update(bar[1], advance=1)
+                    outputs[i] = str(tokenizer.decode(tokens, skip_special_tokens=True))
+                bar.advance()
     finally:
         if was_training:
             model.train()
-        if bar is not None:
-            bar[0].stop()
     return outputs
 
 
@@ -631,7 +619,7 @@ def _greedy_batch(
     )
     past = out.past_key_values
     next_pos = position_ids[:, -1:] + 1
-    finished = torch.zeros(input_ids.size(0), dtype=torch.bool)
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     generated = []
     for step in range(max_new_tokens):
         token = out.logits[:, -1, :].argmax(-1)
@@ -706,7 +694,7 @@ def evaluate(
 
     Raises
     ------
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         When ``target`` is empty or ``config`` is not an :class:`EvalConfig`.
     """
     config = EvalConfig() if config is None else config
@@ -781,64 +769,3 @@ def evaluate(
             scores[domain][metric] = estimate
             items[domain][metric] = values
     return EvalReport(scores, items, ids, preds, meta)
-
-
-def finetune_and_evaluate(
-    base: str | Path,
-    train: ExampleSet,
-    target: ExampleSet,
-    train_config: TrainConfig | None = None,
-    eval_config: EvalConfig | None = None,
-    *,
-    base_report: EvalReport | None = None,
-    trust_remote_code: bool = False,
-    progress: bool = False,
-) -> tuple[EvalReport, EvalReport]:
-    """Finetune a fresh copy of a base model on ``train`` and score it on ``target``.
-
-    The base is loaded once from its folder per call; when ``base_report`` is None
-    it is first scored untouched, then finetuned in place (LoRA or full) and scored
-    again. Pass the base report of an earlier call to skip the first evaluation (the
-    HARP oracle evaluates the base once and then one call per leaf).
-
-    Parameters
-    ----------
-    base : str or Path
-        The base model folder.
-    train : ExampleSet
-        Finetuning rows.
-    target : ExampleSet
-        Target rows (domains).
-    train_config : TrainConfig or None, default None
-        Finetuning settings.
-    eval_config : EvalConfig or None, default None
-        Evaluation settings.
-    base_report : EvalReport or None, default None
-        A report of the same base on the same target, reused as is.
-    trust_remote_code : bool, default False
-        Allow the model folder's own Python code.
-    progress : bool, default False
-        Show progress bars.
-
-    Returns
-    -------
-    tuned : EvalReport
-        Scores of the finetuned model.
-    base : EvalReport
-        Scores of the base model (``base_report`` when given).
-    """
-    from harp.models.loading import load_model
-    from harp.training.finetune import finetune
-
-    eval_config = EvalConfig() if eval_config is None else eval_config
-    train_config = TrainConfig() if train_config is None else train_config
-    model, tokenizer = load_model(base, trust_remote_code=trust_remote_code)
-    if base_report is None:
-        base_report = evaluate(model, tokenizer, target, eval_config, progress=progress)
-    start = time.perf_counter()
-    tuned_model = finetune(model, tokenizer, train, train_config, progress=progress)
-    train_seconds = time.perf_counter() - start
-    tuned = evaluate(tuned_model, tokenizer, target, eval_config, progress=progress)
-    tuned.meta["train_seconds"] = train_seconds
-    tuned.meta["train_rows"] = len(train)
-    return tuned, base_report

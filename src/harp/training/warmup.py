@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harp._utils.hashing import fingerprint
-from harp._utils.io import atomic_write_json
-from harp.errors import HarpError, ModelError, ParameterError
+from harp.core.context import RunContext
+from harp.core.errors import HarpError, ModelError, ParameterError
+from harp.core.hashing import fingerprint
+from harp.core.io import atomic_write_json
 from harp.training.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,7 +97,10 @@ class Checkpoint:
     base_fingerprint: str = ""
 
     def load_model(
-        self, base_dir: str | Path | None = None, *, progress: bool = False
+        self,
+        base_dir: str | Path | None = None,
+        *,
+        context: RunContext | None = None,
     ) -> PeftModel:
         """The base model with this checkpoint's LoRA adapter, trainable, in eval mode.
 
@@ -106,8 +110,8 @@ class Checkpoint:
             The base model folder; None uses the one the warm-up was run on. A folder
             whose fingerprint differs from the warm-up's base is loaded with a
             warning (the adapter was trained for another model).
-        progress : bool, default False
-            Show transformers' loading progress bar.
+        context : RunContext or None, default None
+            Device and dtype of the model (the adapter joins it on that device).
 
         Returns
         -------
@@ -118,12 +122,16 @@ class Checkpoint:
 
         Raises
         ------
-        harp.errors.ModelError
+        harp.core.errors.ModelError
             When the base folder or the adapter cannot be loaded.
         """
         from peft import PeftModel
 
-        from harp.models.loading import load_model, model_fingerprint
+        from harp.models.loading import (
+            load_model,
+            model_fingerprint,
+            quiet_transformers,
+        )
 
         if base_dir is None:
             if self.base_model is None:
@@ -140,16 +148,17 @@ class Checkpoint:
                     found,
                     self.base_fingerprint,
                 )
-        model, _ = load_model(base_dir, progress=progress)
+        model, _ = load_model(base_dir, context=context)
         try:
             with warnings.catch_warnings():
                 # peft reads transformers' renamed ``is_gradient_checkpointing``.
                 warnings.filterwarnings(
                     "ignore", message=".*is_gradient_checkpointing.*"
                 )
-                peft_model = PeftModel.from_pretrained(
-                    model, str(self.path), is_trainable=True
-                )
+                with quiet_transformers():
+                    peft_model = PeftModel.from_pretrained(
+                        model, str(self.path), is_trainable=True
+                    )
         except Exception as exc:  # peft raises many types; keep the cause
             raise ModelError(
                 f"{self.path}: cannot load the LoRA adapter onto {base_dir}: {exc}"
@@ -216,7 +225,7 @@ class WarmupResult:
 
         Raises
         ------
-        harp.errors.HarpError
+        harp.core.errors.HarpError
             When the folder holds no complete warm-up.
         """
         directory = Path(directory)
@@ -309,15 +318,14 @@ def warmup(
     fraction: float = 0.05,
     config: TrainConfig | None = None,
     n_checkpoints: int = 4,
-    seed: int = 0,
+    context: RunContext | None = None,
     overwrite: bool = False,
     by_fingerprint: bool = False,
-    progress: bool = False,
 ) -> WarmupResult:
     """LoRA-train a model on a random fraction of the pool, saving Adam checkpoints.
 
     The LESS warm-up: ``max(1, round(fraction * len(pool)))`` rows are drawn without
-    replacement by ``numpy.random.default_rng(seed)`` (kept in pool order), and a LoRA
+    replacement from the context's ``"warmup"`` stream (kept in pool order), and a LoRA
     adapter is trained on them exactly as :func:`harp.training.finetune` would
     (``config.steps`` steps, or ``config.epochs`` epochs). At ``n_checkpoints``
     evenly spaced steps (the last one is the final step) the adapter, the AdamW
@@ -326,7 +334,8 @@ def warmup(
 
     The run is cached: ``out_dir/warmup.json`` records a fingerprint of the base
     model's content, the selected rows' content, the non-default config fields,
-    ``n_checkpoints`` and the seed; a rerun with the same fingerprint returns the
+    ``n_checkpoints``, the seed and the dtype; a rerun with the same fingerprint
+    returns the
     saved run without training. A *different* run is refused in a folder that holds
     one (complete or interrupted), unless ``overwrite=True`` (which deletes the old
     checkpoints): one folder, one warm-up, as with harp's feature stores. An
@@ -346,19 +355,18 @@ def warmup(
         Share of the pool to train on, in (0, 1]; at least one row is used.
     config : TrainConfig or None, default None
         Training hyper-parameters (``method`` must be ``"lora"``); None uses
-        ``TrainConfig(seed=seed)``. ``config.seed`` seeds the LoRA initialisation
-        and the batch order.
+        ``TrainConfig`` defaults seeded from the ``"warmup"`` stream.
+        ``config.seed`` seeds the LoRA initialisation and the batch order.
     n_checkpoints : int, default 4
         Checkpoints to save. A run of fewer steps saves one per step.
-    seed : int, default 0
-        Seed of the row sample (and of training when ``config`` is None).
+    context : RunContext or None, default None
+        Device and dtype of the model, the seed of the row sample (its
+        ``"warmup"`` stream) and the progress display.
     overwrite : bool, default False
         Replace a different warm-up already in ``out_dir``.
     by_fingerprint : bool, default False
         Treat ``out_dir`` as a cache root and use (or create) the sub-folder
         ``warmup-<first 16 hex digits of the fingerprint>``.
-    progress : bool, default False
-        Show a rich progress bar.
 
     Returns
     -------
@@ -367,12 +375,12 @@ def warmup(
 
     Raises
     ------
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         For an empty pool, ``fraction`` outside (0, 1], ``n_checkpoints < 1``, a
         non-LoRA config, or a folder holding a different warm-up.
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When the base model cannot be loaded.
-    harp.errors.NumericalError
+    harp.core.errors.NumericalError
         When the loss becomes NaN or infinite.
 
     Examples
@@ -385,10 +393,9 @@ def warmup(
     >>> moments = ckpt.optimizer_state()  # {name: (exp_avg, exp_avg_sq)}
     ... # doctest: +SKIP
     """
-    import numpy as np
-
     from harp.models.loading import model_fingerprint
 
+    context = RunContext() if context is None else context
     if len(pool) == 0:
         raise ParameterError("pool is empty; the warm-up needs at least one row")
     if (
@@ -407,9 +414,9 @@ def warmup(
         raise ParameterError(
             f"n_checkpoints={n_checkpoints!r} is not allowed; expected an integer >= 1"
         )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParameterError(f"seed={seed!r} is not allowed; expected an integer >= 0")
-    config = TrainConfig(seed=seed) if config is None else config
+    seed = context.int_seed("warmup")
+    if config is None:
+        config = TrainConfig(seed=seed)
     if not isinstance(config, TrainConfig):
         raise ParameterError(
             f"config must be a TrainConfig, got {type(config).__name__}"
@@ -424,13 +431,18 @@ def warmup(
     out_dir = Path(out_dir).expanduser()
     base_fp = model_fingerprint(model_dir)  # also checks the folder (ModelError)
     n_rows = max(1, round(float(fraction) * len(pool)))
-    rng = np.random.default_rng(seed)
+    rng = context.rng("warmup")
     indices = sorted(int(i) for i in rng.choice(len(pool), n_rows, replace=False))
     train = pool.subset(indices)
     key = fingerprint(
         "warmup",
         content=f"{base_fp}:{train.content_hash()}",
-        params={"config": _non_default(config), "n_checkpoints": n_checkpoints},
+        params={
+            "config": _non_default(config),
+            "n_checkpoints": n_checkpoints,
+            # bf16 and fp32 warm-ups are different runs; the device is not.
+            "dtype": context.dtype_name,
+        },
         seed=seed,
     )
 
@@ -471,6 +483,7 @@ def warmup(
         "base_fingerprint": base_fp,
         "fraction": float(fraction),
         "seed": seed,
+        "dtype": context.dtype_name,
         "n_checkpoints": n_checkpoints,
         "config": config.to_dict(),
         "pool_rows": len(pool),
@@ -487,7 +500,7 @@ def warmup(
         n_checkpoints,
         out_dir,
     )
-    saved, dropped = _run(model_dir, train, out_dir, config, n_checkpoints, progress)
+    saved, dropped = _run(model_dir, train, out_dir, config, n_checkpoints, context)
     record["checkpoints"] = saved
     record["dropped_ids"] = dropped
     record["complete"] = True
@@ -501,14 +514,15 @@ def _run(
     out_dir: Path,
     config: TrainConfig,
     n_checkpoints: int,
-    progress: bool,
+    context: RunContext,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """:func:`finetune` with LoRA, saving checkpoints as it goes; return their records
     and the ids of rows lost to truncation."""
     from harp.models.loading import load_model
-    from harp.training.finetune import TrainStep, finetune
+    from harp.nn.loop import TrainStep
+    from harp.training.finetune import finetune
 
-    model, tokenizer = load_model(model_dir, progress=progress)
+    model, tokenizer = load_model(model_dir, context=context)
     saved: list[dict[str, Any]] = []
     segment_lrs: list[float] = []
     segment_losses: list[float] = []
@@ -545,7 +559,7 @@ def _run(
         tokenizer,
         train,
         config,
-        progress=progress,
+        progress=context.progress,
         description="warm-up (lora)",
         on_step=save_checkpoints,
     )
@@ -567,15 +581,18 @@ def _save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    from harp.models.loading import _quiet_transformers
+    from harp.models.loading import quiet_transformers
 
     name = f"checkpoint-{step}"
     tensors = {"step": torch.tensor(float(step))}
     params_info = []
     for param_name, param in named:
         state = optimizer.state[param]
-        tensors[f"exp_avg.{param_name}"] = state["exp_avg"].detach().contiguous()
-        tensors[f"exp_avg_sq.{param_name}"] = state["exp_avg_sq"].detach().contiguous()
+        # Moments are written from the host (safetensors saves CPU tensors).
+        tensors[f"exp_avg.{param_name}"] = state["exp_avg"].detach().cpu().contiguous()
+        tensors[f"exp_avg_sq.{param_name}"] = (
+            state["exp_avg_sq"].detach().cpu().contiguous()
+        )
         params_info.append(
             {
                 "name": param_name,
@@ -596,7 +613,7 @@ def _save_checkpoint(
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     try:
-        with _quiet_transformers(False):
+        with quiet_transformers(False):
             model.save_pretrained(str(tmp), safe_serialization=True)
         save_file(
             tensors,

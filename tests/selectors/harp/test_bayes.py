@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.selectors.harp import Posterior, empirical_bayes
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.selectors.harp import Hierarchy, build_hierarchy, default_shape
 
 

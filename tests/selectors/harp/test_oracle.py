@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
 from harp.data.synthetic import make_skills_suite
-from harp.errors import ParameterError
 from harp.selectors.harp.oracle import LeafOracle, _paired_bootstrap
-from harp.training import TrainConfig
+from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
 
 @pytest.fixture(scope="module")
@@ -16,15 +17,15 @@ def suite():
     return make_skills_suite(n_pool=120, n_target_per_domain=8, n_pretrain=10)
 
 
-def _oracle(tiny_dir, suite, cache, **kw):
-    return LeafOracle(
+def _oracle(tiny_dir, suite, cache, metric="loss", steps=4, **kw):
+    utility = TrainEvalUtility(
         tiny_dir,
         suite.target,
-        train_config=TrainConfig(steps=4, batch_size=4, seed=0),
-        cache_dir=cache,
-        bootstrap=50,
-        **kw,
+        TrainConfig(steps=steps, batch_size=4, seed=0),
+        EvalConfig(metrics=("loss", "exact_match")),
+        context=RunContext(cache_dir=cache),
     )
+    return LeafOracle(utility, metric=metric, bootstrap=50, **kw)
 
 
 def test_calls_are_cached_and_counted(tiny_dir, suite, tmp_path):
@@ -46,13 +47,7 @@ def test_calls_are_cached_and_counted(tiny_dir, suite, tmp_path):
     # Other rows, or another recipe, are another call.
     oracle(suite.pool.subset(range(10, 20)))
     assert oracle.calls == 2
-    other = LeafOracle(
-        tiny_dir,
-        suite.target,
-        train_config=TrainConfig(steps=5, batch_size=4, seed=0),
-        cache_dir=tmp_path,
-        bootstrap=50,
-    )
+    other = _oracle(tiny_dir, suite, tmp_path, steps=5)
     assert not other.is_cached(leaf)
 
 
@@ -68,7 +63,7 @@ def test_loss_effect_is_the_loss_reduction(tiny_dir, suite, tmp_path):
     cfg = EvalConfig(metrics=("loss",))
     base = evaluate(model, tok, suite.target, cfg)
     tuned = evaluate(
-        finetune(model, tok, leaf, oracle.train_config), tok, suite.target, cfg
+        finetune(model, tok, leaf, oracle.utility.train_config), tok, suite.target, cfg
     )
     for k, d in enumerate(oracle.domains):
         expect = base.estimate(d, "loss").mean - tuned.estimate(d, "loss").mean
@@ -83,7 +78,7 @@ def test_paired_bootstrap_variance_matches_analytic():
     rng = np.random.default_rng(0)
     base = rng.normal(size=400)
     tuned = base + 0.3 + rng.normal(scale=0.5, size=400)
-    mean, var = _paired_bootstrap(tuned, base, 2000, seed=1)
+    mean, var = _paired_bootstrap(tuned, base, 2000, np.random.default_rng(1))
     diff = tuned - base
     assert mean == pytest.approx(diff.mean())
     assert var == pytest.approx(diff.var(ddof=1) / len(diff), rel=0.15)
@@ -94,6 +89,15 @@ def test_paired_bootstrap_variance_matches_analytic():
 def test_bad_metric_is_refused(tiny_dir, suite, tmp_path):
     with pytest.raises(ParameterError, match="metric='accuracy'"):
         _oracle(tiny_dir, suite, tmp_path, metric="accuracy")
+    loss_only = TrainEvalUtility(
+        tiny_dir,
+        suite.target,
+        TrainConfig(steps=1),
+        EvalConfig(metrics=("loss",)),
+        context=RunContext(cache_dir=tmp_path),
+    )
+    with pytest.raises(ParameterError, match="does not compute it"):
+        LeafOracle(loss_only, metric="exact_match")
 
 
 def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
@@ -122,7 +126,7 @@ def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
     # oracle reads it back.
     assert (oracle.calls, oracle.hits) == (0, 0)
     assert oracle.target_fit_seconds > 0 and oracle.seconds == 0
-    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "harp-oracle").glob("*")}
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "train-eval").glob("*")}
     assert len(files) == 1
     again = _oracle(tiny_dir, suite, tmp_path).target_fit_losses(pool)
     np.testing.assert_array_equal(again, losses)
@@ -134,4 +138,4 @@ def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
     # Another pool is another entry.
     other = oracle.target_fit_losses(suite.pool.subset(range(30, 40)))
     assert other.shape == (10,)
-    assert len(list((tmp_path / "harp-oracle").glob("*"))) == 2
+    assert len(list((tmp_path / "train-eval").glob("*"))) == 2

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harp.core.amount import resolve_evals
+from harp.core.context import RunContext
 from harp.data.synthetic import make_skills_suite
 from harp.selectors import make_selector
-from harp.selectors.harp.selector import resolve_evals
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def _params(tiny_dir, cache, **kw):
         parents_per_node=2,
         train_steps=3,
         bootstrap=20,
-        cache_dir=str(cache),
+        context=RunContext(cache_dir=cache),
         **kw,
     )
 
@@ -56,9 +57,10 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     for leaf, gs in taken.items():
         assert sum(gs) == pytest.approx(gain_of[leaf])
     diag = sel.diagnostics()
-    assert diag["kind"] == "harp" and len(diag["leaves"]) == tree.n_leaves
-    assert sum(x["measured"] for x in diag["leaves"]) == len(sel.measured_)
-    assert diag["oracle"]["calls"] == len(sel.measured_)
+    assert diag.kind == "harp" and len(diag.leaves) == tree.n_leaves
+    assert len(diag.measured) == len(sel.measured_)
+    assert diag.oracle["calls"] == len(sel.measured_)
+    assert s.cost.device == "cpu"
 
 
 def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp_path):
@@ -91,7 +93,10 @@ def test_resolve_evals():
 
 def test_gradient_features_cluster_unit_warmup_gradients(tiny_dir, suite, tmp_path):
     params = _params(tiny_dir, tmp_path, evals=3, features="gradient")
+    del params["encoder"]  # a text-features parameter
     sel = make_selector("harp-c", budget=30, **params).fit(suite.pool, suite.target)
+    assert sel.selection_.params["features"] == "GradientFeatures"
+    assert sel.selection_.params["features__dim"] == 1024
     # The tree's features: unit gradients plus the target-fit coordinate. Their part
     # of a leaf centroid is a mean of unit vectors: inside the unit ball, not on the
     # scale of raw gradients.
@@ -104,7 +109,7 @@ def test_gradient_features_cluster_unit_warmup_gradients(tiny_dir, suite, tmp_pa
 def test_target_fit_coordinate_shapes_the_tree(tiny_dir, suite, tmp_path):
     """The tree clusters [unit features, w · standardized log target-fit loss]."""
     from harp.selectors.harp.oracle import LeafOracle
-    from harp.training import TrainConfig
+    from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
     # (No prior covariate: this fit chooses two leaves and cuts the second.)
     params = _params(tiny_dir, tmp_path, evals=3, prior="none")
@@ -114,14 +119,17 @@ def test_target_fit_coordinate_shapes_the_tree(tiny_dir, suite, tmp_path):
     off.fit(suite.pool, suite.target)
     assert off.target_fit_losses_ is None
 
-    oracle = LeafOracle(
+    # The oracle's recipe: the "oracle" stream of the selector's seed, its steps.
+    context = RunContext(cache_dir=tmp_path)
+    utility = TrainEvalUtility(
         tiny_dir,
         suite.target,
-        train_config=TrainConfig(seed=0, steps=3),
-        cache_dir=tmp_path,
-        bootstrap=20,
+        TrainConfig(seed=context.int_seed("oracle"), steps=3),
+        EvalConfig(metrics=("loss",)),
+        context=context,
     )
-    losses = oracle.target_fit_losses(suite.pool)
+    losses = LeafOracle(utility).target_fit_losses(suite.pool)
+    assert utility.calls == 0 and utility.hits == 0  # read from the fit's cache
     np.testing.assert_array_equal(sel.target_fit_losses_, losses)
     z = np.log(losses + 1e-6)
     z = (z - z.mean()) / z.std()
@@ -148,7 +156,7 @@ def test_target_fit_coordinate_shapes_the_tree(tiny_dir, suite, tmp_path):
     assert losses[taken].max() <= losses[left].min()
     diag = sel.diagnostics()
     leaf0 = tree.leaf_rows(0)
-    assert diag["leaves"][0]["target_fit_loss"] == pytest.approx(
+    assert diag.leaves[0].target_fit_loss == pytest.approx(
         float(np.median(losses[leaf0]))
     )
 
@@ -203,11 +211,14 @@ def test_auto_encoder_falling_back_to_tfidf_embeds_pool_and_target_together(
     monkeypatch.setattr(text, "minilm_available", lambda: False)
     params = {**_params(tiny_dir, tmp_path, evals=3), "encoder": "auto"}
     sel = make_selector("harp-c", budget=30, **params)
-    x, t = sel._featurize(tiny_dir, suite.pool, suite.target)
+    context = RunContext(cache_dir=tmp_path)
+    features = sel.resolved_component("features")
+    x, t = features.pool_and_target(suite.pool, suite.target, context)
     assert x.shape[1] == t.shape[1]
     sel.fit(suite.pool, suite.target)  # the alignment prior multiplies the two
     assert sel.covariate_ is not None and np.isfinite(sel.covariate_).all()
     joint = make_selector("harp-c", budget=30, **{**params, "encoder": "tfidf"})
+    tfidf = joint.resolved_component("features")
     np.testing.assert_array_equal(
-        joint._featurize(tiny_dir, suite.pool, suite.target)[0], x
+        tfidf.pool_and_target(suite.pool, suite.target, context)[0], x
     )

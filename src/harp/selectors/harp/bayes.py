@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 
 __all__ = ["Posterior", "empirical_bayes"]
 
@@ -335,7 +335,12 @@ def _hierarchical_domain(
         # than invent a scale (an LCB then excludes it, a UCB keeps it open).
         m = 0.0 if np.isnan(m_fixed) else m_fixed
         beta = 0.0 if np.isnan(beta_fixed) else beta_fixed
-        info = {"m": m, "sigma2": math.inf, "tau2": math.inf, "beta": beta}
+        info: dict[str, float | str] = {
+            "m": m,
+            "sigma2": math.inf,
+            "tau2": math.inf,
+            "beta": beta,
+        }
         info["fit"] = "empty"
         return np.full(n_leaves, m) + beta * c_all, np.full(n_leaves, np.inf), info
 
@@ -415,9 +420,13 @@ def _hierarchical_domain(
     w = tau2 * inv_d
     mean[idx] = w * y + (1.0 - w) * (mu_mean[parent[idx]] + beta * c)
     var[idx] = tau2 * (1.0 - w) + (1.0 - w) ** 2 * mu_var[parent[idx]]
-    info = {"m": float(m), "sigma2": float(sigma2), "tau2": float(tau2)}
-    info["beta"] = float(beta)
-    info["fit"] = how
+    info = {
+        "m": float(m),
+        "sigma2": float(sigma2),
+        "tau2": float(tau2),
+        "beta": float(beta),
+        "fit": how,
+    }
     return mean, var, info
 
 

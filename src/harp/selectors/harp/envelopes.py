@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 
 __all__ = [
     "GreedyPath",
@@ -79,7 +79,7 @@ def _check_phi_base(
 def _check_active(active: np.ndarray | None, phi: np.ndarray, where: str) -> np.ndarray:
     if active is None:
         # Default: a domain is worth optimising only if some leaf can help it.
-        return (phi > 0).any(axis=0)
+        return np.asarray((phi > 0).any(axis=0))
     act = np.asarray(active)
     if act.dtype != bool or act.shape != (phi.shape[1],):
         raise ParameterError(
@@ -454,7 +454,7 @@ def cap_to_budget(
     out: list[np.ndarray] = []
     seen: set[int] = set()
     count = 0
-    for g in leaves:
+    for g in leaves.tolist():
         if count >= budget:
             break
         rows = np.asarray(leaf_rows[g], dtype=np.int64).reshape(-1)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 
 __all__ = ["Hierarchy", "build_hierarchy", "default_shape"]
 

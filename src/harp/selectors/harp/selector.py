@@ -16,10 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from harp.data._records import ExampleSet
-from harp.execution import Executor
-from harp.selectors._base import BaseSelector, Interval, Options
-from harp.selectors._registry import register
+from harp.core.amount import resolve_evals
+from harp.core.context import RunContext
+from harp.core.records import ExampleSet
+from harp.features.components import (
+    FeatureComponent,
+    GradientFeatures,
+    TextFeatures,
+    unit_rows,
+)
+from harp.selectors.base import (
+    BaseSelector,
+    Interval,
+    Options,
+    SelectResult,
+    check_is_fitted,
+)
+from harp.selectors.diagnostics import HARPDiagnostics, LeafDiagnostics
 from harp.selectors.harp.bayes import Posterior, empirical_bayes
 from harp.selectors.harp.envelopes import (
     GreedyPath,
@@ -28,7 +41,9 @@ from harp.selectors.harp.envelopes import (
     lcb_effects,
 )
 from harp.selectors.harp.hierarchy import Hierarchy, build_hierarchy
-from harp.training.config import TrainConfig
+from harp.selectors.harp.oracle import LeafEffect, LeafOracle
+from harp.selectors.registry import register
+from harp.training.config import EvalConfig, TrainConfig
 
 __all__ = ["HARPCSelector", "HARPESelector"]
 
@@ -37,23 +52,9 @@ log = logging.getLogger(__name__)
 #: z of a one-sided 95% bound: the "upper bound" of active search and pruning.
 _UCB_Z = 1.645
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
-def resolve_evals(evals: int | float, n_leaves: int) -> int:
-    """Train-evaluate calls for ``n_leaves`` leaves: a count or a fraction of them.
-
-    Examples
-    --------
-    >>> resolve_evals(0.2, 64), resolve_evals(10, 64), resolve_evals(100, 64)
-    (13, 10, 64)
-    """
-    if isinstance(evals, float):
-        return max(1, min(n_leaves, int(np.ceil(evals * n_leaves))))
-    return max(1, min(n_leaves, int(evals)))
+#: HARP's gradient features: unit-length, 1024-dimensional, at the end of a
+#: one-checkpoint warm-up on 5% of the pool (the warm-up SPICE uses, cached).
+_GRADIENT_DEFAULTS: dict[str, Any] = {"dim": 1024, "n_checkpoints": 1}
 
 
 class _HARPSelector(BaseSelector):
@@ -63,6 +64,7 @@ class _HARPSelector(BaseSelector):
     uses_model = True
     fills_budget = False
     envelope: str = ""
+    _components = ("features",)
 
     _parameter_constraints = {
         "budget": ["budget"],
@@ -70,8 +72,7 @@ class _HARPSelector(BaseSelector):
         "model": [None, str, Path],
         "evals": [Interval(int, 1, None), Interval(float, 0.0, 1.0, closed="right")],
         "metric": [Options("loss", "exact_match")],
-        "features": [Options("embedding", "gradient")],
-        "encoder": [Options("auto", "minilm", "tfidf")],
+        "features": [None, Options("text", "gradient"), TextFeatures, GradientFeatures],
         "target_fit_weight": [Interval(float, 0.0, None), Interval(int, 0, None)],
         "leaf_size": [None, Interval(int, 1, None)],
         "leaves_per_parent": [None, Interval(int, 1, None)],
@@ -84,14 +85,8 @@ class _HARPSelector(BaseSelector):
         "kappa": [None, Interval(float, 0.0, None)],
         "train_steps": [None, Interval(int, 1, None)],
         "bootstrap": [Interval(int, 2, None)],
-        "cache_dir": [str, Path],
-        "executor": [None, Options("local", "ray"), Executor],
-        "progress": ["boolean"],
+        "context": [None, RunContext],
     }
-
-    # How the work runs, not what it computes: a Ray run's selection and fingerprint
-    # equal the local run's.
-    _execution_params = ("progress", "executor")
 
     def __init__(
         self,
@@ -101,8 +96,7 @@ class _HARPSelector(BaseSelector):
         model: str | Path | None = None,
         evals: int | float = 0.2,
         metric: str = "loss",
-        features: str = "embedding",
-        encoder: str = "auto",
+        features: FeatureComponent | str | None = None,
         target_fit_weight: float = 0.5,
         leaf_size: int | None = None,
         leaves_per_parent: int | None = None,
@@ -115,9 +109,7 @@ class _HARPSelector(BaseSelector):
         kappa: float | None = None,
         train_steps: int | None = None,
         bootstrap: int = 200,
-        cache_dir: str | Path = ".harp-cache",
-        executor: str | Executor | None = None,
-        progress: bool = False,
+        context: RunContext | None = None,
     ) -> None:
         self.budget = budget
         self.seed = seed
@@ -125,7 +117,6 @@ class _HARPSelector(BaseSelector):
         self.evals = evals
         self.metric = metric
         self.features = features
-        self.encoder = encoder
         self.target_fit_weight = target_fit_weight
         self.leaf_size = leaf_size
         self.leaves_per_parent = leaves_per_parent
@@ -138,61 +129,19 @@ class _HARPSelector(BaseSelector):
         self.kappa = kappa
         self.train_steps = train_steps
         self.bootstrap = bootstrap
-        self.cache_dir = cache_dir
-        self.executor = executor
-        self.progress = progress
+        self.context = context
+
+    def _default_component(
+        self, name: str, kind: str | None = None
+    ) -> FeatureComponent:
+        if kind == "gradient":
+            return GradientFeatures(**_GRADIENT_DEFAULTS)
+        return TextFeatures()
 
     # -- features --------------------------------------------------------------
 
-    def _featurize(
-        self,
-        model_dir: Path,
-        pool: ExampleSet,
-        target: ExampleSet,
-        executor: Executor | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        root = Path(self.cache_dir) / "features"
-        if self.features == "embedding":
-            from harp.features.extract import extract_embedding_features
-            from harp.features.text import resolve_encoder
-
-            if resolve_encoder(self.encoder) == "tfidf":
-                # TF-IDF is fitted per store: embed pool and target together so
-                # their vectors share one vocabulary (also when "auto" falls back
-                # to it because the sentence encoder is not installed).
-                from harp.features.text import TextFeaturizer
-
-                featurizer = TextFeaturizer(encoder="tfidf")
-                x, t = featurizer.embed_sets(pool.texts, target.texts)
-                return np.asarray(x, np.float64), np.asarray(t, np.float64)
-            kw = dict(encoder=self.encoder, progress=self.progress, executor=executor)
-            x = extract_embedding_features(pool, root, **kw).read()
-            t = extract_embedding_features(target, root, **kw).read()
-            return x.astype(np.float64), t.astype(np.float64)
-        from harp.features.extract import extract_gradient_features
-        from harp.selectors.less import warmup_checkpoints
-
-        # Gradients at the end of a short LoRA warm-up on the pool (the same warm-up,
-        # and cache, as SPICE's): a model that has seen the pool's tasks tells rows
-        # that follow its majority rule from rows that contradict it, where the
-        # untouched base cannot. Unit length: the tree groups gradient directions.
-        seed = self.seed or 0
-        checkpoints = warmup_checkpoints(
-            model_dir, pool, self.cache_dir, seed=seed, progress=self.progress
-        )
-        kwargs = dict(
-            checkpoint=checkpoints[-1],
-            dim=1024,
-            seed=seed,
-            progress=self.progress,
-            executor=executor,
-        )
-        x = extract_gradient_features(model_dir, pool, root, **kwargs).read()
-        t = extract_gradient_features(model_dir, target, root, **kwargs).read()
-        return _unit(x.astype(np.float64)), _unit(t.astype(np.float64))
-
     def _target_fit(
-        self, oracle: Any, pool: ExampleSet
+        self, oracle: LeafOracle, pool: ExampleSet
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The target-fit losses and their standardized log (None, None when off).
 
@@ -216,9 +165,9 @@ class _HARPSelector(BaseSelector):
         """What the tree clusters: the features, plus the weighted target fit."""
         if fit_z is None:
             return x
-        return np.column_stack([_unit(x), self.target_fit_weight * fit_z])
+        return np.column_stack([unit_rows(x), self.target_fit_weight * fit_z])
 
-    def _tree(self, x: np.ndarray) -> Hierarchy:
+    def _tree(self, x: np.ndarray, context: RunContext) -> Hierarchy:
         # Eight leaves a parent by default: the representatives then cost 1/8 of the
         # leaves, which leaves room for active search inside the default 20% of calls.
         per_parent = 8 if self.leaves_per_parent is None else self.leaves_per_parent
@@ -227,7 +176,7 @@ class _HARPSelector(BaseSelector):
             leaf_size=self.leaf_size,
             leaves_per_parent=per_parent,
             parents_per_node=self.parents_per_node,
-            seed=self.seed or 0,
+            seed=context.int_seed("tree", bits=32),
         )
         return tree
 
@@ -256,7 +205,7 @@ class _HARPSelector(BaseSelector):
     def _posterior(
         self,
         tree: Hierarchy,
-        measured: dict[int, Any],
+        measured: dict[int, LeafEffect],
         n_domains: int,
         covariate: np.ndarray | None,
     ) -> Posterior:
@@ -326,70 +275,89 @@ class _HARPSelector(BaseSelector):
 
     # -- the fit ---------------------------------------------------------------
 
-    def _select(self, pool, target, budget, rng):
+    def _select(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet | None,
+        budget: int,
+        context: RunContext,
+    ) -> SelectResult:
         from harp.execution import make_executor
 
+        assert target is not None  # checked by BaseSelector.fit (needs_target)
         # A name makes an executor owned by this fit (a Ray cluster it starts is
         # stopped at the end); an instance belongs to the caller.
-        executor = None if self.executor is None else make_executor(self.executor)
+        given = context.executor
+        executor = None if given is None else make_executor(given)
         try:
-            return self._select_with(pool, target, budget, rng, executor)
+            return self._select_with(
+                pool, target, budget, context.replace(executor=executor)
+            )
         finally:
-            if executor is not None and executor is not self.executor:
+            if executor is not None and executor is not given:
                 executor.shutdown()
 
-    def _select_with(self, pool, target, budget, rng, executor):
-        from harp.models.choice import resolve_model
-        from harp.selectors.harp.oracle import LeafOracle
+    def _oracle(self, model_dir: Path, target: ExampleSet, context: RunContext):
+        """The leaf oracle: one training recipe and one metric for every call."""
+        from harp.training.utility import TrainEvalUtility
 
-        started = time.perf_counter()
-        model_dir = resolve_model(
-            self.model,
-            pool,
-            cache_dir=self.cache_dir,
-            seed=self.seed or 0,
-            progress=self.progress,
-        )
-        x, t = self._featurize(model_dir, pool, target, executor)
-        train = TrainConfig(seed=self.seed or 0)
+        train = TrainConfig(seed=context.int_seed("oracle"))
         if self.train_steps is not None:
             train = TrainConfig(**{**train.to_dict(), "steps": self.train_steps})
-        oracle = LeafOracle(
+        utility = TrainEvalUtility(
             model_dir,
             target,
-            metric=self.metric,
-            train_config=train,
-            cache_dir=self.cache_dir,
-            bootstrap=self.bootstrap,
-            seed=self.seed or 0,
-            progress=self.progress,
+            train,
+            EvalConfig(metrics=(self.metric,)),
+            context=context,
         )
+        return LeafOracle(
+            utility,
+            metric=self.metric,
+            bootstrap=self.bootstrap,
+            seed=context.int_seed("bootstrap"),
+        )
+
+    def _select_with(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet,
+        budget: int,
+        context: RunContext,
+    ) -> SelectResult:
+        from harp.models.resolve import resolve_model
+
+        started = time.perf_counter()
+        rng = context.rng("search")
+        model_dir = resolve_model(self.model, pool, context=context)
+        features = self.resolved_component("features")
+        features.check()
+        x, t = features.pool_and_target(pool, target, context, model_dir=model_dir)
+        oracle = self._oracle(model_dir, target, context)
         target_loss, fit_z = self._target_fit(oracle, pool)
         x_tree = self._tree_features(x, fit_z)
-        tree = self._tree(x_tree)
+        tree = self._tree(x_tree, context)
         domains = oracle.domains
         leaf_rows = [tree.leaf_rows(g) for g in range(tree.n_leaves)]
         covariate = None
         if self.prior == "alignment":
             by_domain = target.by_domain()
-            centres = _unit(np.stack([t[i].mean(axis=0) for i in by_domain.values()]))
+            centres = unit_rows(
+                np.stack([t[i].mean(axis=0) for i in by_domain.values()])
+            )
             # A leaf's alignment: its mean feature's cosine to the nearest domain.
             # (Of the features alone: the target has no target-fit coordinate.)
             leaf_means = np.stack([x[rows].mean(axis=0) for rows in leaf_rows])
-            covariate = (_unit(leaf_means) @ centres.T).max(axis=1)
+            covariate = (unit_rows(leaf_means) @ centres.T).max(axis=1)
 
         n_evals = resolve_evals(self.evals, tree.n_leaves)
-        measured: dict[int, Any] = {}
+        measured: dict[int, LeafEffect] = {}
         rounds: list[list[int]] = []
 
         def measure(leaves: list[int]) -> None:
-            if executor is None:
-                for g in leaves:
-                    measured[g] = oracle(pool.subset(leaf_rows[g]))
-            else:
-                subsets = [pool.subset(leaf_rows[g]) for g in leaves]
-                for g, result in zip(leaves, _measure_round(oracle, subsets, executor)):
-                    measured[g] = result
+            subsets = [pool.subset(leaf_rows[g]) for g in leaves]
+            for g, result in zip(leaves, oracle.measure(subsets, context.executor)):
+                measured[g] = result
             rounds.append(list(leaves))
 
         measure(self._initial_leaves(tree, n_evals, rng))
@@ -408,7 +376,7 @@ class _HARPSelector(BaseSelector):
             if self.kappa is None
             else lcb_effects(post.mean, post.var, self.kappa)
         )
-        active = (effects > 0).any(axis=0)
+        active = np.asarray((effects > 0).any(axis=0))
         path = greedy_envelope(
             effects, base, kind=self.envelope, bounded=oracle.bounded, active=active
         )
@@ -481,59 +449,56 @@ class _HARPSelector(BaseSelector):
         )
         # The calls the method used (a cache hit still counts: it is a call the
         # method needed, answered from an earlier run); oracle_ splits run vs cached.
-        cost = {"train_eval_calls": len(measured), "rows_scored": len(pool)}
+        cost = {
+            "train_eval_calls": len(measured),
+            "rows_scored": len(pool),
+            "device": context.device_name,
+        }
         return indices, scores, gains, cost
 
-    def diagnostics(self) -> dict[str, Any]:
+    def diagnostics(self) -> HARPDiagnostics:
         """The tree with every leaf's posterior, the measurements and the greedy path.
 
-        JSON-friendly; ``harp inspect`` and ``harp report`` read it.
+        ``harp inspect`` and ``harp report`` read it (its ``to_dict`` is the JSON
+        written beside a selection).
         """
-        from harp.selectors._base import check_is_fitted
-
         check_is_fitted(self)
         tree, post = self.tree_, self.posterior_
         sizes = np.bincount(tree.leaf_of_row, minlength=tree.n_leaves)
         chosen = set(self.chosen_leaves_)
         sd = np.sqrt(np.maximum(post.var, 0.0))
+        fit = self.target_fit_losses_
         leaves = [
-            {
-                "leaf": g,
-                "parent": int(tree.parent_of_leaf[g]),
-                "node": int(tree.node_of_parent[tree.parent_of_leaf[g]]),
-                "size": int(sizes[g]),
-                "measured": g in self.measured_,
-                "effect": (
-                    self.measured_[g][0].tolist() if g in self.measured_ else None
+            LeafDiagnostics(
+                leaf=g,
+                parent=int(tree.parent_of_leaf[g]),
+                node=int(tree.node_of_parent[tree.parent_of_leaf[g]]),
+                size=int(sizes[g]),
+                measured=g in self.measured_,
+                effect=(self.measured_[g][0].tolist() if g in self.measured_ else None),
+                mean=post.mean[g].tolist(),
+                sd=sd[g].tolist(),
+                chosen=g in chosen,
+                target_fit_loss=(
+                    None if fit is None else float(np.median(fit[tree.leaf_rows(g)]))
                 ),
-                "mean": post.mean[g].tolist(),
-                "sd": sd[g].tolist(),
-                "chosen": g in chosen,
-                "target_fit_loss": (
-                    None
-                    if self.target_fit_losses_ is None
-                    else float(np.median(self.target_fit_losses_[rows]))
-                ),
-            }
-            for g, rows in enumerate(tree.leaf_rows(g) for g in range(tree.n_leaves))
+            )
+            for g in range(tree.n_leaves)
         ]
-        return {
-            "kind": "harp",
-            "method": self.name,
-            "metric": self.metric,
-            "domains": list(self.domains_),
-            "active_domains": list(self.active_domains_),
-            "base": self.base_scores_.tolist(),
-            "leaves": leaves,
-            "rounds": self.rounds_,
-            "greedy": {
-                "order": self.path_.order.tolist(),
-                "gains": self.path_.gains.tolist(),
-                "prefix": int(self.path_.prefix),
-            },
-            "hyper": post.hyper,
-            "oracle": self.oracle_,
-        }
+        return HARPDiagnostics(
+            method=self.name,
+            metric=self.metric,
+            domains=list(self.domains_),
+            active_domains=list(self.active_domains_),
+            base=self.base_scores_.tolist(),
+            leaves=leaves,
+            rounds=self.rounds_,
+            greedy_order=self.path_.order.tolist(),
+            greedy_gains=self.path_.gains.tolist(),
+            prefix=int(self.path_.prefix),
+            hyper=post.hyper,
+            oracle=self.oracle_,
+        )
 
 
 def _novelty(
@@ -546,62 +511,6 @@ def _novelty(
         same = done[parents[done] == parents[g]]
         if len(same):
             out[i] = np.min(np.linalg.norm(position[same] - position[g], axis=1))
-    return out
-
-
-def _leaf_task(oracle: Any, rows: ExampleSet) -> Any:
-    """One train-evaluate call in a worker: run it, write the shared cache.
-
-    Returns the :class:`LeafEffect` (two small arrays). The call runs on a copy of
-    the oracle (a worker's, or a shallow one in-process), so its counters never
-    change the driver's: the driver counts the call from the result.
-    """
-    import copy
-
-    return copy.copy(oracle)(rows)
-
-
-def _measure_round(oracle: Any, subsets: list[ExampleSet], executor: Executor):
-    """The effects of one round's leaves; the uncached ones run as parallel tasks.
-
-    Cached leaves are read here (counted as ``oracle.hits``); the others are mapped
-    over ``executor``, each task writing its result to the oracle's on-disk cache,
-    and counted as ``oracle.calls`` as if run here. Results are in input order, so
-    the selection equals a sequential run's.
-    """
-    import functools
-
-    todo = [i for i, rows in enumerate(subsets) if not oracle.is_cached(rows)]
-    ran: dict[int, Any] = {}
-    if todo:
-        # The base model is evaluated once, here, and shipped with the oracle.
-        oracle.base_scores  # noqa: B018 - computes and caches the base report
-        results = executor.map(
-            functools.partial(_leaf_task, oracle),
-            [subsets[i] for i in todo],
-            desc="HARP leaf evaluations",
-        )
-        ran = dict(zip(todo, results))
-    out = []
-    for i, rows in enumerate(subsets):
-        if i not in ran:
-            out.append(oracle(rows))
-            continue
-        result = ran[i]
-        if result.cached:  # another process measured it meanwhile
-            oracle.hits += 1
-        else:
-            oracle.calls += 1
-            oracle.seconds += result.seconds
-            log.info(
-                "oracle call %d (%s): %d rows, effect %s (%.1fs)",
-                oracle.calls,
-                executor.name,
-                len(rows),
-                np.array2string(result.effect, precision=4),
-                result.seconds,
-            )
-        out.append(result)
     return out
 
 
@@ -624,7 +533,8 @@ class HARPCSelector(_HARPSelector):
     budget : int, float or str, default="10%"
         Most rows to select (HARP usually selects fewer).
     seed : int or None, default=0
-        Seed of the clustering, the finetuning and the bootstraps.
+        Root of the seeds of the clustering, the finetuning, the bootstraps and the
+        search (each a named stream of it).
     model : str, Path or None, default=None
         A local Hugging Face causal-LM folder, or ``"proxy"``/None for the built-in
         proxy pretrained on the pool (cached).
@@ -633,12 +543,12 @@ class HARPCSelector(_HARPSelector):
     metric : {"loss", "exact_match"}, default="loss"
         The effect a call measures: the target loss reduction (unbounded, no clip)
         or the exact-match gain (bounded, clipped to [0, 1]).
-    features : {"embedding", "gradient"}, default="embedding"
-        What the tree clusters: sentence embeddings, or unit-length projected LoRA
-        gradients (1024 dimensions) at the end of a short warm-up on 5% of the pool
-        (the warm-up SPICE uses, cached).
-    encoder : {"auto", "minilm", "tfidf"}, default="auto"
-        Sentence encoder for ``features="embedding"``.
+    features : TextFeatures, GradientFeatures, "text", "gradient" or None
+        What the tree clusters. None or ``"text"``: ``TextFeatures()``, sentence
+        embeddings (``features__encoder="tfidf"`` for hashed TF-IDF).
+        ``"gradient"``: ``GradientFeatures(dim=1024, n_checkpoints=1)``,
+        unit-length projected LoRA gradients at the end of a short warm-up on 5% of
+        the pool (the warm-up SPICE uses, cached). Or pass a component.
     target_fit_weight : float, default=0.5
         Weight of the target-fit coordinate in the tree's features: each pool row's
         response loss under the base finetuned on the target (one extra finetune
@@ -667,7 +577,7 @@ class HARPCSelector(_HARPSelector):
     prior : {"alignment", "none"}, default="alignment"
         ``"alignment"`` adds each leaf's feature alignment with the target (cosine of
         its mean feature vector to the nearest domain centroid; gradient-guided with
-        ``features="gradient"``) as a covariate of the prior mean, one slope per
+        gradient features) as a covariate of the prior mean, one slope per
         domain estimated with the variances; it ranks the unmeasured leaves of a
         parent, which the parent mean alone cannot. ``"none"``: no covariate.
     kappa : float or None, default=None
@@ -677,17 +587,15 @@ class HARPCSelector(_HARPSelector):
         default).
     bootstrap : int, default=200
         Bootstrap resamples of the target items for each effect's variance.
-    cache_dir : str or Path, default=".harp-cache"
-        Cache of the proxy, the features and every train-evaluate call.
-    executor : {"local", "ray"}, Executor or None, default=None
-        Where the train-evaluate calls of a round (and gradient feature shards) run:
-        None one after another in this process; ``"ray"`` as parallel Ray tasks on
-        a local cluster started for the fit, or any :class:`harp.execution.Executor`
-        (e.g. a ``RayExecutor`` joined to a cluster). The selection is the same
-        whatever runs the calls; results go to the same cache (``cache_dir`` must be
-        on a filesystem every worker shares).
-    progress : bool, default=False
-        Show progress bars.
+    context : RunContext or None, default=None
+        Device, dtype, cache folder (the proxy, the features and every
+        train-evaluate call are cached there), progress display and executor: where
+        the train-evaluate calls of a round (and feature shards) run. None runs them
+        one after another in this process; ``"ray"`` runs them as parallel Ray
+        tasks on a local cluster started for the fit; or pass any
+        :class:`harp.execution.Executor` (e.g. a ``RayExecutor`` joined to a
+        cluster). The selection is the same whatever runs the calls; results go to
+        the same cache (which must be on a filesystem every worker shares).
 
     Attributes
     ----------
@@ -740,11 +648,11 @@ class HARPESelector(_HARPSelector):
 
     Parameters
     ----------
-    budget, seed, model, evals, metric, features, encoder, target_fit_weight
+    budget, seed, model, evals, metric, features, target_fit_weight
         As for :class:`HARPCSelector`.
     leaf_size, leaves_per_parent, parents_per_node, hierarchy, pooling, search
         As for :class:`HARPCSelector`.
-    round_size, prior, kappa, train_steps, bootstrap, cache_dir, executor, progress
+    round_size, prior, kappa, train_steps, bootstrap, context
         As for :class:`HARPCSelector`.
 
     Attributes

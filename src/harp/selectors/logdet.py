@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from harp.errors import NumericalError, ParameterError
+from harp.core.errors import NumericalError, ParameterError
 
 __all__ = ["GreedyLogDet", "GreedyTrace", "default_alpha", "greedy_logdet"]
 
@@ -128,15 +129,21 @@ class GreedyTrace:
         }
 
 
+def _is_row_source(data: Any) -> bool:
+    """An array-like that reads row slices and gathers on demand (a store's rows)."""
+    return all(hasattr(data, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
+
+
 class _Rows:
     """Read access to a feature matrix in float64 row blocks.
 
-    Memmaps are never loaded whole: blocks and gathered rows are read on demand, so a
-    file larger than RAM streams.
+    Memmaps and row sources (``FeatureStore.rows()``: anything with ``shape``,
+    ``dtype``, ``ndim`` and slice / integer-array indexing) are never loaded whole:
+    blocks and gathered rows are read on demand, so data larger than RAM streams.
     """
 
     def __init__(self, data: Any, *, normalize: bool = False, name: str = "features"):
-        if not isinstance(data, np.ndarray):  # np.memmap is an ndarray subclass
+        if not isinstance(data, np.ndarray) and not _is_row_source(data):
             data = np.asarray(data)
         if data.ndim != 2:
             raise ParameterError(
@@ -168,20 +175,19 @@ class _Rows:
             # float64 C-ordered slices of an in-memory array need no copy.
             return np.ascontiguousarray(rows, dtype=np.float64)
         rows = np.array(rows, dtype=np.float64, copy=True, order="C")
-        if self.normalize:
-            norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-            # Zero rows stay zero: they carry no information and are never picked.
-            np.divide(rows, norms[:, None], out=rows, where=norms[:, None] > 0)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        # Zero rows stay zero: they carry no information and are never picked.
+        np.divide(rows, norms[:, None], out=rows, where=norms[:, None] > 0)
         return rows
 
     def block(self, start: int, stop: int) -> np.ndarray:
-        if self._cached:
+        if self._cache is not None and self._cached:
             return self._cache[start:stop]
         return self._finish(self.data[start:stop])
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
-        if self._cached:
+        if self._cache is not None and self._cached:
             return self._cache[idx]
         if len(idx) <= 1:
             return self._finish(self.data[idx])
@@ -192,15 +198,16 @@ class _Rows:
         out[order] = rows
         return out
 
-    def blocks(self, block_rows: int):
+    def blocks(self, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
         fill = self._want_cache and not self._cached
-        if fill and self._cache is None:
-            self._cache = np.empty((self.n, self.dim))
+        cache = self._cache
+        if fill and cache is None:
+            cache = self._cache = np.empty((self.n, self.dim))
         for start in range(0, self.n, block_rows):
             stop = min(start + block_rows, self.n)
             blk = self.block(start, stop)
-            if fill:
-                self._cache[start:stop] = blk
+            if fill and cache is not None:
+                cache[start:stop] = blk
             yield start, stop, blk
         self._cached = self._cached or fill
 
@@ -214,7 +221,9 @@ def _bad_rows_error(bad: list[int], total: int, name: str) -> NumericalError:
     )
 
 
-def default_alpha(features: Any, *, block_rows: int = 8192) -> float:
+def default_alpha(
+    features: Any, *, block_rows: int = 8192, normalize: bool = False
+) -> float:
     """Return the default ``α = 1 / median_i ‖g_i‖²`` over rows with a nonzero norm.
 
     With this ``α`` the typical row has ``α‖g‖² ≈ 1``: its first gain is about ``log 2``
@@ -223,10 +232,12 @@ def default_alpha(features: Any, *, block_rows: int = 8192) -> float:
 
     Parameters
     ----------
-    features : array_like or numpy.memmap
-        ``(n, D)`` rows; memmaps are read in row blocks.
+    features : array_like, numpy.memmap or row source
+        ``(n, D)`` rows; memmaps and row sources are read in row blocks.
     block_rows : int, default 8192
         Rows read at once.
+    normalize : bool, default False
+        Measure the rows after L2 normalisation (then ``α`` is 1 up to rounding).
 
     Returns
     -------
@@ -246,7 +257,7 @@ def default_alpha(features: Any, *, block_rows: int = 8192) -> float:
     >>> default_alpha(np.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0], [3.0, 0.0]]))
     0.25
     """
-    rows = _Rows(features)
+    rows = _Rows(features, normalize=normalize)
     sq = np.empty(rows.n)
     bad: list[int] = []
     nbad = 0
@@ -500,16 +511,21 @@ class GreedyLogDet:
         return self._stopped
 
     # -- public API -----------------------------------------------------------------
-    def select(self, candidates: Any, k: int) -> GreedyTrace:
+    def select(
+        self, candidates: Any, k: int, *, normalize: bool = False
+    ) -> GreedyTrace:
         """Pick up to ``k`` rows of ``candidates`` given everything picked before.
 
         Parameters
         ----------
-        candidates : array_like or numpy.memmap
-            ``(m, dim)`` rows; any real dtype (float32 memmaps are read in blocks).
+        candidates : array_like, numpy.memmap or row source
+            ``(m, dim)`` rows; any real dtype (float32 memmaps and a feature store's
+            :meth:`~harp.features.FeatureStore.rows` are read in blocks).
         k : int
             Maximum number of picks. Fewer are made when no row with a positive gain
             is left (e.g. all-zero rows) or the ω rule fires.
+        normalize : bool, default False
+            L2-normalise each row as it is read (the DPP / cosine-kernel variant).
 
         Returns
         -------
@@ -524,7 +540,9 @@ class GreedyLogDet:
         NumericalError
             Some rows contain NaN or Inf (the first few indices are named).
         """
-        return self._select(_Rows(candidates, name="candidates"), k)
+        return self._select(
+            _Rows(candidates, normalize=normalize, name="candidates"), k
+        )
 
     # -- internals ------------------------------------------------------------------
     def _select(self, src: _Rows, k: int) -> GreedyTrace:

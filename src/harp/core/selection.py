@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from harp._utils.hashing import sha256_hex, stable_json
-from harp._utils.io import atomic_write_json
-from harp.errors import DataError
+from harp.core.errors import DataError
+from harp.core.hashing import sha256_hex, stable_json
+from harp.core.io import atomic_write_json
 
 __all__ = ["Cost", "Selection"]
 

@@ -1,4 +1,4 @@
-"""Which model a model-based method (LESS, SPICE, gradient features) runs on.
+"""Which model a model-based method (LESS, SPICE, HARP, gradient features) runs on.
 
 ``--model ./path`` names a local Hugging Face model folder; ``--model proxy`` (or no
 ``--model`` at all) uses harp's built-in tiny proxy model, pretrained **on the pool
@@ -12,13 +12,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harp._utils.hashing import fingerprint
-from harp.errors import ParameterError
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
+from harp.core.hashing import fingerprint
+from harp.models.loading import check_model_dir
+from harp.models.proxy import ensure_proxy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harp.data import ExampleSet
+    from harp.core.records import ExampleSet
 
-__all__ = ["resolve_model", "PROXY", "DEFAULT_PRETRAIN_STEPS", "DEFAULT_MAX_ROWS"]
+__all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_PRETRAIN_STEPS", "PROXY", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +44,13 @@ def _check_positive(name: str, value: object) -> None:
 
 def resolve_model(
     model: str | Path | None,
-    pool: ExampleSet,
+    pool: ExampleSet | None,
     *,
-    cache_dir: str | Path = ".harp-cache",
-    seed: int = 0,
+    context: RunContext | None = None,
     pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
     max_rows: int = DEFAULT_MAX_ROWS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     trust_remote_code: bool = False,
-    progress: bool = False,
 ) -> Path:
     """The model folder a model-based method should load.
 
@@ -61,15 +62,15 @@ def resolve_model(
         built-in proxy model pretrained on ``pool`` (a folder literally named
         ``proxy`` must be written ``./proxy``); or None, which means ``"proxy"``
         and logs one INFO line saying so.
-    pool : ExampleSet
+    pool : ExampleSet or None
         The candidate pool; the proxy's pretraining corpus (at most ``max_rows``
         rows, a seeded sample of larger pools). Unused for a folder.
-    cache_dir : str or Path, default ".harp-cache"
-        Where the proxy is kept, as ``proxy-<fingerprint>``; the fingerprint covers
-        the pool's content hash, the sampling and pretraining sizes and the seed, so
-        a rerun reuses it and a different pool gets its own folder.
-    seed : int, default 0
-        Seed of the row sample, the proxy's initialisation and its pretraining.
+    context : RunContext or None, default None
+        The proxy is kept in ``context.cache_dir`` as ``proxy-<fingerprint>`` (the
+        fingerprint covers the pool's content hash, the sampling and pretraining
+        sizes and the seed, so a rerun reuses it and a different pool gets its own
+        folder); its row sample and training draw from the context's ``"proxy"``
+        stream; ``context.progress`` shows the pretraining's progress bar.
     pretrain_steps : int, default 1000
         Pretraining steps of the proxy.
     max_rows : int, default 6000
@@ -78,8 +79,6 @@ def resolve_model(
         Rows per pretraining step.
     trust_remote_code : bool, default False
         Accept a folder whose ``config.json`` maps to custom code.
-    progress : bool, default False
-        Show a progress bar while pretraining the proxy.
 
     Returns
     -------
@@ -88,10 +87,10 @@ def resolve_model(
 
     Raises
     ------
-    harp.errors.ModelError
+    harp.core.errors.ModelError
         When a given folder is missing, not a folder, or lacks ``config.json`` or
         weights.
-    harp.errors.ParameterError
+    harp.core.errors.ParameterError
         For the proxy with an empty pool, or bad sizes.
 
     Examples
@@ -99,13 +98,11 @@ def resolve_model(
     >>> resolve_model("no/such/model", pool=None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    harp.errors.ModelError: no/such/model: model directory not found; ...
+    harp.core.errors.ModelError: no/such/model: model directory not found; ...
     """
-    from harp.models.loading import _check_model_dir
-
     if isinstance(model, Path) or (isinstance(model, str) and model != PROXY):
         path = Path(model).expanduser()
-        _check_model_dir(path, trust_remote_code)
+        check_model_dir(path, trust_remote_code)
         return path
     if model is not None and model != PROXY:
         raise ParameterError(
@@ -114,13 +111,13 @@ def resolve_model(
     _check_positive("pretrain_steps", pretrain_steps)
     _check_positive("max_rows", max_rows)
     _check_positive("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParameterError(f"seed={seed!r} is not allowed; expected an integer >= 0")
     if pool is None or len(pool) == 0:
         raise ParameterError(
             "the pool is empty; the built-in proxy is pretrained on the pool, so it "
             "needs rows (or pass --model with a model folder)"
         )
+    context = RunContext() if context is None else context
+    seed = context.int_seed("proxy")
     pretrain = {"steps": pretrain_steps, "batch_size": batch_size}
     key = fingerprint(
         "proxy-on-pool",
@@ -128,50 +125,25 @@ def resolve_model(
         params={"max_rows": max_rows, "pretrain": pretrain},
         seed=seed,
     )
-    directory = Path(cache_dir).expanduser() / f"proxy-{key[:16]}"
+    directory = context.cache_dir / f"proxy-{key[:16]}"
     if model is None:
         logger.info(
             "no --model given: using the built-in proxy model pretrained on the pool "
             "(cached in %s)",
             directory,
         )
-    return _ensure_pool_proxy(
-        pool,
-        directory,
-        seed=seed,
-        max_rows=max_rows,
-        pretrain=pretrain,
-        progress=progress,
-    )
-
-
-def _ensure_pool_proxy(
-    pool: ExampleSet,
-    directory: Path,
-    *,
-    seed: int,
-    max_rows: int,
-    pretrain: dict[str, int],
-    progress: bool,
-) -> Path:
-    """Sample the corpus and hand it to :func:`harp.bench.demo.ensure_proxy`."""
-    import numpy as np
-
-    from harp.bench.demo import ensure_proxy
-
     corpus = pool
     if len(pool) > max_rows:
-        rng = np.random.default_rng(seed)
-        picks = np.sort(rng.choice(len(pool), max_rows, replace=False))
-        corpus = pool.subset(int(i) for i in picks)
+        picks = context.rng("proxy").choice(len(pool), max_rows, replace=False)
+        corpus = pool.subset(int(i) for i in sorted(picks))
     logger.debug(
         "proxy on %d pool rows, %d steps x %d -> %s",
         len(corpus),
-        pretrain["steps"],
-        pretrain["batch_size"],
+        pretrain_steps,
+        batch_size,
         directory,
     )
     directory.parent.mkdir(parents=True, exist_ok=True)
     return ensure_proxy(
-        corpus, directory, seed=seed, pretrain=pretrain, progress=progress
+        corpus, directory, seed=seed, pretrain=pretrain, progress=context.progress
     )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from harp.errors import HarpError
+from harp.core.errors import HarpError
 
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_json", "check_output_path"]
 

@@ -1,4 +1,8 @@
-"""Budgets: a row count, a fraction of the pool, or a percentage string."""
+"""Amounts: budgets (rows of a pool) and evaluation budgets (calls over leaves).
+
+A budget is a row count, a fraction of the pool, or a percentage string; HARP's
+``evals`` is a call count or a fraction of the leaves.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import math
 import numbers
 import re
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 
-__all__ = ["Budget", "resolve_budget", "parse_budget"]
+__all__ = ["Budget", "parse_budget", "resolve_budget", "resolve_evals"]
 
 Budget = int | float | str
 
@@ -90,3 +94,18 @@ def resolve_budget(budget: Budget, n_pool: int) -> int:
             f"use at most {n_pool} or a percentage such as '10%'"
         )
     return parsed
+
+
+def resolve_evals(evals: int | float, n_leaves: int) -> int:
+    """Train-evaluate calls for ``n_leaves`` leaves: a count or a fraction of them.
+
+    A fraction rounds up; the result is at least 1 and at most ``n_leaves``.
+
+    Examples
+    --------
+    >>> resolve_evals(0.2, 64), resolve_evals(10, 64), resolve_evals(100, 64)
+    (13, 10, 64)
+    """
+    if isinstance(evals, float):
+        return max(1, min(n_leaves, math.ceil(evals * n_leaves)))
+    return max(1, min(n_leaves, int(evals)))

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harp._utils.io import check_output_path
-from harp.data._records import ExampleSet
-from harp.selectors import Selection
+from harp.core.io import check_output_path
+from harp.core.records import ExampleSet
+from harp.core.selection import Selection
+from harp.selectors.base import Diagnostics
 
-__all__ = ["environment_info", "read_sidecar", "sidecar_path", "write_selection"]
+__all__ = ["environment_info", "sidecar_path", "write_selection"]
 
 _PACKAGES = (
     "harp-select",
@@ -74,7 +75,7 @@ def write_selection(
     config: dict[str, Any] | None = None,
     force: bool = False,
     out_format: str | None = None,
-    diagnostics: dict[str, Any] | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> tuple[Path, Path]:
     """Write the selected rows and a ``.meta.json`` sidecar; return both paths.
 
@@ -112,13 +113,6 @@ def write_selection(
         "environment": environment_info(),
     }
     if diagnostics is not None:
-        extra["diagnostics"] = diagnostics
+        extra["diagnostics"] = diagnostics.to_dict()
     selection.save(meta, extra=extra)
     return Path(rows_path), meta
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """Load a sidecar written by :func:`write_selection`."""
-    import json
-
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from harp._version import __version__
-from harp.errors import HarpError
+from harp.core.errors import HarpError
 
 app = typer.Typer(
     name="harp",
@@ -33,7 +33,7 @@ app = typer.Typer(
 log = logging.getLogger("harp")
 
 
-# -- config files ---------------------------------------------------------------------
+# -- config files --------------------------------------------------------------------
 def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
     """Eager ``--config`` callback: YAML keys become the defaults of the other flags."""
     if value is None:
@@ -157,7 +157,7 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-# -- executors (harp select, harp features) --------------------------------------------
+# -- executors (harp select, harp features) ------------------------------------------
 ExecutorOption = typer.Option(
     None,
     "--executor",
@@ -179,8 +179,50 @@ RayAddressOption = typer.Option(
     "local one for this run).",
 )
 GpusPerTaskOption = typer.Option(
-    0.0, "--gpus-per-task", min=0.0, help="ray: GPUs reserved per task."
+    0.0,
+    "--gpus-per-task",
+    min=0.0,
+    help="ray: GPUs reserved per task; each task runs on the GPU Ray gives it "
+    "(--device auto or cuda).",
 )
+DeviceOption = typer.Option(
+    "auto",
+    "--device",
+    help="Where models run: 'auto' (the first GPU if any, else the CPU), 'cpu', "
+    "'cuda' or 'cuda:N'.",
+)
+DtypeOption = typer.Option(
+    "auto",
+    "--dtype",
+    help="Model weights: 'auto' (bf16 on a GPU that supports it, else fp32), "
+    "'fp32', 'bf16' or 'fp16'.",
+)
+
+
+def _context(
+    device: str,
+    dtype: str,
+    *,
+    cache_dir: Optional[Path] = None,
+    executor: Any = None,
+    gpus_per_task: float = 0.0,
+):
+    """The run context the flags ask for, checked now: one line if it cannot be."""
+    from harp.core.context import RunContext
+
+    if gpus_per_task and device == "cpu":
+        _fail(
+            "--gpus-per-task reserves GPUs for each task, but --device cpu runs "
+            "everything on the CPU; drop one of them"
+        )
+    kwargs: dict[str, Any] = dict(
+        device=device, dtype=dtype, progress=sys.stderr.isatty(), executor=executor
+    )
+    if cache_dir is not None:
+        kwargs["cache_dir"] = cache_dir
+    context = _run(RunContext, **kwargs)
+    _run(context.check)
+    return context
 
 
 def _executor_from_flags(
@@ -231,7 +273,7 @@ def _main(
     """harp command line."""
 
 
-# -- select ---------------------------------------------------------------------------
+# -- select --------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -286,6 +328,12 @@ def select(
         "-p",
         help="Method hyper-parameter KEY=VALUE (repeatable), e.g. -p encoder=tfidf.",
     ),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    cache_dir: Path = typer.Option(
+        Path(".harp-cache"),
+        help="Cache of proxies, warm-ups, feature stores and train-evaluate calls.",
+    ),
     executor: Optional[str] = ExecutorOption,
     workers: Optional[int] = WorkersOption,
     ray_address: Optional[str] = RayAddressOption,
@@ -311,9 +359,9 @@ def select(
 ) -> None:
     """Select a subset of a pool for finetuning towards a target set."""
     _setup_logging(verbose)
-    _narrate("harp.models.choice", "harp.features.extract", "harp.training.warmup")
+    _narrate("harp.models.resolve", "harp.features.extract", "harp.training.warmup")
+    from harp.app.output import write_selection
     from harp.data import load_examples
-    from harp.output import write_selection
 
     fields = dict(
         prompt_field=prompt_field,
@@ -325,9 +373,8 @@ def select(
     params = _parse_params(param)
     from harp.selectors import get_selector_class
 
-    method_params = _run(get_selector_class, method)._get_param_names()
-    if "progress" in method_params:
-        params.setdefault("progress", sys.stderr.isatty())
+    selector_class = _run(get_selector_class, method)
+    method_params = selector_class.param_names()
     if model is not None:
         if "model" not in method_params:
             _fail(f"--model: method {method!r} uses no model; drop the flag")
@@ -341,25 +388,27 @@ def select(
             _fail(f"--schedule: method {method!r} has no schedule (spice has)")
         params["schedule"] = schedule
     # Refuse a doomed output before spending time on the selection.
-    from harp._utils.io import check_output_path
-    from harp.output import sidecar_path
+    from harp.app.output import sidecar_path
+    from harp.core.io import check_output_path
 
     inputs = tuple(p for p in (pool, target) if p is not None)
     _run(check_output_path, out, inputs=inputs, force=force)
     _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
     from harp.selectors import make_selector
 
+    context = _context(device, dtype, cache_dir=cache_dir, gpus_per_task=gpus_per_task)
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
-    if run_on is not None and "executor" not in method_params:
+    if run_on is not None and not selector_class.uses_model:
         _fail(f"--executor: method {method!r} has no tasks to run in parallel")
-    extra = {} if run_on is None else {"executor": run_on}
-    selector = _run(make_selector, method, budget=budget, seed=seed, **params, **extra)
+    context = context.replace(executor=run_on)
+    selector = _run(
+        make_selector, method, budget=budget, seed=seed, context=context, **params
+    )
     try:
         selection = _run(selector.select, pool_set, target_set)
     finally:
         if run_on is not None:
             run_on.shutdown()
-    diagnostics = getattr(selector, "diagnostics", None)
     resolved = {
         "pool": str(pool),
         "target": None if target is None else str(target),
@@ -368,6 +417,7 @@ def select(
         "budget": budget,
         "seed": seed,
         "params": params,
+        "context": context.describe(),
         **{k: v for k, v in fields.items() if v is not None},
         **(
             {}
@@ -389,15 +439,16 @@ def select(
         config=resolved,
         force=force,
         out_format=out_format,
-        diagnostics=None if diagnostics is None else diagnostics(),
+        diagnostics=selector.diagnostics(),
     )
     typer.echo(
         f"selected {len(selection)} of {selection.n_pool} rows with {method} "
-        f"in {selection.cost.wall_seconds:.2f}s -> {rows_path} (metadata: {meta_path})"
+        f"in {selection.cost.wall_seconds:.2f}s on {selection.cost.device} -> "
+        f"{rows_path} (metadata: {meta_path})"
     )
 
 
-# -- evaluate -------------------------------------------------------------------------
+# -- evaluate ------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -437,13 +488,18 @@ def evaluate(
     domain_field: Optional[str] = typer.Option(None, help="Domain field."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    cache_dir: Path = typer.Option(
+        Path(".harp-cache"), help="Cache of finetune-and-score results."
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Finetune a model on a subset; report target scores per domain beside the base."""
     _setup_logging(verbose)
     from harp.data import load_examples
-    from harp.training.run import evaluate_subset
+    from harp.training import EvalConfig, TrainConfig, evaluate_subset
 
     fields = dict(
         prompt_field=prompt_field,
@@ -453,7 +509,7 @@ def evaluate(
     target_set = _run(load_examples, target, **fields)
     train_set = None if train is None else _run(load_examples, train, **fields)
     if out is not None:
-        from harp._utils.io import check_output_path
+        from harp.core.io import check_output_path
 
         _run(check_output_path, out, inputs=(target, train), force=force)
     overrides = {
@@ -463,15 +519,16 @@ def evaluate(
         ).items()
         if v is not None
     }
+    context = _context(device, dtype, cache_dir=cache_dir)
     result = _run(
         evaluate_subset,
         model,
         target_set,
         train_set,
-        train_overrides=overrides,
-        max_new_tokens=max_new_tokens,
+        train_config=_run(TrainConfig, **overrides),
+        eval_config=_run(EvalConfig, max_new_tokens=max_new_tokens),
+        context=context,
         trust_remote_code=trust_remote_code,
-        progress=sys.stderr.isatty(),
     )
     from rich.console import Console
 
@@ -479,13 +536,13 @@ def evaluate(
 
     Console().print(eval_table(result))
     if out is not None:
-        from harp._utils.io import atomic_write_json
+        from harp.core.io import atomic_write_json
 
         atomic_write_json(out, result)
         typer.echo(f"report -> {out}")
 
 
-# -- demo -----------------------------------------------------------------------------
+# -- demo ----------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -510,6 +567,8 @@ def demo(
         None, help="Rows per method (default: the size's)."
     ),
     seed: int = typer.Option(0, min=0, help="Seed of data, model and selections."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -520,32 +579,31 @@ def demo(
     proxy on each selection and scores the target. Reruns reuse finished steps.
     """
     _setup_logging(verbose)
-    from harp.bench.demo import DemoConfig, run_demo
+    from harp.bench.demo import demo_config, run_demo
     from harp.bench.tables import demo_table
 
     method_list = (
         None if methods is None else [m.strip() for m in methods.split(",") if m]
     )
+    context = _context(device, dtype)
     cfg = _run(
-        DemoConfig.preset,
+        demo_config,
         size,
         out_dir=out,
         seed=seed,
         methods=method_list,
-        budget=budget,
+        budget=budget or "10%",
     )
-    _narrate("harp.bench.demo", "harp.bench._steps")
-    result = _run(run_demo, cfg, progress=sys.stderr.isatty())
+    _narrate("harp.bench.harness", "harp.bench.suites", "harp.models.proxy")
+    result = _run(run_demo, cfg, context)
     from rich.console import Console
 
     console = Console()
     console.print(demo_table(result))
-    console.print(
-        f"results -> {result['paths']['json']}, {result['paths']['markdown']}"
-    )
+    console.print(f"results -> {result.paths['json']}, {result.paths['markdown']}")
 
 
-# -- bench ----------------------------------------------------------------------------
+# -- bench ---------------------------------------------------------------------------
 def _bench_params(items: list[str]) -> dict[str, dict[str, Any]]:
     """``-p METHOD.KEY=VALUE`` pairs grouped by method."""
     out: dict[str, dict[str, Any]] = {}
@@ -614,6 +672,8 @@ def bench(
         help="Method hyper-parameter METHOD.KEY=VALUE (repeatable), "
         "e.g. -p less.dim=1024.",
     ),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -630,7 +690,7 @@ def bench(
     seed_list = None
     if seeds is not None:
         try:
-            seed_list = [int(s) for s in _split(seeds)]
+            seed_list = [int(s) for s in _split(seeds) or []]
         except ValueError:
             _fail(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1")
     params = _bench_params(param)
@@ -655,17 +715,18 @@ def bench(
     _narrate(
         "harp.bench.harness",
         "harp.bench.suites",
-        "harp.bench._steps",
-        "harp.models.choice",
+        "harp.models.proxy",
+        "harp.models.resolve",
     )
-    rows = _run(run_bench, cfg, progress=sys.stderr.isatty())
+    context = _context(device, dtype)
+    rows = _run(run_bench, cfg, context)
     typer.echo(
         f"{len(rows)} rows -> {out / 'results.jsonl'}; tables and plots: "
         f"harp report {out}"
     )
 
 
-# -- report ---------------------------------------------------------------------------
+# -- report --------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -694,7 +755,7 @@ def report(
     )
 
 
-# -- features -------------------------------------------------------------------------
+# -- features ------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -730,6 +791,8 @@ def features(
     workers: Optional[int] = WorkersOption,
     ray_address: Optional[str] = RayAddressOption,
     gpus_per_task: float = GpusPerTaskOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -740,18 +803,23 @@ def features(
     with another model, data or projection is refused, never mixed.
     """
     _setup_logging(verbose)
-    _narrate("harp.models.choice", "harp.features.extract")
+    _narrate("harp.models.resolve", "harp.features.extract")
     from harp.data import load_examples
     from harp.features.extract import (
         extract_embedding_features,
         extract_gradient_features,
     )
 
+    if kind not in ("embeddings", "gradients"):
+        _fail(f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'")
     rows = _run(
         load_examples, data, prompt_field=prompt_field, response_field=response_field
     )
-    progress = sys.stderr.isatty()
+    context = _context(
+        device, dtype, cache_dir=cache_dir, gpus_per_task=gpus_per_task
+    ).with_seed(seed)
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
+    context = context.replace(executor=run_on)
     try:
         if kind == "embeddings":
             store = _run(
@@ -760,20 +828,12 @@ def features(
                 out,
                 encoder=encoder,
                 batch_size=max(batch_size, 16),
-                progress=progress,
-                executor=run_on,
+                context=context,
             )
-        elif kind == "gradients":
-            from harp.models.choice import resolve_model
+        else:
+            from harp.models.resolve import resolve_model
 
-            model_dir = _run(
-                resolve_model,
-                model,
-                rows,
-                cache_dir=cache_dir,
-                seed=seed,
-                progress=progress,
-            )
+            model_dir = _run(resolve_model, model, rows, context=context)
             store = _run(
                 extract_gradient_features,
                 model_dir,
@@ -784,12 +844,7 @@ def features(
                 seed=seed,
                 batch_size=batch_size,
                 max_length=max_length,
-                progress=progress,
-                executor=run_on,
-            )
-        else:
-            _fail(
-                f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'"
+                context=context,
             )
     finally:
         if run_on is not None:
@@ -799,7 +854,7 @@ def features(
     )
 
 
-# -- warmup ---------------------------------------------------------------------------
+# -- warmup --------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -823,6 +878,8 @@ def warmup(
     cache_dir: Path = typer.Option(
         Path(".harp-cache"), help="Where the built-in proxy model is cached."
     ),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -832,22 +889,20 @@ def warmup(
     uses to precondition the pool's gradients.
     """
     _setup_logging(verbose)
-    _narrate("harp.models.choice", "harp.training.warmup")
+    _narrate("harp.models.resolve", "harp.training.warmup")
     from harp.data import load_examples
-    from harp.models.choice import resolve_model
+    from harp.models.resolve import resolve_model
     from harp.training import TrainConfig
     from harp.training.warmup import warmup as warmup_fn
 
     rows = _run(load_examples, pool)
-    progress = sys.stderr.isatty()
-    model_dir = _run(
-        resolve_model, model, rows, cache_dir=cache_dir, seed=seed, progress=progress
-    )
+    context = _context(device, dtype, cache_dir=cache_dir).with_seed(seed)
+    model_dir = _run(resolve_model, model, rows, context=context)
     train_config = _run(
         TrainConfig,
         epochs=epochs,
         batch_size=batch_size,
-        seed=seed,
+        seed=context.int_seed("warmup"),
         lora_target_modules=None,
     )
     result = _run(
@@ -858,14 +913,13 @@ def warmup(
         fraction=fraction,
         config=train_config,
         n_checkpoints=checkpoints,
-        seed=seed,
-        progress=progress,
+        context=context,
     )
     for ckpt in result.checkpoints:
         typer.echo(f"step {ckpt.step:6d}  lr {ckpt.lr:.2e}  {ckpt.path}")
 
 
-# -- inspect --------------------------------------------------------------------------
+# -- inspect -------------------------------------------------------------------------
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -888,16 +942,16 @@ def inspect(
     """Show a HARP run's tree: every leaf's posterior, what was measured and chosen."""
     import json
 
-    from harp.selectors.harp.inspect import format_tree, load_diagnostics
+    from harp.app.inspect import format_tree, load_diagnostics
 
     diag = _run(load_diagnostics, run)
     if as_json:
-        typer.echo(json.dumps(diag, indent=1))
+        typer.echo(json.dumps(diag.to_dict(), indent=1))
     else:
         typer.echo(format_tree(diag, max_leaves=max_leaves))
 
 
-# -- methods --------------------------------------------------------------------------
+# -- methods -------------------------------------------------------------------------
 @app.command()
 def methods() -> None:
     """List the selection methods and their parameters."""
@@ -908,7 +962,7 @@ def methods() -> None:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         params = ", ".join(
             f"{k}={v!r}"
-            for k, v in cls().get_params().items()
+            for k, v in cls().computation_params().items()
             if k not in ("budget", "seed")
         )
         typer.echo(f"{name:12s} {doc}")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from harp.errors import HarpError
+from harp.app.output import sidecar_path
+from harp.core.errors import HarpError
+from harp.selectors.diagnostics import (
+    HARPDiagnostics,
+    LeafDiagnostics,
+    diagnostics_from_dict,
+)
 
 __all__ = ["format_tree", "load_diagnostics"]
 
 
-def load_diagnostics(path: str | Path) -> dict[str, Any]:
+def load_diagnostics(path: str | Path) -> HARPDiagnostics:
     """The HARP diagnostics of a run: a selection's output, its sidecar, or a JSON.
 
     ``path`` may be the rows file ``harp select`` wrote (its ``.meta.json`` sidecar is
@@ -19,11 +24,9 @@ def load_diagnostics(path: str | Path) -> dict[str, Any]:
 
     Raises
     ------
-    harp.errors.HarpError
+    harp.core.errors.HarpError
         When the file is missing, unreadable, or holds no HARP diagnostics.
     """
-    from harp.output import sidecar_path
-
     path = Path(path)
     candidates = [path] if path.name.endswith(".json") else []
     candidates.append(sidecar_path(path))
@@ -45,7 +48,9 @@ def load_diagnostics(path: str | Path) -> dict[str, Any]:
             f"{candidate}: holds no HARP tree (it was not made by harp-c or harp-e); "
             "run 'harp select --method harp-c ...' first"
         )
-    return diag
+    typed = diagnostics_from_dict(diag, where=str(candidate))
+    assert isinstance(typed, HARPDiagnostics)
+    return typed
 
 
 def _fmt(values: list[float] | None, scale: float) -> str:
@@ -54,7 +59,7 @@ def _fmt(values: list[float] | None, scale: float) -> str:
     return " ".join(f"{scale * v:+7.2f}" for v in values)
 
 
-def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
+def format_tree(diag: HARPDiagnostics, *, max_leaves: int | None = None) -> str:
     """Nodes → parents → leaves, each leaf with its posterior per domain.
 
     Marks: ``M`` measured (its measured effect follows), ``*`` chosen. Exact-match
@@ -63,8 +68,8 @@ def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
 
     Parameters
     ----------
-    diag : dict
-        A HARP selector's :meth:`diagnostics`.
+    diag : HARPDiagnostics
+        A HARP selector's :meth:`diagnostics` (or :func:`load_diagnostics`).
     max_leaves : int or None
         Show at most this many leaves per parent (the highest posterior first).
 
@@ -74,51 +79,46 @@ def format_tree(diag: dict[str, Any], *, max_leaves: int | None = None) -> str:
         The rendered tree.
     """
     scale = 100.0
-    domains = diag["domains"]
-    oracle = diag.get("oracle", {})
-    greedy = diag.get("greedy", {})
-    leaves = diag["leaves"]
+    oracle = diag.oracle
+    leaves = diag.leaves
+    chosen = diag.chosen
+    order = diag.greedy_order
     lines = [
-        f"{diag.get('method', 'harp')}: {len(leaves)} leaves, "
-        f"{sum(1 for x in leaves if x['measured'])} measured "
+        f"{diag.method}: {len(leaves)} leaves, {len(diag.measured)} measured "
         f"({oracle.get('calls', '?')} calls run, {oracle.get('cache_hits', 0)} "
-        f"cached, {oracle.get('seconds', 0):.1f}s), "
-        f"{sum(1 for x in leaves if x['chosen'])} chosen "
-        f"({sum(x['size'] for x in leaves if x['chosen'])} rows)",
-        f"metric: {diag.get('metric')} (effects x100); domains: "
-        + ", ".join(domains)
+        f"cached, {oracle.get('seconds', 0):.1f}s), {len(chosen)} chosen "
+        f"({sum(x.size for x in chosen)} rows)",
+        f"metric: {diag.metric} (effects x100); domains: "
+        + ", ".join(diag.domains)
         + "; active: "
-        + ", ".join(diag.get("active_domains", [])),
-        f"greedy order: {greedy.get('order', [])[:20]}"
-        f"{' ...' if len(greedy.get('order', [])) > 20 else ''}; best prefix "
-        f"{greedy.get('prefix', '?')}",
+        + ", ".join(diag.active_domains),
+        f"greedy order: {order[:20]}{' ...' if len(order) > 20 else ''}; best "
+        f"prefix {diag.prefix}",
         "",
         f"{'':28s}{'posterior mean (sd) per domain':s}",
     ]
-    by_node: dict[int, dict[int, list[dict]]] = {}
+    by_node: dict[int, dict[int, list[LeafDiagnostics]]] = {}
     for leaf in leaves:
-        by_node.setdefault(leaf["node"], {}).setdefault(leaf["parent"], []).append(leaf)
+        by_node.setdefault(leaf.node, {}).setdefault(leaf.parent, []).append(leaf)
     for node in sorted(by_node):
         parents = by_node[node]
-        n_rows = sum(x["size"] for p in parents.values() for x in p)
+        n_rows = sum(x.size for p in parents.values() for x in p)
         lines.append(f"node {node}  ({len(parents)} parents, {n_rows} rows)")
         for parent in sorted(parents):
-            group = sorted(parents[parent], key=lambda x: -sum(x["mean"]))
+            group = sorted(parents[parent], key=lambda x: -sum(x.mean))
             lines.append(f"  parent {parent}  ({len(group)} leaves)")
             shown = group if max_leaves is None else group[:max_leaves]
             for leaf in shown:
-                mark = ("M" if leaf["measured"] else " ") + (
-                    "*" if leaf["chosen"] else " "
-                )
-                sd = " ".join(f"({scale * s:5.2f})" for s in leaf["sd"])
+                mark = ("M" if leaf.measured else " ") + ("*" if leaf.chosen else " ")
+                sd = " ".join(f"({scale * s:5.2f})" for s in leaf.sd)
                 line = (
-                    f"    {mark} leaf {leaf['leaf']:4d} n={leaf['size']:4d}  "
-                    f"{_fmt(leaf['mean'], scale)}  {sd}"
+                    f"    {mark} leaf {leaf.leaf:4d} n={leaf.size:4d}  "
+                    f"{_fmt(leaf.mean, scale)}  {sd}"
                 )
-                if leaf.get("target_fit_loss") is not None:
-                    line += f"  fit {leaf['target_fit_loss']:5.2f}"
-                if leaf["measured"]:
-                    line += f"  measured {_fmt(leaf.get('effect'), scale)}"
+                if leaf.target_fit_loss is not None:
+                    line += f"  fit {leaf.target_fit_loss:5.2f}"
+                if leaf.measured:
+                    line += f"  measured {_fmt(leaf.effect, scale)}"
                 lines.append(line)
             if len(shown) < len(group):
                 lines.append(f"      ... {len(group) - len(shown)} more leaves")

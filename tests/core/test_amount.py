@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harp.errors import ParameterError
+from harp.core.errors import ParameterError
 from harp.selectors import parse_budget, resolve_budget
 
 

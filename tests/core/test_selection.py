@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from harp.errors import DataError
+from harp.core.errors import DataError
 from harp.selectors import Cost, Selection
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harp._utils.io import atomic_write_json
+from harp.core.io import atomic_write_json
 
 __all__ = ["JsonCache"]
 

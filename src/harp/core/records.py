@@ -6,8 +6,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harp._utils.hashing import sha256_hex, stable_json
-from harp.errors import DataError
+from harp.core.errors import DataError
+from harp.core.hashing import sha256_hex, stable_json
 
 __all__ = ["Example", "ExampleSet", "DEFAULT_DOMAIN", "content_id"]
 
@@ -91,7 +91,7 @@ class ExampleSet(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return self.examples[index]
         return self.examples[index]
@@ -188,20 +188,3 @@ def unique_id(base: str, seen: dict[str, int]) -> str:
         candidate = f"{base}#{count}"
     seen[candidate] = 0
     return candidate
-
-
-def as_example_set(data: "ExampleSet | Sequence[dict] | str") -> ExampleSet:
-    """Coerce a set, a list of dicts or a path into an :class:`ExampleSet`."""
-    if isinstance(data, ExampleSet):
-        return data
-    if isinstance(data, (str,)) or hasattr(data, "__fspath__"):
-        from harp.data.loaders import load_examples
-
-        return load_examples(data)
-    if isinstance(data, Sequence) and all(isinstance(r, Example) for r in data):
-        return ExampleSet(tuple(data))
-    if isinstance(data, Sequence):
-        return ExampleSet.from_records(data)
-    raise TypeError(
-        f"expected an ExampleSet, a path or a list of dicts, got {type(data).__name__}"
-    )

@@ -1,4 +1,4 @@
-"""Model choice for model-based methods: a folder, the proxy, or nothing given."""
+"""Which model a model-based method runs on: a folder, the proxy, or nothing given."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
+from harp.core.context import RunContext
+from harp.core.errors import ModelError, ParameterError
 from harp.data import ExampleSet
-from harp.errors import ModelError, ParameterError
 from harp.models import load_model
-from harp.models.choice import resolve_model
+from harp.models.resolve import resolve_model
 
 SMALL = dict(pretrain_steps=2, batch_size=4)
 
@@ -35,44 +36,64 @@ def test_folder_is_validated(tiny_dir, tmp_path):
 
 def test_proxy_builds_once_then_reuses(tmp_path):
     pool = _pool()
-    path = resolve_model("proxy", pool, cache_dir=tmp_path, **SMALL)
+    path = resolve_model("proxy", pool, context=RunContext(cache_dir=tmp_path), **SMALL)
     assert path.parent == tmp_path and path.name.startswith("proxy-")
     weights = path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     model, tok = load_model(path)
     assert model.config.vocab_size == len(tok)
-    again = resolve_model("proxy", pool, cache_dir=tmp_path, **SMALL)
+    again = resolve_model(
+        "proxy", pool, context=RunContext(cache_dir=tmp_path), **SMALL
+    )
     assert again == path
     assert weights.stat().st_mtime_ns == stamp
     # Another pool, seed or size gets its own folder.
-    other = resolve_model("proxy", _pool(tag="x"), cache_dir=tmp_path, **SMALL)
+    other = resolve_model(
+        "proxy", _pool(tag="x"), context=RunContext(cache_dir=tmp_path), **SMALL
+    )
     assert other != path
-    capped = resolve_model("proxy", pool, cache_dir=tmp_path, max_rows=10, **SMALL)
-    assert capped not in (path, other)
+    capped = resolve_model(
+        "proxy", pool, context=RunContext(cache_dir=tmp_path), max_rows=10, **SMALL
+    )
+    reseeded = resolve_model(
+        "proxy", pool, context=RunContext(cache_dir=tmp_path, seed=1), **SMALL
+    )
+    assert len({path, other, capped, reseeded}) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (path, other, capped)
+        p.name for p in (path, other, capped, reseeded)
     )
 
 
 def test_none_means_proxy_and_logs_one_line(tmp_path, caplog):
     pool = _pool()
-    with caplog.at_level(logging.INFO, logger="harp.models.choice"):
-        path = resolve_model(None, pool, cache_dir=tmp_path, **SMALL)
-    lines = [r for r in caplog.records if r.name == "harp.models.choice"]
+    with caplog.at_level(logging.INFO, logger="harp.models.resolve"):
+        path = resolve_model(
+            None, pool, context=RunContext(cache_dir=tmp_path), **SMALL
+        )
+    lines = [r for r in caplog.records if r.name == "harp.models.resolve"]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     message = lines[0].getMessage()
     assert message.startswith("no --model given: using the built-in proxy model")
     assert str(path) in message
-    assert resolve_model("proxy", pool, cache_dir=tmp_path, **SMALL) == path
+    assert (
+        resolve_model("proxy", pool, context=RunContext(cache_dir=tmp_path), **SMALL)
+        == path
+    )
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ParameterError, match="pool is empty"):
-        resolve_model("proxy", ExampleSet.from_records([]), cache_dir=tmp_path)
+        resolve_model(
+            "proxy", ExampleSet.from_records([]), context=RunContext(cache_dir=tmp_path)
+        )
     with pytest.raises(ParameterError, match="pretrain_steps=0"):
-        resolve_model("proxy", _pool(), cache_dir=tmp_path, pretrain_steps=0)
+        resolve_model(
+            "proxy", _pool(), context=RunContext(cache_dir=tmp_path), pretrain_steps=0
+        )
     with pytest.raises(ParameterError, match="max_rows"):
-        resolve_model(None, _pool(), cache_dir=tmp_path, max_rows=-1)
+        resolve_model(
+            None, _pool(), context=RunContext(cache_dir=tmp_path), max_rows=-1
+        )
     with pytest.raises(ParameterError, match="model=3"):
-        resolve_model(3, _pool(), cache_dir=tmp_path)
+        resolve_model(3, _pool(), context=RunContext(cache_dir=tmp_path))
     assert not list(tmp_path.iterdir())

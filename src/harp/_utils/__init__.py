@@ -1,1 +1,0 @@
-"""Private helpers shared by every stage (atomic IO, hashing, seeding)."""

@@ -1,0 +1,408 @@
+"""Features as components: what a selector computes from examples, as an object.
+
+A selector that needs features takes a component as a parameter (``features=``), in
+the manner of scikit-learn's nested estimators, TRAK's injected gradient computer and
+bergson's collector: ``LESSSelector(features=GradientFeatures(dim=1024))``, or
+``selector.set_params(features__dim=1024)``. A component only records its
+parameters; the work happens when a selector (or ``harp features``) calls it with a
+run context, and every result lands in the context's cache.
+
+:class:`TextFeatures`
+    Sentence embeddings (or hashed TF-IDF) of the rows' text: what the text-only
+    baselines and HARP's default tree use.
+:class:`GradientFeatures`
+    Projected per-example LoRA gradients of a model, taken at the checkpoints of a
+    short LESS-style warm-up on the pool: what LESS, SPICE, Fisher, DPP, the
+    gradient-norm baseline and HARP's gradient tree use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from harp.core.context import RunContext
+from harp.core.params import Interval, Options, Parametrized, validate_params
+from harp.core.records import ExampleSet
+from harp.features.store import FeatureStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harp.features.projection import RandomProjector
+    from harp.training.warmup import Checkpoint
+
+__all__ = [
+    "FEATURE_KINDS",
+    "FeatureComponent",
+    "GradientFeatures",
+    "TextFeatures",
+    "make_features",
+    "unit_rows",
+]
+
+log = logging.getLogger(__name__)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero).
+
+    Examples
+    --------
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+class FeatureComponent(Parametrized):
+    """Base of the feature components: parameters, checks, equality by parameters."""
+
+    #: The component's name in ``FEATURE_KINDS`` (and on the command line).
+    kind: ClassVar[str] = ""
+
+    def check(self) -> None:
+        """Validate the parameters against the class's constraint table."""
+        validate_params(
+            type(self).__name__,
+            self.get_params(deep=False),
+            self._parameter_constraints,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, FeatureComponent)
+        return self.get_params(deep=False) == other.get_params(deep=False)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self)))
+
+    def pool_and_target(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet,
+        context: RunContext,
+        *,
+        model_dir: Path | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the pool and of the target in one space (float64 rows)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class TextFeatures(FeatureComponent):
+    """Sentence embeddings of ``prompt + response``, or hashed TF-IDF.
+
+    Parameters
+    ----------
+    encoder : {"auto", "minilm", "tfidf"}, default="auto"
+        ``"minilm"``: all-MiniLM-L6-v2 (offline, on the run's device);
+        ``"tfidf"``: hashed TF-IDF + SVD, fitted on the sets embedded together;
+        ``"auto"``: MiniLM when installed, else TF-IDF.
+    batch_size : int, default=64
+        Texts per forward pass of the sentence encoder.
+
+    Examples
+    --------
+    >>> from harp.core import RunContext
+    >>> features = TextFeatures(encoder="tfidf")
+    >>> pool, target = features.embed_sets(
+    ...     [["add two numbers", "a poem about the sea"], ["add three numbers"]],
+    ...     RunContext())
+    >>> pool.shape[0], target.shape[0]
+    (2, 1)
+    """
+
+    kind = "text"
+    _parameter_constraints = {
+        "encoder": [Options("auto", "minilm", "tfidf")],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
+    def __init__(self, *, encoder: str = "auto", batch_size: int = 64) -> None:
+        self.encoder = encoder
+        self.batch_size = batch_size
+
+    def resolved_encoder(self) -> str:
+        """``"minilm"`` or ``"tfidf"``: what ``encoder`` resolves to here."""
+        from harp.features.text import resolve_encoder
+
+        return resolve_encoder(self.encoder)
+
+    def device_for(self, context: RunContext) -> str:
+        """Where the embedding runs: TF-IDF on the CPU, an encoder on the device."""
+        return "cpu" if self.resolved_encoder() == "tfidf" else context.device_name
+
+    def embed_sets(
+        self, text_sets: Sequence[Sequence[str]], context: RunContext
+    ) -> list[np.ndarray]:
+        """Embed several lists of texts in one space (float32, unit rows).
+
+        TF-IDF fits its vocabulary and IDF on all the lists together; a sentence
+        encoder embeds each text on its own (memoised in the process).
+        """
+        from harp.features.text import TextFeaturizer
+
+        self.check()
+        featurizer = TextFeaturizer(
+            encoder=self.resolved_encoder(),
+            batch_size=self.batch_size,
+            progress=context.progress,
+            device=self.device_for(context),
+        )
+        return featurizer.embed_sets(*text_sets)
+
+    def extract(self, examples: ExampleSet, context: RunContext) -> FeatureStore:
+        """The embeddings of ``examples`` in a feature store under the context's cache.
+
+        ``encoder="tfidf"`` fits its IDF on ``examples`` alone: such a store is
+        comparable only with itself (use :meth:`embed_sets` for several sets).
+        """
+        from harp.features.extract import extract_embedding_features
+
+        self.check()
+        return extract_embedding_features(
+            examples,
+            context.cache_dir / "features",
+            encoder=self.encoder,
+            batch_size=self.batch_size,
+            context=context,
+        )
+
+    def pool_and_target(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet,
+        context: RunContext,
+        *,
+        model_dir: Path | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pool and target embeddings in one space, as float64 arrays.
+
+        TF-IDF embeds both together (one vocabulary); a sentence encoder goes
+        through cached feature stores (a rerun does not encode again).
+        """
+        if self.resolved_encoder() == "tfidf":
+            x, t = self.embed_sets([pool.texts, target.texts], context)
+            return np.asarray(x, np.float64), np.asarray(t, np.float64)
+        x = self.extract(pool, context).read()
+        t = self.extract(target, context).read()
+        return x.astype(np.float64), t.astype(np.float64)
+
+
+class GradientFeatures(FeatureComponent):
+    """Projected per-example LoRA gradients at the checkpoints of a LESS warm-up.
+
+    The warm-up LoRA-trains the model for ``warmup_epochs`` on a seeded
+    ``warmup_fraction`` of the pool (LESS's recipe: adapters on the attention
+    projections) and keeps ``n_checkpoints`` checkpoints with their Adam state; the
+    gradient of each row's response loss with respect to the adapter, at a
+    checkpoint, is randomly projected to ``dim`` dimensions. Warm-ups and feature
+    stores are cached in the run context's cache folder by fingerprint, so every
+    method whose settings agree shares them.
+
+    Parameters
+    ----------
+    dim : int, default=8192
+        Random-projection dimension of the gradients (0 keeps them whole).
+    projection : {"rademacher", "gaussian"}, default="rademacher"
+        Projection matrix entries (seeded from the run's ``"projection"`` stream).
+    warmup_fraction : float, default=0.05
+        Share of the pool the warm-up trains on (LESS uses 5%).
+    warmup_epochs : float, default=4.0
+        Warm-up epochs over that share.
+    n_checkpoints : int, default=4
+        Warm-up checkpoints kept (evenly spaced; the last is the end of training).
+    lora_r : int, default=16
+        Rank of the warm-up's LoRA adapter.
+    lora_alpha : float, default=32.0
+        Its scaling numerator (updates scale by ``lora_alpha / lora_r``).
+    lora_target_modules : tuple of str or None, default=None
+        Modules adapted; None means the attention projections of Llama-style models
+        (``q_proj, k_proj, v_proj, o_proj``, LESS's choice), or every linear layer
+        for other architectures; ``("all-linear",)`` adapts every linear layer.
+    batch_size : int, default=16
+        Rows per warm-up step and per per-example-gradient batch.
+    max_length : int, default=256
+        Token limit of a row.
+
+    Examples
+    --------
+    >>> features = GradientFeatures(dim=1024, n_checkpoints=1)
+    >>> features.get_params()["dim"]
+    1024
+    """
+
+    kind = "gradient"
+    _parameter_constraints = {
+        "dim": [Interval(int, 0, None)],
+        "projection": [Options("rademacher", "gaussian")],
+        "warmup_fraction": [Interval(float, 0.0, 1.0, closed="right")],
+        "warmup_epochs": [Interval(float, 0.0, None, closed="neither")],
+        "n_checkpoints": [Interval(int, 1, None)],
+        "lora_r": [Interval(int, 1, None)],
+        "lora_alpha": [Interval(float, 0.0, None, closed="neither")],
+        "lora_target_modules": [None, tuple, list],
+        "batch_size": [Interval(int, 1, None)],
+        "max_length": [Interval(int, 8, None)],
+    }
+
+    def __init__(
+        self,
+        *,
+        dim: int = 8192,
+        projection: str = "rademacher",
+        warmup_fraction: float = 0.05,
+        warmup_epochs: float = 4.0,
+        n_checkpoints: int = 4,
+        lora_r: int = 16,
+        lora_alpha: float = 32.0,
+        lora_target_modules: tuple[str, ...] | None = None,
+        batch_size: int = 16,
+        max_length: int = 256,
+    ) -> None:
+        self.dim = dim
+        self.projection = projection
+        self.warmup_fraction = warmup_fraction
+        self.warmup_epochs = warmup_epochs
+        self.n_checkpoints = n_checkpoints
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_target_modules = lora_target_modules
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def warmup(
+        self, model_dir: Path, pool: ExampleSet, context: RunContext
+    ) -> list[Checkpoint]:
+        """The warm-up checkpoints of ``model_dir`` on ``pool`` (cached), in order."""
+        from harp.training.config import TrainConfig
+        from harp.training.warmup import warmup
+
+        self.check()
+        targets = self.lora_target_modules
+        config = TrainConfig(
+            epochs=float(self.warmup_epochs),
+            batch_size=self.batch_size,
+            lora_r=self.lora_r,
+            lora_alpha=float(self.lora_alpha),
+            lora_target_modules=None if targets is None else tuple(targets),
+            seed=context.int_seed("warmup"),
+        )
+        result = warmup(
+            model_dir,
+            pool,
+            context.cache_dir / "warmup",
+            fraction=float(self.warmup_fraction),
+            config=config,
+            n_checkpoints=self.n_checkpoints,
+            context=context,
+            by_fingerprint=True,
+        )
+        return result.checkpoints
+
+    def extract(
+        self,
+        examples: ExampleSet,
+        context: RunContext,
+        *,
+        model_dir: Path,
+        checkpoint: Checkpoint | None = None,
+        optimizer: str = "sgd",
+    ) -> FeatureStore:
+        """The projected gradients of ``examples`` at ``checkpoint``, in a store.
+
+        Parameters
+        ----------
+        examples : ExampleSet
+            Rows to featurise.
+        context : RunContext
+            Device, dtype, seeds (``"projection"`` stream), cache, executor.
+        model_dir : Path
+            The base model folder.
+        checkpoint : Checkpoint or None, default None
+            A warm-up checkpoint (:meth:`warmup`); None takes the gradients of a
+            fresh, seeded adapter on the base model.
+        optimizer : {"sgd", "adam"}, default "sgd"
+            ``"adam"`` preconditions with the checkpoint's Adam state (LESS's pool
+            features).
+        """
+        from harp.features.extract import extract_gradient_features
+
+        self.check()
+        return extract_gradient_features(
+            model_dir,
+            examples,
+            context.cache_dir / "features",
+            checkpoint=checkpoint,
+            dim=self.dim,
+            projection=self.projection,
+            seed=context.int_seed("projection"),
+            optimizer=optimizer,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            context=context,
+        )
+
+    def projector(self, in_dim: int, context: RunContext) -> RandomProjector | None:
+        """The projection these features use for ``in_dim`` coordinates (None: none)."""
+        from harp.features.projection import RandomProjector
+
+        if not self.dim:
+            return None
+        return RandomProjector(
+            in_dim,
+            self.dim,
+            kind=self.projection,
+            seed=context.int_seed("projection"),
+        )
+
+    def pool_and_target(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet,
+        context: RunContext,
+        *,
+        model_dir: Path | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-length gradients of pool and target at the warm-up's end (float64).
+
+        A model that has seen the pool's tasks tells rows that follow its majority
+        rule from rows that contradict it, where the untouched base cannot.
+        """
+        if model_dir is None:
+            raise ValueError("GradientFeatures need the model folder (model_dir=...)")
+        last = self.warmup(model_dir, pool, context)[-1]
+        x = self.extract(pool, context, model_dir=model_dir, checkpoint=last).read()
+        t = self.extract(target, context, model_dir=model_dir, checkpoint=last).read()
+        return unit_rows(x.astype(np.float64)), unit_rows(t.astype(np.float64))
+
+
+#: Feature components by the name a command line or a YAML file gives them.
+FEATURE_KINDS: dict[str, type[FeatureComponent]] = {
+    "text": TextFeatures,
+    "gradient": GradientFeatures,
+}
+
+
+def make_features(kind: str, **params: Any) -> FeatureComponent:
+    """The component registered as ``kind`` (``"text"``, ``"gradient"``).
+
+    Raises
+    ------
+    harp.core.errors.ParameterError
+        For an unknown kind or parameter.
+    """
+    from harp.core.errors import ParameterError
+
+    if kind not in FEATURE_KINDS:
+        raise ParameterError(
+            f"features={kind!r} is not known; expected one of "
+            + ", ".join(sorted(FEATURE_KINDS))
+        )
+    component = FEATURE_KINDS[kind]()
+    component.set_params(**params)
+    return component

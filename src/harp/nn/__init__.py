@@ -1,0 +1,49 @@
+"""nn: the small kit under models and training — encode, collate, the loss, the loop.
+
+One prompt template and encoder (:mod:`harp.nn.encode`), one loss
+(:mod:`harp.nn.loss`), one training loop with a single-step API
+(:mod:`harp.nn.loop`). Tensors are created on the device of the model that reads
+them. torch is imported inside functions only.
+"""
+
+from harp.nn.encode import (
+    IGNORE_INDEX,
+    RESPONSE_MARKER,
+    EncodedRows,
+    collate,
+    encode_examples,
+    encode_texts,
+    format_example,
+    format_prompt,
+    length_batches,
+    model_device,
+    model_max_length,
+    pad_token_id,
+    seeded,
+)
+from harp.nn.loop import LR_SCHEDULES, Trainer, TrainStep, batch_stream, train_loop
+from harp.nn.loss import causal_lm_loss, row_losses, token_losses
+
+__all__ = [
+    "EncodedRows",
+    "IGNORE_INDEX",
+    "LR_SCHEDULES",
+    "RESPONSE_MARKER",
+    "TrainStep",
+    "Trainer",
+    "batch_stream",
+    "causal_lm_loss",
+    "collate",
+    "encode_examples",
+    "encode_texts",
+    "format_example",
+    "format_prompt",
+    "length_batches",
+    "model_device",
+    "model_max_length",
+    "pad_token_id",
+    "row_losses",
+    "seeded",
+    "token_losses",
+    "train_loop",
+]

@@ -1,0 +1,303 @@
+"""The one training loop: AdamW over seeded batches, one step at a time or many.
+
+:class:`Trainer` owns the optimiser and the learning-rate schedule and takes one step
+on a batch of encoded rows (:meth:`Trainer.step`): SPICE's online schedule uses it
+directly. :func:`train_loop` draws seeded batches and calls it ``steps`` times:
+finetuning, the LESS warm-up and the proxy's pretraining all run through it.
+Batches are created on the model's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harp.core.errors import NumericalError, ParameterError
+from harp.core.progress import ProgressBar
+from harp.nn.encode import collate, model_device
+from harp.nn.loss import causal_lm_loss
+
+__all__ = ["LR_SCHEDULES", "TrainStep", "Trainer", "batch_stream", "train_loop"]
+
+logger = logging.getLogger(__name__)
+
+#: Learning-rate decays after the warm-up.
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+#: Rows of a batch: ``(input_ids, labels)`` token sequences.
+Rows = Sequence[tuple[Sequence[int], Sequence[int]]]
+
+
+def _lr_factor(steps: int, warmup: int, schedule: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, steps - warmup)
+        progress = min(1.0, max(0.0, progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def batch_stream(
+    n: int, batch_size: int, steps: int, generator: Any
+) -> Iterator[list[int]]:
+    """Index batches: consecutive slices of seeded permutations (one per epoch).
+
+    A set no larger than a batch is used whole (shuffled) at every step.
+    """
+    import torch
+
+    if n <= batch_size:
+        for _ in range(steps):
+            yield torch.randperm(n, generator=generator).tolist()
+        return
+    buffer: list[int] = []
+    for _ in range(steps):
+        while len(buffer) < batch_size:
+            buffer.extend(torch.randperm(n, generator=generator).tolist())
+        batch, buffer = buffer[:batch_size], buffer[batch_size:]
+        yield batch
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """What an ``on_step`` callback of :func:`train_loop` sees after each step.
+
+    Attributes
+    ----------
+    step : int
+        Steps done so far (from 1).
+    total : int
+        Steps the run will take.
+    lr : float
+        Learning rate the step used.
+    loss : float
+        The step's batch loss.
+    optimizer : torch.optim.Optimizer
+        The optimiser, with its state after the step (the warm-up saves Adam moments).
+    model : torch.nn.Module
+        The model being trained (the peft model under LoRA).
+    row_ids : tuple of str
+        Ids of the rows the run trains on (rows lost to truncation are not among them).
+    """
+
+    step: int
+    total: int
+    lr: float
+    loss: float
+    optimizer: Any
+    model: Any
+    row_ids: tuple[str, ...]
+
+
+class Trainer:
+    """AdamW and a learning-rate schedule on a model's trainable parameters.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (already on its device); trained in place.
+    pad_id : int
+        Padding token id of its tokenizer.
+    lr : float
+        Peak learning rate.
+    steps : int or None, default None
+        Steps of the schedule; None keeps the learning rate constant.
+    warmup_ratio : float, default 0.0
+        Fraction of ``steps`` of linear warm-up.
+    schedule : {"cosine", "linear", "constant"}, default "constant"
+        Decay after the warm-up.
+    weight_decay : float, default 0.0
+        Decoupled weight decay.
+    max_grad_norm : float or None, default None
+        Gradient-norm clipping threshold.
+    description : str, default "training"
+        Name of the run in error messages.
+
+    Examples
+    --------
+    >>> from harp.models import build_proxy, ProxyConfig
+    >>> model, tok = build_proxy(ProxyConfig(hidden_size=16, num_layers=1,
+    ...                                      num_heads=2, intermediate_size=32))
+    >>> trainer = Trainer(model, pad_id=tok.pad_token_id, lr=1e-3)
+    >>> ids = tok("ab")["input_ids"]
+    >>> loss = trainer.step([(ids, ids)], ["row-0"])
+    >>> loss > 0
+    True
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        pad_id: int,
+        lr: float,
+        steps: int | None = None,
+        warmup_ratio: float = 0.0,
+        schedule: str = "constant",
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        description: str = "training",
+    ) -> None:
+        import torch
+
+        if schedule not in LR_SCHEDULES:
+            raise ParameterError(
+                f"schedule={schedule!r} is not allowed; expected one of "
+                + ", ".join(LR_SCHEDULES)
+            )
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ParameterError("the model has no trainable parameters")
+        self.pad_id = int(pad_id)
+        self.max_grad_norm = max_grad_norm
+        self.description = description
+        self.steps = steps
+        self.device = model_device(model)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8
+        )
+        total = steps or 1
+        warmup = int(round(warmup_ratio * total)) if steps else 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(total, warmup, schedule)
+        )
+        self.steps_done = 0
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, rows: Rows, row_ids: Sequence[str]) -> float:
+        """One optimiser step on a batch of ``(input_ids, labels)`` rows.
+
+        The model is in train mode for the step and back in its former mode after.
+
+        Returns
+        -------
+        float
+            The batch loss before the step.
+
+        Raises
+        ------
+        NumericalError
+            When the loss is NaN or infinite (naming the batch's ids).
+        """
+        import torch
+
+        was_training = bool(self.model.training)
+        self.model.train()
+        try:
+            input_ids, _, labels = collate(rows, self.pad_id, self.device)
+            # Right padding needs no attention mask for a causal model (real tokens
+            # never attend to later padding), so the batch runs on the fast path.
+            logits = self.model(input_ids=input_ids, use_cache=False).logits
+            loss = causal_lm_loss(logits, labels)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                total = "" if self.steps is None else f"/{self.steps}"
+                raise NumericalError(
+                    f"{self.description}: the loss became {value} at step "
+                    f"{self.steps_done + 1}{total}; the batch held example ids "
+                    f"{list(row_ids)}. Lower the learning rate, check the model "
+                    "weights, or drop those rows"
+                )
+            loss.backward()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        finally:
+            if not was_training:
+                self.model.eval()
+        self.steps_done += 1
+        return value
+
+
+def train_loop(
+    model: Any,
+    rows: Rows,
+    row_ids: Sequence[str],
+    *,
+    pad_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    schedule: str,
+    weight_decay: float,
+    max_grad_norm: float | None,
+    seed: int,
+    progress: bool,
+    description: str,
+    on_step: Callable[[TrainStep], None] | None = None,
+) -> list[float]:
+    """AdamW on the model's trainable parameters over seeded batches of ``rows``.
+
+    Batches are consecutive slices of permutations drawn from a torch generator
+    seeded with ``seed`` (:func:`batch_stream`). ``on_step`` receives a
+    :class:`TrainStep` after every step. The caller seeds torch's global RNG
+    (dropout, LoRA initialisation) inside a fork; the model ends in eval mode.
+
+    Returns
+    -------
+    list of float
+        The loss of every step.
+    """
+    import torch
+
+    if not rows:
+        raise ParameterError("no training rows left (all were empty or truncated)")
+    trainer = Trainer(
+        model,
+        pad_id=pad_id,
+        lr=lr,
+        steps=steps,
+        warmup_ratio=warmup_ratio,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        description=description,
+    )
+    generator = torch.Generator().manual_seed(int(seed))
+    losses: list[float] = []
+    ids = tuple(row_ids)
+    model.train()
+    try:
+        with ProgressBar(progress, description, steps) as bar:
+            for batch in batch_stream(len(rows), batch_size, steps, generator):
+                step_lr = trainer.lr
+                value = trainer.step(
+                    [rows[i] for i in batch], [row_ids[i] for i in batch]
+                )
+                losses.append(value)
+                if on_step is not None:
+                    on_step(
+                        TrainStep(
+                            trainer.steps_done,
+                            steps,
+                            step_lr,
+                            value,
+                            trainer.optimizer,
+                            model,
+                            ids,
+                        )
+                    )
+                bar.advance(description=f"{description} {value:.3f}")
+    finally:
+        model.eval()
+    logger.debug(
+        "%s: %d steps, loss %.4f -> %.4f", description, steps, losses[0], losses[-1]
+    )
+    return losses

@@ -1,0 +1,478 @@
+"""The one train-and-score utility: finetune the base model on rows, score the target.
+
+:class:`TrainEvalUtility` is harp's ``ModelUtility`` (pyDVL's name for "the model and
+the scorer, as a function of the training subset"): ``utility(rows)`` finetunes a
+fresh LoRA adapter (or a fresh copy, for full finetuning) of the base model on
+``rows`` and returns the :class:`~harp.training.evaluate.EvalReport` of the target.
+HARP's oracle, ``harp bench``, ``harp demo`` and ``harp evaluate`` all go through it,
+so there is one fingerprint policy for a finetune-and-score result:
+
+    model content · target content · rows content · training recipe · evaluation
+    settings · dtype
+
+(never the device, the cache folder or the progress display). Every result is kept
+in ``context.cache_dir/train-eval`` as one JSON file per key, written atomically, so
+a rerun, a crashed run, or another method that asks for the same subset repeats no
+finished call. The utility counts the calls it ran and the ones it answered from
+the cache, and can map subsets over an executor.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harp.core.artifact import JsonCache
+from harp.core.context import RunContext
+from harp.core.errors import NumericalError, ParameterError
+from harp.core.hashing import fingerprint, stable_json
+from harp.core.records import ExampleSet
+from harp.training.config import EvalConfig, TrainConfig
+from harp.training.evaluate import EvalReport, evaluate, response_losses
+
+__all__ = ["CallResult", "TrainEvalUtility", "evaluate_subset"]
+
+log = logging.getLogger(__name__)
+
+#: Cache folder (under ``context.cache_dir``) of every train-and-score result.
+CACHE_FOLDER = "train-eval"
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """One answered call of a :class:`TrainEvalUtility`.
+
+    Attributes
+    ----------
+    report : EvalReport
+        Scores of the finetuned model on the target (per-item values included).
+    seconds : float
+        Wall time of the call (of the original call for a cache hit).
+    cached : bool
+        Whether it was read from the cache.
+    key : str
+        The cache key.
+    """
+
+    report: EvalReport
+    seconds: float
+    cached: bool
+    key: str
+
+
+def _run_call(utility: TrainEvalUtility, rows: ExampleSet) -> CallResult:
+    """One call in a worker (a task of :meth:`TrainEvalUtility.map`).
+
+    It runs on a copy of the utility, so a worker's counters never change the
+    driver's: the driver counts the call from the result.
+    """
+    return utility.call(rows)
+
+
+class TrainEvalUtility:
+    """Finetune the base model on a subset and score the target; cached and counted.
+
+    Parameters
+    ----------
+    model : str or Path
+        The base model folder. It is loaded once, on ``context``'s device and dtype;
+        every LoRA call attaches a fresh adapter to it and removes it afterwards.
+    target : ExampleSet
+        Target rows; their ``domain`` splits the scores.
+    train_config : TrainConfig or None, default None
+        The one finetuning recipe of every call (None: :class:`TrainConfig`
+        defaults).
+    eval_config : EvalConfig or None, default None
+        How the target is scored (None: :class:`EvalConfig` defaults).
+    context : RunContext or None, default None
+        Device, dtype, cache folder and progress display.
+    cache : bool, default True
+        Keep results in ``context.cache_dir/train-eval`` and answer repeated calls
+        from there.
+    trust_remote_code : bool, default False
+        Allow the model folder's own Python code.
+
+    Attributes
+    ----------
+    calls : int
+        Finetune-and-score calls run (cache hits not counted).
+    hits : int
+        Calls answered from the cache.
+    seconds : float
+        Wall time of the calls run.
+
+    Examples
+    --------
+    >>> utility = TrainEvalUtility("./my-model", target)  # doctest: +SKIP
+    >>> utility.base_report.average("loss")  # doctest: +SKIP
+    >>> tuned = utility(pool.subset(selection.indices))  # doctest: +SKIP
+    >>> utility.calls, utility.hits  # doctest: +SKIP
+    (1, 0)
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        target: ExampleSet,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+        *,
+        context: RunContext | None = None,
+        cache: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from harp.models.loading import model_fingerprint
+
+        train_config = TrainConfig() if train_config is None else train_config
+        eval_config = EvalConfig() if eval_config is None else eval_config
+        if not isinstance(train_config, TrainConfig):
+            raise ParameterError(
+                f"train_config must be a TrainConfig, got {type(train_config).__name__}"
+            )
+        if not isinstance(eval_config, EvalConfig):
+            raise ParameterError(
+                f"eval_config must be an EvalConfig, got {type(eval_config).__name__}"
+            )
+        if len(target) == 0:
+            raise ParameterError("target is empty; scoring needs at least one row")
+        self.model_dir = Path(model).expanduser()
+        self.target = target
+        self.train_config = train_config
+        self.eval_config = eval_config
+        self.context = RunContext() if context is None else context
+        self.trust_remote_code = trust_remote_code
+        self.model_key = model_fingerprint(self.model_dir)  # checks the folder
+        self.cache = JsonCache(self.context.cache_dir / CACHE_FOLDER) if cache else None
+        self.calls = 0
+        self.hits = 0
+        self.seconds = 0.0
+        self._target_key = target.content_hash()
+        self._base: EvalReport | None = None
+        self._loaded: tuple[Any, Any] | None = None
+
+    # -- what a result depends on -----------------------------------------------------
+    def _scoring(self) -> dict[str, Any]:
+        return {
+            "model": self.model_key,
+            "target": self._target_key,
+            "eval": self.eval_config.to_dict(),
+            # bf16 and fp32 runs are different results; the device is not.
+            "dtype": self.context.dtype_name,
+        }
+
+    def key(self, rows: ExampleSet) -> str:
+        """The cache key of a call on ``rows`` (the base model's for no rows)."""
+        if len(rows) == 0:
+            return fingerprint(
+                "train-eval-base", content=stable_json(self._scoring()), params={}
+            )
+        content = {
+            **self._scoring(),
+            "train": self.train_config.to_dict(),
+            "rows": rows.content_hash(),
+        }
+        return fingerprint("train-eval", content=stable_json(content), params={})
+
+    def is_cached(self, rows: ExampleSet) -> bool:
+        """Whether a call on ``rows`` would be answered from the cache."""
+        return self.cache is not None and self.key(rows) in self.cache
+
+    # -- the model -------------------------------------------------------------------
+    def _model(self) -> tuple[Any, Any]:
+        """The base model and tokenizer, loaded once per process."""
+        if self._loaded is None:
+            from harp.models.loading import load_model
+
+            self._loaded = load_model(
+                self.model_dir,
+                context=self.context,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self._loaded
+
+    def _finetuned(self, rows: ExampleSet, description: str) -> tuple[Any, Any, Any]:
+        """``(tuned model, tokenizer, release)``: call ``release()`` when done.
+
+        LoRA trains a fresh adapter on the loaded base and ``release`` removes it
+        (the base weights never change); full finetuning trains a fresh copy loaded
+        from the folder.
+        """
+        from harp.models.loading import load_model
+        from harp.training.finetune import finetune
+
+        if self.train_config.method == "lora":
+            base, tokenizer = self._model()
+            try:
+                tuned = finetune(
+                    base,
+                    tokenizer,
+                    rows,
+                    self.train_config,
+                    progress=self.context.progress,
+                    description=description,
+                )
+            except BaseException:
+                # The adapter may be half attached: reload a clean base next time.
+                self._loaded = None
+                raise
+            return tuned, tokenizer, tuned.unload
+
+        model, tokenizer = load_model(
+            self.model_dir,
+            context=self.context,
+            trust_remote_code=self.trust_remote_code,
+        )
+        tuned = finetune(
+            model,
+            tokenizer,
+            rows,
+            self.train_config,
+            progress=self.context.progress,
+            description=description,
+        )
+        return tuned, tokenizer, lambda: None
+
+    # -- scores -----------------------------------------------------------------------
+    @property
+    def base_report(self) -> EvalReport:
+        """The report of the untouched base model (computed once, cached)."""
+        if self._base is None:
+            self._base = self.call(ExampleSet(())).report
+        return self._base
+
+    def call(self, rows: ExampleSet) -> CallResult:
+        """Finetune on ``rows`` (or read the cached result); the report and its facts.
+
+        No rows means the base model. Counters are updated: ``calls`` for a call
+        run, ``hits`` for one answered from the cache.
+        """
+        key = self.key(rows)
+        hit = None if self.cache is None else self.cache.get(key)
+        if hit is not None and "report" in hit:
+            self.hits += len(rows) > 0
+            return CallResult(
+                EvalReport.from_dict(hit["report"]), float(hit["seconds"]), True, key
+            )
+        start = time.perf_counter()
+        if len(rows) == 0:
+            model, tokenizer = self._model()
+            report = evaluate(
+                model,
+                tokenizer,
+                self.target,
+                self.eval_config,
+                progress=self.context.progress,
+            )
+        else:
+            tuned, tokenizer, release = self._finetuned(
+                rows, f"finetuning ({self.train_config.method})"
+            )
+            train_seconds = time.perf_counter() - start
+            try:
+                report = evaluate(
+                    tuned,
+                    tokenizer,
+                    self.target,
+                    self.eval_config,
+                    progress=self.context.progress,
+                )
+            finally:
+                release()
+            report.meta["train_seconds"] = train_seconds
+            report.meta["train_rows"] = len(rows)
+        seconds = time.perf_counter() - start
+        if len(rows):
+            self.calls += 1
+            self.seconds += seconds
+        if self.cache is not None:
+            self.cache.put(
+                key,
+                {
+                    "report": report.to_dict(include_items=True),
+                    "seconds": seconds,
+                    "rows": len(rows),
+                },
+            )
+        return CallResult(report, seconds, False, key)
+
+    def __call__(self, rows: ExampleSet) -> EvalReport:
+        """The target report after finetuning on ``rows`` (the base's for no rows)."""
+        return self.call(rows).report
+
+    def map(
+        self,
+        subsets: Sequence[ExampleSet],
+        executor: Any = None,
+        *,
+        desc: str = "train-evaluate calls",
+    ) -> list[CallResult]:
+        """Answer several calls; the uncached ones run as tasks of ``executor``.
+
+        Cached subsets are read here; the others are mapped over ``executor`` (a
+        :class:`harp.execution.Executor`; None runs them here, one after another),
+        each task writing its result to the shared cache. Results come back in
+        input order and are counted as if run here, so the outcome never depends on
+        where the calls ran.
+        """
+        todo = [i for i, rows in enumerate(subsets) if not self.is_cached(rows)]
+        ran: dict[int, CallResult] = {}
+        if todo and executor is not None:
+            self.base_report  # noqa: B018 - scored once here, not once per task
+            results = executor.map(
+                functools.partial(_run_call, self._for_worker()),
+                [subsets[i] for i in todo],
+                desc=desc,
+            )
+            ran = dict(zip(todo, results))
+        out = []
+        for i, rows in enumerate(subsets):
+            if i not in ran:
+                out.append(self.call(rows))
+                continue
+            result = ran[i]
+            if result.cached:  # another process measured it meanwhile
+                self.hits += 1
+            else:
+                self.calls += 1
+                self.seconds += result.seconds
+            out.append(result)
+        return out
+
+    def finetuned_losses(
+        self, train: ExampleSet, rows: ExampleSet, *, description: str = ""
+    ) -> tuple[np.ndarray, float]:
+        """Each row's response loss under the base finetuned on ``train``.
+
+        One finetune with the utility's recipe, then one forward pass over ``rows``
+        (HARP's *target fit*: ``train`` is the target, ``rows`` the pool). Cached by
+        model, recipe, dtype and both sets' content; not counted as a call.
+
+        Returns
+        -------
+        losses : ndarray of shape (len(rows),)
+            Mean negative log-likelihood of each row's response tokens.
+        seconds : float
+            What the fit took (when it ran; read from the cache otherwise).
+
+        Raises
+        ------
+        NumericalError
+            When a loss is not finite (names the rows).
+        """
+        content = {
+            "model": self.model_key,
+            "train": self.train_config.to_dict(),
+            "dtype": self.context.dtype_name,
+            "fit": train.content_hash(),
+            "rows": rows.content_hash(),
+        }
+        key = fingerprint("train-losses", content=stable_json(content), params={})
+        hit = None if self.cache is None else self.cache.get(key)
+        if hit is not None and len(hit.get("losses", ())) == len(rows):
+            return np.asarray(hit["losses"], dtype=np.float64), float(hit["seconds"])
+        start = time.perf_counter()
+        tuned, tokenizer, release = self._finetuned(
+            train, description or "finetuning on the fit rows"
+        )
+        try:
+            losses = response_losses(
+                tuned, tokenizer, rows, progress=self.context.progress
+            )
+        finally:
+            release()
+        losses = np.asarray(losses, dtype=np.float64)
+        if not np.isfinite(losses).all():
+            bad = np.flatnonzero(~np.isfinite(losses))[:5]
+            raise NumericalError(
+                "the loss after finetuning is not finite for rows "
+                f"{', '.join(rows.ids[i] for i in bad)}; check those rows for empty "
+                "responses after truncation"
+            )
+        seconds = time.perf_counter() - start
+        if self.cache is not None:
+            self.cache.put(key, {"losses": losses.tolist(), "seconds": seconds})
+        return losses, seconds
+
+    # -- workers ----------------------------------------------------------------------
+    def _for_worker(self) -> TrainEvalUtility:
+        """A copy to ship to a worker: no loaded model, no executor, fresh counters."""
+        import copy
+
+        clone = copy.copy(self)
+        clone._loaded = None
+        clone.context = self.context.for_worker()
+        clone.calls = clone.hits = 0
+        clone.seconds = 0.0
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loaded model does not travel to another process: it reloads there.
+        return {**self.__dict__, "_loaded": None}
+
+
+def evaluate_subset(
+    model: str | Path,
+    target: ExampleSet,
+    train: ExampleSet | None = None,
+    *,
+    train_config: TrainConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    context: RunContext | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` on ``target`` per domain; with ``train``, also after finetuning.
+
+    ``harp evaluate`` as a library call (through :class:`TrainEvalUtility`, so the
+    result is cached like every other finetune-and-score).
+
+    Parameters
+    ----------
+    model : str or Path
+        A local Hugging Face causal-LM folder.
+    target : ExampleSet
+        Target rows; their ``domain`` splits the scores.
+    train : ExampleSet, optional
+        Rows to finetune on (LoRA by default). Without it only the base is scored.
+    train_config, eval_config : TrainConfig, EvalConfig or None
+        The recipe and the scoring (None: defaults).
+    context : RunContext or None, default None
+        Device, dtype, cache folder and progress display.
+    trust_remote_code : bool, default False
+        Allow the model folder's own Python code.
+
+    Returns
+    -------
+    dict
+        ``{"model", "base": report, "tuned": report or None, "train_rows",
+        "train_config", "eval_config", "context", "seconds"}`` where each report is
+        :meth:`harp.training.EvalReport.to_dict` (per-domain mean, variance, n,
+        stderr).
+    """
+    start = time.perf_counter()
+    utility = TrainEvalUtility(
+        model,
+        target,
+        train_config,
+        eval_config,
+        context=context,
+        trust_remote_code=trust_remote_code,
+    )
+    base = utility.base_report
+    tuned = None if train is None or len(train) == 0 else utility(train)
+    return {
+        "model": str(model),
+        "base": base.to_dict(),
+        "tuned": None if tuned is None else tuned.to_dict(),
+        "train_rows": 0 if train is None else len(train),
+        "train_config": utility.train_config.to_dict(),
+        "eval_config": utility.eval_config.to_dict(),
+        "context": utility.context.describe(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -1,0 +1,160 @@
+"""The train-and-score utility: cached by one key, counted, clean between calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harp.core.context import RunContext
+from harp.core.errors import ParameterError
+from harp.data import ExampleSet
+from harp.execution import LocalExecutor
+from harp.models import load_model
+from harp.training import (
+    EvalConfig,
+    TrainConfig,
+    TrainEvalUtility,
+    evaluate,
+    evaluate_subset,
+    finetune,
+)
+from harp.training.evaluate import response_losses
+
+WORDS = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
+TRAIN = TrainConfig(steps=3, batch_size=4, lr=1e-2)
+EVAL = EvalConfig(max_new_tokens=4, batch_size=8)
+
+
+def _rows(n, offset=0):
+    return ExampleSet.from_records(
+        [
+            {"prompt": f"rev {w}", "response": w[::-1], "domain": d}
+            for d, w in zip(["x", "y"] * n, (WORDS * 4)[offset : offset + n])
+        ]
+    )
+
+
+def _utility(tiny_dir, cache_dir, **kwargs):
+    return TrainEvalUtility(
+        tiny_dir,
+        _rows(6, offset=8),
+        kwargs.pop("train", TRAIN),
+        kwargs.pop("evaluation", EVAL),
+        context=RunContext(cache_dir=cache_dir, device="cpu"),
+        **kwargs,
+    )
+
+
+def test_a_call_is_a_fresh_finetune_of_the_base(tiny_dir, tmp_path):
+    utility = _utility(tiny_dir, tmp_path, cache=False)
+    first = utility(_rows(8))
+    second = utility(_rows(8))  # the adapter of the first call is gone
+    assert second.scores == first.scores
+    assert utility.calls == 2 and utility.hits == 0
+    # ... and both equal a finetune of a freshly loaded base, scored by hand.
+    model, tok = load_model(tiny_dir)
+    by_hand = evaluate(finetune(model, tok, _rows(8), TRAIN), tok, _rows(6, 8), EVAL)
+    assert by_hand.scores == first.scores
+    # The loaded base is back to its own weights between calls.
+    base, _ = utility._model()
+    fresh, _ = load_model(tiny_dir)
+    assert not any("lora" in n for n, _ in base.named_parameters())
+    for (name, p), (_, q) in zip(base.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(p, q), name
+    assert first.meta["train_rows"] == 8 and first.meta["train_seconds"] > 0
+
+
+def test_results_are_cached_and_counted(tiny_dir, tmp_path):
+    utility = _utility(tiny_dir, tmp_path)
+    base = utility.base_report
+    tuned = utility(_rows(8))
+    assert (utility.calls, utility.hits) == (1, 0)
+    again = _utility(tiny_dir, tmp_path)
+    assert again(_rows(8)).scores == tuned.scores
+    assert again.base_report.scores == base.scores
+    assert (again.calls, again.hits) == (0, 1)
+    assert again.is_cached(_rows(8)) and not again.is_cached(_rows(4))
+    assert again(ExampleSet(())).scores == base.scores  # no rows: the base model
+
+
+def test_the_key_is_what_the_result_depends_on(tiny_dir, tmp_path):
+    rows = _rows(8)
+    key = _utility(tiny_dir, tmp_path).key(rows)
+    # Where it runs and where it caches are not part of it ...
+    elsewhere = TrainEvalUtility(
+        tiny_dir,
+        _rows(6, offset=8),
+        TRAIN,
+        EVAL,
+        context=RunContext(cache_dir=tmp_path / "other", progress=True),
+    )
+    assert elsewhere.key(rows) == key
+    # ... the recipe, the scoring, the rows and the dtype are.
+    reseeded = TrainConfig(**{**TRAIN.to_dict(), "seed": 1})
+    assert _utility(tiny_dir, tmp_path, train=reseeded).key(rows) != key
+    loss_only = EvalConfig(metrics=("loss",))
+    assert _utility(tiny_dir, tmp_path, evaluation=loss_only).key(rows) != key
+    assert _utility(tiny_dir, tmp_path).key(_rows(7)) != key
+    bf16 = TrainEvalUtility(
+        tiny_dir,
+        _rows(6, offset=8),
+        TRAIN,
+        EVAL,
+        context=RunContext(cache_dir=tmp_path, dtype="bf16"),
+    )
+    assert bf16.key(rows) != key
+
+
+def test_map_over_an_executor_equals_calls_here(tiny_dir, tmp_path):
+    subsets = [_rows(4), _rows(4, offset=4), _rows(6)]
+    here = _utility(tiny_dir, tmp_path / "a", cache=True)
+    expected = [here(s).scores for s in subsets]
+    pooled = _utility(tiny_dir, tmp_path / "b")
+    pooled(subsets[0])  # one is cached before the map
+    with LocalExecutor(workers=2) as executor:
+        results = pooled.map(subsets, executor)
+    assert [r.report.scores for r in results] == expected
+    assert [r.cached for r in results] == [True, False, False]
+    assert (pooled.calls, pooled.hits) == (3, 1)
+
+
+def test_full_finetuning_loads_a_fresh_copy(tiny_dir, tmp_path):
+    full = TrainConfig(method="full", steps=2, batch_size=4, lr=1e-3)
+    utility = _utility(tiny_dir, tmp_path, train=full, cache=False)
+    first = utility(_rows(8))
+    assert utility(_rows(8)).scores == first.scores
+
+
+def test_finetuned_losses_are_the_fit_then_a_forward_pass(tiny_dir, tmp_path):
+    utility = _utility(tiny_dir, tmp_path)
+    losses, seconds = utility.finetuned_losses(_rows(8), _rows(6, offset=8))
+    model, tok = load_model(tiny_dir)
+    expected = response_losses(finetune(model, tok, _rows(8), TRAIN), tok, _rows(6, 8))
+    np.testing.assert_array_equal(losses, expected)
+    again, cached_seconds = _utility(tiny_dir, tmp_path).finetuned_losses(
+        _rows(8), _rows(6, offset=8)
+    )
+    np.testing.assert_array_equal(again, losses)
+    assert cached_seconds == seconds and utility.calls == 0
+
+
+def test_evaluate_subset_reports_base_and_tuned(tiny_dir, tmp_path):
+    context = RunContext(cache_dir=tmp_path, device="cpu")
+    result = evaluate_subset(
+        tiny_dir, _rows(6, 8), _rows(8), train_config=TRAIN, context=context
+    )
+    assert set(result["base"]["scores"]) == {"x", "y"}
+    assert result["tuned"]["scores"]["x"]["loss"]["n"] == 3
+    assert result["context"]["device"] == "cpu" and result["train_rows"] == 8
+    alone = evaluate_subset(tiny_dir, _rows(6, 8), context=context)
+    assert alone["tuned"] is None and alone["base"] == result["base"]
+
+
+def test_bad_arguments(tiny_dir, tmp_path):
+    with pytest.raises(ParameterError, match="TrainConfig"):
+        _utility(tiny_dir, tmp_path, train={"steps": 1})
+    with pytest.raises(ParameterError, match="EvalConfig"):
+        _utility(tiny_dir, tmp_path, evaluation="loss")
+    with pytest.raises(ParameterError, match="target is empty"):
+        TrainEvalUtility(tiny_dir, ExampleSet(()))
