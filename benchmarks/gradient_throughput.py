@@ -133,19 +133,20 @@ def _limit(model, tok, ex, bs, max_length, proj, in_dim) -> None:
     """Plain batched forward+backward (summed loss) + one batched projection."""
     import torch
 
-    from harp.features.gradients import _per_row_losses
-    from harp.training.finetune import collate, encode_examples
+    from harp.nn.encode import collate, encode_examples, model_device, pad_token_id
+    from harp.nn.loss import row_losses
 
     fake = torch.randn(bs, in_dim)
     params = [p for p in model.parameters() if p.requires_grad]
+    device, pad = model_device(model), pad_token_id(tok)
     for start in range(0, len(ex), bs):
         chunk = [ex[i] for i in range(start, min(start + bs, len(ex)))]
         enc = encode_examples(tok, chunk, max_length=max_length)
-        ids, _, labels = collate(list(zip(enc.input_ids, enc.labels)), tok.pad_token_id)
+        ids, _, labels = collate(list(zip(enc.input_ids, enc.labels)), pad, device)
         for p in params:
             p.grad = None
         logits = model(input_ids=ids, use_cache=False).logits
-        _per_row_losses(logits, labels).sum().backward()
+        row_losses(logits, labels).sum().backward()
         proj.project(fake[: len(chunk)])
     for p in params:
         p.grad = None

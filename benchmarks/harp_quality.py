@@ -84,13 +84,14 @@ def main() -> None:
 
     import torch
 
-    from harp.bench.demo import ensure_proxy
+    from harp.core.amount import resolve_budget
+    from harp.core.context import RunContext
     from harp.data.synthetic import make_skills_suite
+    from harp.models.proxy import ensure_proxy
     from harp.selectors import make_selector
-    from harp.selectors._budget import resolve_budget
     from harp.selectors.harp import cap_to_budget, empirical_bayes, greedy_envelope
     from harp.selectors.harp.oracle import LeafOracle
-    from harp.training import EvalConfig, TrainConfig, finetune_and_evaluate
+    from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
     torch.set_num_threads(args.threads)
     out = args.out
@@ -107,9 +108,10 @@ def main() -> None:
     )
     pool, target = suite.pool, suite.target
     budget = resolve_budget(args.budget, len(pool))
+    context = RunContext(seed=args.seed, cache_dir=out / "cache")
     common = dict(
         model=str(proxy),
-        cache_dir=str(out / "cache"),
+        context=context,
         metric=args.metric,
         leaf_size=args.leaf_size,
         target_fit_weight=args.target_fit_weight,
@@ -122,30 +124,20 @@ def main() -> None:
         sel.fit_seconds_ = time.perf_counter() - start
         return sel
 
-    eval_config = EvalConfig(seed=args.seed)
-    train_config = TrainConfig(seed=args.seed)
-    base_report = None
+    utility = TrainEvalUtility(
+        proxy,
+        target,
+        TrainConfig(seed=args.seed),
+        EvalConfig(seed=args.seed),
+        context=context,
+    )
     scored: dict[str, dict] = {}
 
     def score(name: str, indices: np.ndarray, extra: dict | None = None) -> None:
-        nonlocal base_report
-        from harp.models import load_model
-        from harp.training import evaluate
-
-        if base_report is None:
-            model, tok = load_model(proxy)
-            base_report = evaluate(model, tok, target, eval_config)
         if len(indices) == 0:
-            tuned = base_report
+            tuned = utility.base_report
         else:
-            tuned, _ = finetune_and_evaluate(
-                proxy,
-                pool.subset(indices),
-                target,
-                train_config,
-                eval_config,
-                base_report=base_report,
-            )
+            tuned = utility(pool.subset(indices))
         em = tuned.average("exact_match")
         row = {
             "rows": int(len(indices)),
@@ -173,14 +165,19 @@ def main() -> None:
     main_e = fit("harp-e", evals=args.evals)
 
     # -- the truth: every leaf measured -----------------------------------------------
+    # The recipe of HARP's own oracle (same seed streams), so that the leaves the
+    # selectors measured are answered from the cache.
     oracle = LeafOracle(
-        proxy,
-        target,
+        TrainEvalUtility(
+            proxy,
+            target,
+            TrainConfig(seed=context.int_seed("oracle")),
+            EvalConfig(metrics=(args.metric,)),
+            context=context,
+        ),
         metric=args.metric,
-        train_config=TrainConfig(seed=args.seed),
-        cache_dir=out / "cache",
         bootstrap=200,
-        seed=args.seed,
+        seed=context.int_seed("bootstrap"),
     )
     start = time.perf_counter()
     results = [oracle(pool.subset(tree.leaf_rows(g))) for g in range(tree.n_leaves)]

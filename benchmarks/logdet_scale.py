@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     dim = args.dim or (512 if args.quick else 1024)
     k = args.k or (2_000 if args.quick else 10_000)
 
-    from harp.selectors._logdet import default_alpha, greedy_logdet
+    from harp.selectors.logdet import default_alpha, greedy_logdet
 
     result: dict = {
         "n": n,

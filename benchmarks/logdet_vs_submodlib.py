@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from harp.selectors._logdet import default_alpha, greedy_logdet
+    from harp.selectors.logdet import default_alpha, greedy_logdet
 
     rng = np.random.default_rng(args.seed)
     G = rng.standard_normal((args.n, args.dim)).astype(np.float32)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 def _warm(model_dir: str, _: int) -> int:
     """Import torch and harp's trainer and read the model once, in a worker."""
+    from harp.core.context import RunContext
     from harp.models.loading import load_model
 
-    load_model(model_dir)
+    load_model(model_dir, context=RunContext(device="cpu"))
     return os.getpid()
 
 
@@ -66,12 +67,12 @@ def main() -> None:
     import ray
     import torch
 
+    from harp.core.context import RunContext
     from harp.data.synthetic import make_skills_suite
     from harp.execution import RayExecutor
     from harp.models import ProxyConfig, build_proxy, save_model
     from harp.selectors.harp.oracle import LeafOracle
-    from harp.selectors.harp.selector import _measure_round
-    from harp.training import TrainConfig
+    from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="ray-leaf-bench-"))
@@ -107,15 +108,17 @@ def main() -> None:
     rates: dict[int, float] = {}
     effects = {}
     for n in [int(x) for x in args.workers.split(",")]:
+        # On the CPU (one torch thread per task), with a fresh cache per run.
         cache = work / f"cache-{n}"
-        oracle = LeafOracle(
+        context = RunContext(device="cpu", seed=args.seed, cache_dir=cache)
+        utility = TrainEvalUtility(
             model_dir,
             suite.target,
-            train_config=train,
-            cache_dir=cache,
-            bootstrap=50,
-            seed=args.seed,
+            train,
+            EvalConfig(seed=args.seed, metrics=("loss",)),
+            context=context,
         )
+        oracle = LeafOracle(utility, bootstrap=50, seed=args.seed)
         oracle.base_scores  # noqa: B018 - the base evaluation, before the clock
         ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
         try:
@@ -124,7 +127,7 @@ def main() -> None:
                 functools.partial(_warm, str(model_dir)), range(2 * n), desc="warm-up"
             )
             start = time.perf_counter()
-            results = _measure_round(oracle, leaves, executor)
+            results = oracle.measure(leaves, executor)
             seconds = time.perf_counter() - start
         finally:
             ray.shutdown()

@@ -72,6 +72,8 @@ def test_the_executor_does_not_travel_to_workers(tmp_path):
         ctx = RunContext(cache_dir=tmp_path, executor=executor, progress=True)
         copy = pickle.loads(pickle.dumps(ctx))
         assert copy.executor is None and ctx.executor is executor
+        # The dtype travels settled: a GPU worker keeps the driver's choice.
+        assert ctx.dtype == "auto" and copy.dtype == ctx.dtype_name
         assert copy.cache_dir == tmp_path and copy.progress is True
         assert ctx.for_worker().executor is None
 

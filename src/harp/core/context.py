@@ -155,12 +155,18 @@ class RunContext:
         return self.replace(seed=resolve_seed(seed))
 
     def for_worker(self) -> RunContext:
-        """The copy a task carries to another process: everything but the executor."""
-        return self.replace(executor=None)
+        """The copy a task carries to another process.
+
+        Everything but the executor, with the dtype settled here: a CPU driver and a
+        GPU worker must agree on it, since cache keys and stores name the dtype.
+        The device stays as given ("auto" resolves to the worker's own GPU).
+        """
+        return self.replace(executor=None, dtype=self.dtype_name)
 
     def __getstate__(self) -> dict[str, Any]:
-        # An executor (a process pool, a Ray handle) does not travel to workers.
-        return {**self.__dict__, "executor": None}
+        # An executor (a process pool, a Ray handle) does not travel to workers; the
+        # dtype travels settled (see for_worker).
+        return {**self.__dict__, "executor": None, "dtype": self.dtype_name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

@@ -85,7 +85,8 @@ def route_params(cls: type[BaseSelector], params: dict[str, Any]) -> dict[str, A
         else:
             unknown.append(key)
     if unknown:
-        listed = sorted(valid) + sorted(
+        shown = valid - set(cls._execution_params)
+        listed = sorted(shown) + sorted(
             f"{name}__{sub}" for name, subs in nested.items() for sub in subs
         )
         noun = "parameter" if len(unknown) == 1 else "parameters"
