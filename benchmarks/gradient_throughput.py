@@ -9,7 +9,10 @@ Compares, on the same model, data and projection:
   batch (one gradient, not per example) + one projection of a ``(batch × in_dim)``
   random matrix — what any per-example method costs at best;
 - **(b) LESS**: one forward+backward per example, projection every 16 examples
-  (``per_sample_gradients_loop``).
+  (``per_sample_gradients_loop``);
+- **factored**: ``per_sample_gradients`` with the factored projection (harp's default
+  since issue 14: each layer's two sides projected inside the backward, no ``P``),
+  to the same ``D``.
 
 It also measures the peak RSS of ``per_sample_gradients`` (in fresh processes) for two
 pool sizes 10× apart.
@@ -155,10 +158,12 @@ def _limit(model, tok, ex, bs, max_length, proj, in_dim) -> None:
 def _bench_model(label, model, tok, args, n, batch_sizes, dim, max_length, vmap):
     import torch
 
+    from harp.features.factored import FactoredProjector
     from harp.features.gradients import gradient_dim
     from harp.features.projection import RandomProjector
 
     in_dim = gradient_dim(model)
+    factored = FactoredProjector.for_model(model, dim, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     proj = RandomProjector(
         in_dim, dim, seed=0, max_cache_bytes=int(args.cache_gb * 2**30)
@@ -176,12 +181,13 @@ def _bench_model(label, model, tok, args, n, batch_sizes, dim, max_length, vmap)
     less = n / t_less
     rows = []
     header = "| batch | ours ex/s | vmap ex/s | (a) limit ex/s | (b) LESS ex/s "
-    header += "| ours/(a) | ours/(b) |"
+    header += "| ours/(a) | ours/(b) | factored ex/s | factored/(a) |"
     print(header)
-    print("|---" * 7 + "|")
+    print("|---" * 9 + "|")
     for bs in batch_sizes:
         ours = n / _time(lambda: _ours(model, tok, ex, bs, max_length, proj))
         limit = n / _time(lambda: _limit(model, tok, ex, bs, max_length, proj, in_dim))
+        fac = n / _time(lambda: _ours(model, tok, ex, bs, max_length, factored))
         vm = (
             n / _time(lambda: _ours(model, tok, ex, bs, max_length, proj, "vmap"))
             if vmap
@@ -194,12 +200,14 @@ def _bench_model(label, model, tok, args, n, batch_sizes, dim, max_length, vmap)
             "vmap": vm,
             "limit": limit,
             "less": less,
+            "factored": fac,
         }
         rows.append(row)
         vm_s = f"{vm:.1f}" if vmap else "–"
         print(
             f"| {bs} | {ours:.1f} | {vm_s} | {limit:.1f} | {less:.1f} "
-            f"| {ours / limit:.2f} | {ours / less:.2f} |",
+            f"| {ours / limit:.2f} | {ours / less:.2f} | {fac:.1f} "
+            f"| {fac / limit:.2f} |",
             flush=True,
         )
     return rows

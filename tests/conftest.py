@@ -39,7 +39,7 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config():
     """The tiny model's shape."""
     return TINY

@@ -66,7 +66,7 @@ def test_features_gradients_on_a_local_model(files, tiny_dir, tmp_path):
     store = FeatureStore.open(store_dir)
     x = store.read()
     assert x.shape == (15, 32) and np.all(np.isfinite(x)) and np.all(x != 0)
-    assert store.spec["projection"] == {"dim": 32, "kind": "rademacher", "seed": 0}
+    assert store.spec["projection"] == {"dim": 32, "kind": "factored", "seed": 0}
 
 
 def test_features_rejects_unknown_kind(files, tmp_path):

@@ -301,6 +301,12 @@ def test_cli_features_and_select_take_executor_flags(tiny_dir, suite, tmp_path):
         app, [*base, "--out", str(tmp_path / "g"), "--executor", "dask"]
     )
     assert bad.exit_code == 2 and "'dask' is not allowed" in bad.output
+    # Ray shows a task only the GPUs it reserved: the device flags must agree.
+    ray = [*base, "--out", str(tmp_path / "g"), "--executor", "ray"]
+    bad = runner.invoke(app, [*ray, "--device", "cuda"])
+    assert bad.exit_code == 2 and "needs --gpus-per-task" in bad.output
+    bad = runner.invoke(app, [*ray, "--device", "cuda:1", "--gpus-per-task", "1"])
+    assert bad.exit_code == 2 and "use --device cuda" in bad.output
     sel = ["select", "--pool", str(files["pool"]), "--method", "random"]
     bad = runner.invoke(
         app, [*sel, "--out", str(tmp_path / "s.jsonl"), "--workers", "2"]

@@ -220,3 +220,39 @@ def test_bad_arguments(lora):
         next(per_sample_gradients(model, tok, ex, projector=RandomProjector(5, 2)))
     with pytest.raises(ParameterError, match="method"):
         next(per_sample_gradients(model, tok, ex, method="magic"))
+
+
+def test_a_batch_out_of_memory_is_halved_and_one_row_too_big_is_named(monkeypatch):
+    """A batch that runs out of device memory is split until it fits; a row that
+    alone does not fit stops with one message naming it."""
+    from harp.core.errors import NumericalError
+    from harp.features import gradients
+
+    ex = _examples(6)
+    calls: list[int] = []
+
+    def compute(rows, encoded):
+        calls.append(len(rows))
+        if len(rows) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return torch.ones(len(rows), 3) * torch.tensor(rows)[:, None]
+
+    encoded = [((1, 2), (1, 2))] * 6
+    parts = list(
+        gradients._halving_on_oom(compute, list(range(6)), encoded, ex, "cuda:0")
+    )
+    assert [r for r, _ in parts] == [[0], [1, 2], [3], [4, 5]]
+    assert calls == [6, 3, 1, 2, 3, 1, 2]
+    assert torch.equal(torch.cat([g for _, g in parts])[:, 0], torch.arange(6.0))
+
+    def never(rows, encoded):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(NumericalError, match=f"example {ex.ids[0]} .* alone"):
+        list(gradients._halving_on_oom(never, [0], encoded[:1], ex, "cuda:0"))
+
+    def other(rows, encoded):
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        list(gradients._halving_on_oom(other, [0, 1], encoded[:2], ex, "cuda:0"))

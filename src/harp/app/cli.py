@@ -183,7 +183,8 @@ GpusPerTaskOption = typer.Option(
     "--gpus-per-task",
     min=0.0,
     help="ray: GPUs reserved per task; each task runs on the GPU Ray gives it "
-    "(--device auto or cuda).",
+    "(--device auto or cuda). A fraction shares one GPU: 0.25 runs four tasks on "
+    "each.",
 )
 DeviceOption = typer.Option(
     "auto",
@@ -206,6 +207,7 @@ def _context(
     cache_dir: Optional[Path] = None,
     executor: Any = None,
     gpus_per_task: float = 0.0,
+    on_ray: bool = False,
 ):
     """The run context the flags ask for, checked now: one line if it cannot be."""
     from harp.core.context import RunContext
@@ -215,6 +217,21 @@ def _context(
             "--gpus-per-task reserves GPUs for each task, but --device cpu runs "
             "everything on the CPU; drop one of them"
         )
+    if on_ray:
+        # Ray hides every GPU from a task that reserved none, and shows a task only
+        # the GPUs it reserved (as cuda:0, ...): the flags must agree with that.
+        if device.startswith("cuda") and not gpus_per_task:
+            _fail(
+                f"--device {device} with --executor ray needs --gpus-per-task: Ray "
+                "gives a task no GPU otherwise (1: a GPU per task; 0.5: two tasks "
+                "share one)"
+            )
+        if device.startswith("cuda:") and gpus_per_task:
+            _fail(
+                f"--device {device}: Ray picks the GPU of each task; use --device cuda"
+            )
+        if device == "auto" and not gpus_per_task:
+            log.info("Ray tasks reserve no GPU (no --gpus-per-task): they run on CPUs")
     kwargs: dict[str, Any] = dict(
         device=device, dtype=dtype, progress=sys.stderr.isatty(), executor=executor
     )
@@ -396,7 +413,13 @@ def select(
     _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
     from harp.selectors import make_selector
 
-    context = _context(device, dtype, cache_dir=cache_dir, gpus_per_task=gpus_per_task)
+    context = _context(
+        device,
+        dtype,
+        cache_dir=cache_dir,
+        gpus_per_task=gpus_per_task,
+        on_ray=executor == "ray",
+    )
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
     if run_on is not None and not selector_class.uses_model:
         _fail(f"--executor: method {method!r} has no tasks to run in parallel")
@@ -778,7 +801,11 @@ def features(
         "auto", help="embeddings: 'auto', 'minilm' or 'tfidf'."
     ),
     dim: int = typer.Option(8192, min=0, help="gradients: projection dimension."),
-    projection: str = typer.Option("rademacher", help="'rademacher' or 'gaussian'."),
+    projection: str = typer.Option(
+        "factored",
+        help="gradients: 'factored' (per layer, both sides, never forms the "
+        "per-example gradient; fast) or a dense 'rademacher' / 'gaussian'.",
+    ),
     seed: int = typer.Option(0, min=0, help="Projection (and adapter) seed."),
     batch_size: int = typer.Option(16, min=1, help="Rows per batch."),
     max_length: int = typer.Option(256, min=8, help="gradients: token limit of a row."),
@@ -816,7 +843,11 @@ def features(
         load_examples, data, prompt_field=prompt_field, response_field=response_field
     )
     context = _context(
-        device, dtype, cache_dir=cache_dir, gpus_per_task=gpus_per_task
+        device,
+        dtype,
+        cache_dir=cache_dir,
+        gpus_per_task=gpus_per_task,
+        on_ray=executor == "ray",
     ).with_seed(seed)
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
     context = context.replace(executor=run_on)

@@ -31,7 +31,6 @@ from harp.core.records import ExampleSet
 from harp.features.store import FeatureStore
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harp.features.projection import RandomProjector
     from harp.training.warmup import Checkpoint
 
 __all__ = [
@@ -208,8 +207,15 @@ class GradientFeatures(FeatureComponent):
     ----------
     dim : int, default=8192
         Random-projection dimension of the gradients (0 keeps them whole).
-    projection : {"rademacher", "gaussian"}, default="rademacher"
-        Projection matrix entries (seeded from the run's ``"projection"`` stream).
+    projection : {"factored", "rademacher", "gaussian"}, default="factored"
+        ``"factored"``: every parameter block is projected on both sides before
+        the per-token outer product (LoGra; the per-example gradient is never
+        formed, the width is at most ``dim``; see
+        :class:`~harp.features.factored.FactoredProjector` for the JL guarantee).
+        ``"rademacher"`` / ``"gaussian"``: a dense projection of the whole
+        flattened gradient (LESS's and TRAK's; its cost grows with the number of
+        trainable coordinates times ``dim``). Seeded from the run's
+        ``"projection"`` stream.
     warmup_fraction : float, default=0.05
         Share of the pool the warm-up trains on (LESS uses 5%).
     warmup_epochs : float, default=4.0
@@ -225,9 +231,14 @@ class GradientFeatures(FeatureComponent):
         (``q_proj, k_proj, v_proj, o_proj``, LESS's choice), or every linear layer
         for other architectures; ``("all-linear",)`` adapts every linear layer.
     batch_size : int, default=16
-        Rows per warm-up step and per per-example-gradient batch.
+        Rows per warm-up step, and most rows of a per-example-gradient batch.
     max_length : int, default=256
         Token limit of a row.
+    max_tokens : int, "auto" or None, default="auto"
+        Token budget of a per-example-gradient batch (rows packed longest first):
+        ``"auto"`` measures it from the free memory of a GPU on one probe batch and
+        keeps fixed batches of ``batch_size`` rows on the CPU; None: fixed batches
+        everywhere. It changes how fast, not what is computed.
 
     Examples
     --------
@@ -239,7 +250,7 @@ class GradientFeatures(FeatureComponent):
     kind = "gradient"
     _parameter_constraints = {
         "dim": [Interval(int, 0, None)],
-        "projection": [Options("rademacher", "gaussian")],
+        "projection": [Options("factored", "rademacher", "gaussian")],
         "warmup_fraction": [Interval(float, 0.0, 1.0, closed="right")],
         "warmup_epochs": [Interval(float, 0.0, None, closed="neither")],
         "n_checkpoints": [Interval(int, 1, None)],
@@ -248,13 +259,14 @@ class GradientFeatures(FeatureComponent):
         "lora_target_modules": [None, tuple, list],
         "batch_size": [Interval(int, 1, None)],
         "max_length": [Interval(int, 8, None)],
+        "max_tokens": [None, Options("auto"), Interval(int, 1, None)],
     }
 
     def __init__(
         self,
         *,
         dim: int = 8192,
-        projection: str = "rademacher",
+        projection: str = "factored",
         warmup_fraction: float = 0.05,
         warmup_epochs: float = 4.0,
         n_checkpoints: int = 4,
@@ -263,6 +275,7 @@ class GradientFeatures(FeatureComponent):
         lora_target_modules: tuple[str, ...] | None = None,
         batch_size: int = 16,
         max_length: int = 256,
+        max_tokens: int | str | None = "auto",
     ) -> None:
         self.dim = dim
         self.projection = projection
@@ -274,6 +287,7 @@ class GradientFeatures(FeatureComponent):
         self.lora_target_modules = lora_target_modules
         self.batch_size = batch_size
         self.max_length = max_length
+        self.max_tokens = max_tokens
 
     def warmup(
         self, model_dir: Path, pool: ExampleSet, context: RunContext
@@ -344,20 +358,16 @@ class GradientFeatures(FeatureComponent):
             optimizer=optimizer,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            max_tokens=self.max_tokens,
             context=context,
         )
 
-    def projector(self, in_dim: int, context: RunContext) -> RandomProjector | None:
-        """The projection these features use for ``in_dim`` coordinates (None: none)."""
-        from harp.features.projection import RandomProjector
+    def projector(self, model: Any, context: RunContext) -> Any:
+        """The projection these features use for ``model``'s gradients (None: none)."""
+        from harp.features.projection import make_projector
 
-        if not self.dim:
-            return None
-        return RandomProjector(
-            in_dim,
-            self.dim,
-            kind=self.projection,
-            seed=context.int_seed("projection"),
+        return make_projector(
+            model, self.dim, kind=self.projection, seed=context.int_seed("projection")
         )
 
     def pool_and_target(

@@ -35,7 +35,7 @@ def gradient_spec(
     *,
     checkpoint: Any = None,
     dim: int = 8192,
-    projection: str = "rademacher",
+    projection: str = "factored",
     seed: int = 0,
     optimizer: str = "sgd",
     max_length: int = 256,
@@ -117,11 +117,12 @@ def extract_gradient_features(
     *,
     checkpoint: Any = None,
     dim: int = 8192,
-    projection: str = "rademacher",
+    projection: str = "factored",
     seed: int = 0,
     optimizer: str = "sgd",
     batch_size: int = 16,
     max_length: int = 256,
+    max_tokens: int | str | None = "auto",
     shard_rows: int = 2048,
     context: RunContext | None = None,
 ) -> FeatureStore:
@@ -140,15 +141,22 @@ def extract_gradient_features(
         adapter (seeded) on the base model.
     dim : int, default=8192
         Projection dimension (0 keeps the full gradient).
-    projection : {"rademacher", "gaussian"}, default="rademacher"
-        Projection matrix entries.
+    projection : {"factored", "rademacher", "gaussian"}, default="factored"
+        ``"factored"``: a two-sided projection per parameter block
+        (:class:`~harp.features.factored.FactoredProjector`; the per-example
+        gradient is never formed, the width is at most ``dim``); ``"rademacher"``
+        or ``"gaussian"``: a dense projection of the whole flattened gradient.
     seed : int, default=0
         Projection seed (and fresh-adapter seed).
     optimizer : {"sgd", "adam"}, default="sgd"
         ``"adam"`` preconditions with the checkpoint's Adam state (LESS's pool
         features); ``"sgd"`` keeps the plain gradient (LESS's target features).
     batch_size, max_length : int
-        Per-sample gradient batch and token limit.
+        Per-sample gradient batch (most rows) and token limit of a row.
+    max_tokens : int, "auto" or None, default "auto"
+        Token budget of a packed batch (see
+        :func:`harp.features.gradients.per_sample_gradients`); ``"auto"`` measures
+        it from the free memory of a GPU and keeps fixed batches on the CPU.
     shard_rows : int, default=2048
         Rows per store shard: the unit of resume and of parallel work.
     context : RunContext or None, default=None
@@ -200,7 +208,8 @@ def extract_gradient_features(
         return state
 
     def out_dim() -> int:
-        width = dim or model_and_parts()["dim"]
+        # A factored projection's width follows the model's blocks: ask the parts.
+        width = model_and_parts()["dim"]
         log.info(
             "gradient features of %d rows -> %s (dim %d, about %s on disk)",
             len(examples),
@@ -216,6 +225,7 @@ def extract_gradient_features(
             examples.subset(range(start, stop)),
             batch_size=batch_size,
             max_length=max_length,
+            max_tokens=max_tokens,
             progress=context.progress,
         )
 
@@ -227,6 +237,7 @@ def extract_gradient_features(
             "model": model_args,
             "batch_size": batch_size,
             "max_length": max_length,
+            "max_tokens": max_tokens,
         }
 
     return _complete_store(
@@ -409,7 +420,7 @@ def _gradient_parts(
 ) -> dict[str, Any]:
     """The model (with its LoRA adapter), tokenizer, projector and preconditioner."""
     from harp.features.gradients import gradient_dim
-    from harp.features.projection import RandomProjector
+    from harp.features.projection import RandomProjector, make_projector
     from harp.models.loading import attach_lora, load_model, load_tokenizer
     from harp.nn.encode import seeded
 
@@ -421,25 +432,24 @@ def _gradient_parts(
         with seeded(seed):
             model = attach_lora(model)
     model.eval()
+    projector = make_projector(model, dim, kind=projection, seed=seed)
     in_dim = gradient_dim(model)
-    projector = (
-        RandomProjector(in_dim, dim, kind=projection, seed=seed) if dim else None
-    )
-    width = dim or in_dim
-    log.info(
-        "%d trainable gradient coordinates; projection to %d needs about %s "
-        "of memory (%s), plus one batch of activations",
-        in_dim,
-        width,
-        format_bytes(
-            0
-            if projector is None
-            else projector.nbytes
-            if projector.cached
-            else projector.block_size * projector.dim * 4
-        ),
-        "cached" if projector is not None and projector.cached else "streamed",
-    )
+    width = in_dim if projector is None else projector.out_dim
+    if isinstance(projector, RandomProjector):
+        log.info(
+            "%d trainable gradient coordinates; a dense projection to %d needs "
+            "about %s of memory (%s), plus one batch of activations",
+            in_dim,
+            width,
+            format_bytes(
+                projector.nbytes
+                if projector.cached
+                else projector.block_size * projector.dim * 4
+            ),
+            "cached" if projector.cached else "streamed",
+        )
+    else:
+        log.info("%d trainable gradient coordinates -> %d features", in_dim, width)
     return {
         "model": model,
         "tokenizer": tokenizer,
@@ -457,6 +467,7 @@ def _gradient_block(
     *,
     batch_size: int,
     max_length: int,
+    max_tokens: int | str | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """The projected gradients of ``rows``, one float32 row each."""
@@ -469,6 +480,7 @@ def _gradient_block(
         rows,
         batch_size=batch_size,
         max_length=max_length,
+        max_tokens=max_tokens,
         projector=parts["projector"],
         preconditioner=parts["preconditioner"],
         progress=progress,
@@ -514,7 +526,11 @@ def _gradient_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     key = stable_json({**model, "checkpoint": where})
     parts = _worker_cached(key, lambda: _gradient_parts(**model))
     block = _gradient_block(
-        parts, job["rows"], batch_size=job["batch_size"], max_length=job["max_length"]
+        parts,
+        job["rows"],
+        batch_size=job["batch_size"],
+        max_length=job["max_length"],
+        max_tokens=job.get("max_tokens"),
     )
     store.write_shard(k, block)
     return {"shard": k, "computed": True}

@@ -48,9 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
     from harp.data import ExampleSet
+    from harp.features.factored import FactoredProjector
     from harp.features.projection import RandomProjector
 
 __all__ = [
+    "token_batches",
     "per_sample_gradients",
     "per_sample_gradients_loop",
     "gradient_dim",
@@ -227,8 +229,14 @@ def _batch_hooks(
     names: list[str],
     input_ids: torch.Tensor,
     labels: torch.Tensor,
+    sides: FactoredProjector | None = None,
 ) -> torch.Tensor:
-    """Per-example flattened gradients ``(batch, dim)`` from one batched backward."""
+    """Per-example gradients ``(batch, dim)`` from one batched backward.
+
+    With ``sides`` (a factored projection) each layer's input and output-gradient
+    sides are projected before their outer product: the result is the projected
+    gradient ``(batch, sides.out_dim)``, and no per-example gradient is formed.
+    """
     import torch
 
     inputs: dict[Any, list[torch.Tensor]] = {m: [] for m in plan}
@@ -262,21 +270,27 @@ def _batch_hooks(
         g_out = g_out.reshape(batch, -1, g_out.shape[-1]).float()
         x = x.reshape(batch, -1, x.shape[-1]).float()
         spec = plan[module]
-        if "weight" in spec:
-            gw = torch.einsum("bto,bti->boi", g_out, x)
-            name = spec["weight"]
-            per_param[name] = per_param[name] + gw if name in per_param else gw
-        if "bias" in spec:
-            gb = g_out.sum(dim=1)
-            name = spec["bias"]
-            per_param[name] = per_param[name] + gb if name in per_param else gb
+        for attr, name in spec.items():
+            if sides is not None:
+                side_in = x if attr == "weight" else torch.ones_like(x[..., :1])
+                g = sides.project_sides(sides.index(name), g_out, side_in)
+            elif attr == "weight":
+                g = torch.einsum("bto,bti->boi", g_out, x)
+            else:
+                g = g_out.sum(dim=1)
+            per_param[name] = per_param[name] + g if name in per_param else g
     params = dict(model.named_parameters())
     flat = []
     for n in names:
-        g = per_param.get(n)
-        if g is None:  # the module never ran: the gradient is zero
-            g = torch.zeros((batch, params[n].numel()), device=input_ids.device)
-        flat.append(g.reshape(batch, -1))
+        found = per_param.get(n)
+        if found is None:  # the module never ran: the gradient is zero
+            width = (
+                params[n].numel()
+                if sides is None
+                else sides.blocks[sides.index(n)].width
+            )
+            found = torch.zeros((batch, width), device=input_ids.device)
+        flat.append(found.reshape(batch, -1))
     return torch.cat(flat, dim=1)
 
 
@@ -383,6 +397,7 @@ def per_sample_gradients(
     method: str = "auto",
     skip_empty: bool = False,
     project_rows: int | None = None,
+    max_tokens: int | str | None = None,
     progress: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Exact per-example gradients of the trainable parameters, batch by batch.
@@ -410,9 +425,12 @@ def per_sample_gradients(
         Examples per batched forward/backward.
     max_length : int, default 256
         Most tokens per row (see :func:`harp.training.encode_examples`).
-    projector : RandomProjector or None, default None
-        Projection applied to the (preconditioned) gradients; its ``in_dim`` must be
-        :func:`gradient_dim` of the model.
+    projector : RandomProjector, FactoredProjector or None, default None
+        Projection of the (preconditioned) gradients; its ``in_dim`` must be
+        :func:`gradient_dim` of the model. A :class:`FactoredProjector` of plain
+        gradients (no preconditioner, the hooks method) projects each layer's
+        input and output-gradient sides inside the backward: the per-example
+        gradient is never formed.
     preconditioner : dict or None, default None
         ``{name: (exp_avg, exp_avg_sq)}`` of a warm-up Adam optimizer for every
         trainable parameter; when given, rows are the Adam update direction
@@ -431,6 +449,17 @@ def per_sample_gradients(
         :class:`~harp.core.errors.DataError` (naming their ids) when False; when
         True they are skipped with a warning and absent from the yielded row
         indices.
+    max_tokens : int, "auto" or None, default None
+        Pack batches by a token budget instead of a row count
+        (:func:`token_batches`: longest rows first, at most ``batch_size`` rows and
+        ``max_tokens`` padded tokens each); rows are then yielded in packed order.
+        ``"auto"``: on a GPU, the budget that half the free device memory holds,
+        measured on one probe batch before the run and rounded down to a power of
+        two (so that GPUs of one kind pack alike; on the CPU: fixed batches).
+        Features do not depend on the packing beyond float rounding; a fixed
+        ``max_tokens`` makes shards bit-identical across workers. None keeps
+        fixed batches of ``batch_size`` rows in order. A batch that runs out of
+        device memory is halved and retried.
     project_rows : int or None, default None
         Rows gathered before one projection call (and one yield). Projecting is
         memory bound for few rows (``P`` is read once per call), so small batches
@@ -443,7 +472,7 @@ def per_sample_gradients(
     ------
     rows : numpy.ndarray
         ``(b,)`` int64 positions of the examples in ``examples`` (consecutive groups
-        of about ``project_rows`` rows, in order).
+        of about ``project_rows`` rows, in order unless ``max_tokens`` packs them).
     features : numpy.ndarray
         ``(b, dim)`` float32 gradients (``dim`` = ``projector.out_dim`` or
         :func:`gradient_dim`).
@@ -461,9 +490,19 @@ def per_sample_gradients(
     """
     import torch
 
+    from harp.features.factored import FactoredProjector
+
     names = trainable_names(model)
     dim = gradient_dim(model)
     _check_args(batch_size, max_length, projector, dim)
+    if max_tokens not in (None, "auto") and (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or max_tokens < 1
+    ):
+        raise ParameterError(
+            f"max_tokens={max_tokens!r} is not allowed; expected >= 1, 'auto' or None"
+        )
     if method not in GRADIENT_METHODS:
         raise ParameterError(
             f"method={method!r} is not allowed; expected one of {GRADIENT_METHODS}"
@@ -482,57 +521,228 @@ def per_sample_gradients(
         else None
     )
     pad_id = pad_token_id(tokenizer)
-    n = len(examples)
-    n_batches = -(-n // batch_size)
-
+    # A factored projection of plain gradients runs inside the backward (the sides
+    # of each layer are projected before their outer product); a preconditioned
+    # or vmap gradient is formed first and projected after.
+    sides = (
+        projector
+        if isinstance(projector, FactoredProjector) and use_hooks and moments is None
+        else None
+    )
     if project_rows is None:
         project_rows = max(batch_size, min(64, _PROJECT_BUFFER_BYTES // (4 * dim)))
     elif int(project_rows) < 1:
         raise ParameterError(
             f"project_rows={project_rows!r} is not allowed; expected >= 1 or None"
         )
-    if projector is None:
+    if projector is None or sides is not None:
         project_rows = 1  # nothing to amortise: yield every batch
     pending_rows: list[int] = []
     pending: list[torch.Tensor] = []
 
     def flush() -> tuple[np.ndarray, np.ndarray]:
         grads = pending[0] if len(pending) == 1 else torch.cat(pending)
-        if projector is not None:
+        if projector is not None and sides is None:
             grads = projector.project(grads)
-        out = grads.detach().to("cpu", torch.float32).numpy()
+        # One transfer to the host per flush, in the dtype the store keeps.
+        out = grads.detach().to(torch.float32).cpu().numpy()
         rows = np.asarray(pending_rows, dtype=np.int64)
         pending.clear()
         pending_rows.clear()
         return rows, out
 
-    with _EvalMode(model):
-        for b, start in enumerate(range(0, n, batch_size)):
-            chunk = list(range(start, min(start + batch_size, n)))
-            rows, encoded = _encode_chunk(
-                tokenizer, examples, chunk, max_length, skip_empty
+    def gradients(
+        rows: list[int], encoded: list[tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> torch.Tensor:
+        input_ids, _, labels = collate(encoded, pad_id, device)
+        if use_hooks:
+            assert plan is not None
+            grads = _batch_hooks(model, plan, names, input_ids, labels, sides=sides)
+        else:
+            grads = _batch_vmap(model, names, input_ids, labels)
+        _check_finite(grads, examples, rows, "the gradient")
+        if moments is not None:
+            grads = adam_direction(
+                grads, moments[0], moments[1], beta1=beta1, beta2=beta2, eps=eps
             )
+            _check_finite(grads, examples, rows, "the preconditioned gradient")
+        return grads.detach()
+
+    budget = (
+        _estimate_max_tokens(gradients, tokenizer, examples, max_length, device)
+        if max_tokens == "auto"
+        else max_tokens
+    )
+    assert budget is None or isinstance(budget, int)
+    batches = _batches(tokenizer, examples, batch_size, budget, max_length, skip_empty)
+    with _EvalMode(model):
+        for b, (rows, encoded) in enumerate(batches):
             if rows:
-                input_ids, _, labels = collate(encoded, pad_id, device)
-                if use_hooks:
-                    assert plan is not None
-                    grads = _batch_hooks(model, plan, names, input_ids, labels)
-                else:
-                    grads = _batch_vmap(model, names, input_ids, labels)
-                _check_finite(grads, examples, rows, "the gradient")
-                if moments is not None:
-                    grads = adam_direction(
-                        grads, moments[0], moments[1], beta1=beta1, beta2=beta2, eps=eps
-                    )
-                    _check_finite(grads, examples, rows, "the preconditioned gradient")
-                pending.append(grads.detach())
-                pending_rows.extend(rows)
-            if progress and (b % 10 == 0 or b == n_batches - 1):
-                logger.info("per-sample gradients: batch %d/%d", b + 1, n_batches)
+                for part_rows, grads in _halving_on_oom(
+                    gradients, rows, encoded, examples, device
+                ):
+                    pending.append(grads)
+                    pending_rows.extend(part_rows)
+            if progress and b % 10 == 0:
+                logger.info(
+                    "per-sample gradients: batch %d (%d rows)", b + 1, len(rows)
+                )
             if pending_rows and len(pending_rows) >= project_rows:
                 yield flush()
         if pending_rows:
             yield flush()
+
+
+Encoded = list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, max_rows: int
+) -> list[list[int]]:
+    """Pack rows into batches of at most ``max_tokens`` padded tokens.
+
+    Rows are taken longest first (ties by position), and a batch grows while
+    ``rows × longest`` stays within ``max_tokens`` and the rows within ``max_rows``:
+    the padding of a batch is small and its size follows the hardware's budget, not
+    a fixed row count (bergson's ``allocate_batches`` does the same). A row longer than
+    ``max_tokens`` gets a batch of its own.
+
+    Examples
+    --------
+    >>> token_batches([5, 3, 9, 2], max_tokens=12, max_rows=8)
+    [[2], [0, 1], [3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (
+            (len(current) + 1) * longest > max_tokens or len(current) >= max_rows
+        ):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _batches(
+    tokenizer: Any,
+    examples: Any,
+    batch_size: int,
+    max_tokens: int | None,
+    max_length: int,
+    skip_empty: bool,
+) -> Iterator[tuple[list[int], Encoded]]:
+    """``(row positions, encoded rows)`` per batch: fixed-size chunks in order, or
+    packed by a token budget (chunk by chunk, so memory follows a chunk)."""
+    n = len(examples)
+    if max_tokens is None:
+        for start in range(0, n, batch_size):
+            chunk = list(range(start, min(start + batch_size, n)))
+            yield _encode_chunk(tokenizer, examples, chunk, max_length, skip_empty)
+        return
+    # Pack within windows of many rows: sorting the whole pool would hold every
+    # encoded row at once; a window of 64 batches' worth packs nearly as tightly.
+    window = max(batch_size * 64, 1024)
+    for start in range(0, n, window):
+        chunk = list(range(start, min(start + window, n)))
+        rows, encoded = _encode_chunk(
+            tokenizer, examples, chunk, max_length, skip_empty
+        )
+        lengths = [len(ids) for ids, _ in encoded]
+        for packed in token_batches(lengths, max_tokens, batch_size):
+            yield [rows[j] for j in packed], [encoded[j] for j in packed]
+
+
+#: Share of the free device memory that a packed batch may use.
+_MEMORY_FRACTION = 0.5
+
+
+def _estimate_max_tokens(
+    compute: Any, tokenizer: Any, examples: Any, max_length: int, device: Any
+) -> int | None:
+    """The token budget of a batch from the memory one probe batch takes.
+
+    A pre-flight measure: the peak memory of the gradients of a few rows, per
+    padded token, against the free memory of the device. None on the CPU (fixed
+    batches) and when the probe itself does not fit.
+    """
+    import torch
+
+    if device.type != "cuda" or len(examples) == 0:
+        return None
+    probe = list(range(min(4, len(examples))))
+    rows, encoded = _encode_chunk(tokenizer, examples, probe, max_length, True)
+    if not rows:
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        compute(rows, encoded)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+        if not _is_oom(exc):
+            raise
+        return None
+    peak = torch.cuda.max_memory_allocated(device) - before
+    tokens = len(rows) * max(len(ids) for ids, _ in encoded)
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = int(_MEMORY_FRACTION * free / max(1.0, peak / tokens))
+    # Rounded down to a power of two: GPUs of one kind with a little more or less
+    # free memory then pack the same batches, hence the same features bit for bit.
+    budget = 1 << max(0, budget.bit_length() - 1)
+    logger.info(
+        "per-example gradients: %.1f MiB per token measured; batches of up to %d "
+        "tokens (%.0f%% of %.1f GiB free)",
+        peak / tokens / 2**20,
+        budget,
+        100 * _MEMORY_FRACTION,
+        free / 2**30,
+    )
+    return max(budget, max_length)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _halving_on_oom(
+    compute: Any, rows: list[int], encoded: Encoded, examples: Any, device: Any
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``compute(rows, encoded)``, split in halves (recursively) when it runs out of
+    memory; one row that alone does not fit is a clear error."""
+    import torch
+
+    try:
+        yield rows, compute(rows, encoded)
+        return
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+        if not _is_oom(exc):
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if len(rows) == 1:
+        (ids,) = _row_ids(examples, rows)
+        raise NumericalError(
+            f"example {ids} ({len(encoded[0][0])} tokens) does not fit in the memory "
+            f"of {device} even alone; lower max_length, use a smaller dtype "
+            "(--dtype bf16) or a device with more memory"
+        ) from None
+    half = len(rows) // 2
+    logger.warning(
+        "out of memory on a batch of %d rows (%d tokens each at most); halving it",
+        len(rows),
+        max(len(ids) for ids, _ in encoded),
+    )
+    yield from _halving_on_oom(compute, rows[:half], encoded[:half], examples, device)
+    yield from _halving_on_oom(compute, rows[half:], encoded[half:], examples, device)
 
 
 def per_sample_gradients_loop(

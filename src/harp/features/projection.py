@@ -31,11 +31,16 @@ from harp.core.errors import ParameterError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["RandomProjector", "estimate_bytes", "PROJECTION_KINDS"]
+__all__ = [
+    "PROJECTION_KINDS",
+    "RandomProjector",
+    "estimate_bytes",
+    "make_projector",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Entry distributions of the projection matrix.
+#: Entry distributions of the dense projection matrix.
 PROJECTION_KINDS: tuple[str, ...] = ("rademacher", "gaussian")
 
 #: Default cap on the bytes of a cached projection matrix (256 MiB).
@@ -352,3 +357,34 @@ class RandomProjector:
             rows = self.block_rows(b)
             out.addmm_(x[:, rows], p_block)
         return out.mul_(1.0 / math.sqrt(self.dim))
+
+
+def make_projector(
+    model: Any, dim: int, *, kind: str = "factored", seed: int = 0
+) -> Any:
+    """The projection of a model's gradients: factored, dense, or none (``dim=0``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose trainable parameters are differentiated.
+    dim : int
+        Target dimension; 0 keeps the gradients whole (returns None).
+    kind : {"factored", "rademacher", "gaussian"}, default "factored"
+        :class:`~harp.features.factored.FactoredProjector` (per parameter block,
+        both sides; never forms the gradient) or a dense :class:`RandomProjector`.
+    seed : int, default 0
+        Seed of the random matrices.
+
+    Returns
+    -------
+    FactoredProjector, RandomProjector or None
+    """
+    from harp.features.factored import FactoredProjector
+    from harp.features.gradients import gradient_dim
+
+    if not dim:
+        return None
+    if kind == "factored":
+        return FactoredProjector.for_model(model, dim, seed=seed)
+    return RandomProjector(gradient_dim(model), dim, kind=kind, seed=seed)

@@ -339,7 +339,84 @@ class _Frontier:
         self.size = last
 
 
-class GreedyLogDet:
+class _PickBookkeeping:
+    """The per-pick arithmetic both engines share (numpy arrays or torch tensors).
+
+    A subclass holds ``alpha``, ``conflict_weight``, ``early_stop``, the running sum
+    ``_s`` of picked rows, ``_k``, ``_objective``, ``_first_gain`` and ``_stopped``.
+    """
+
+    alpha: float
+    conflict_weight: float
+    early_stop: float | None
+    _s: Any
+    _k: int
+    _objective: float
+    _first_gain: float | None
+    _stopped: bool
+
+    @property
+    def n_selected(self) -> int:
+        """Rows selected so far over all ``select`` calls."""
+        return self._k
+
+    @property
+    def objective(self) -> float:
+        """``f(S)`` of everything selected so far."""
+        return self._objective
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the ω rule fired (further ``select`` calls pick nothing)."""
+        return self._stopped
+
+    def _pick_terms(self, g: Any, v: Any) -> tuple[float, float, float, float]:
+        """``(q, gain, ‖g‖², conflict)`` of a row ``g`` with ``v = M g``."""
+        # q from the same v that defines u keeps U self-consistent (M stays ≻ 0).
+        q = max(float(g @ v), 0.0)
+        gain = math.log1p(self.alpha * q)
+        sq = float(g @ g)
+        conflict = 0.0
+        if self._k > 0 and sq > 0:
+            snorm = math.sqrt(float(self._s @ self._s))
+            if snorm > 0:
+                conflict = min(
+                    max(-float(g @ self._s) / (math.sqrt(sq) * snorm), 0.0), 1.0
+                )
+        return q, gain, sq, conflict
+
+    def _omega_fires(self, gain: float, acc: _Acc) -> bool:
+        """Whether the ω rule stops the run at this gain (and record that it did)."""
+        if (
+            self.early_stop is not None
+            and self._first_gain is not None
+            and gain < self.early_stop * self._first_gain
+        ):
+            self._stopped = True
+            acc.fired = True
+            return True
+        return False
+
+    def _record(
+        self, x: int, g: Any, gain: float, conflict: float, sq: float, acc: _Acc
+    ) -> None:
+        """Count row ``x`` (its factor ``u`` already stored) in the set's totals."""
+        self._k += 1
+        self._s += g
+        self._objective += gain
+        if self._first_gain is None:
+            self._first_gain = gain
+        acc.add(
+            x,
+            gain,
+            gain - self.conflict_weight * conflict,
+            conflict,
+            gain - math.log1p(self.alpha * sq),
+            self._objective,
+        )
+
+
+class GreedyLogDet(_PickBookkeeping):
     """Stateful greedy maximiser of ``log det(I + α Σ_{i∈S} g_i g_iᵀ)`` (+ SPICE).
 
     The selected set so far (the ``U`` factors, the running sum of picked rows, the
@@ -494,22 +571,6 @@ class GreedyLogDet:
         self._M: np.ndarray | None = None  # dense I − α U[:, :_mk] U[:, :_mk]ᵀ
         self._mk = 0
 
-    # -- public state ---------------------------------------------------------------
-    @property
-    def n_selected(self) -> int:
-        """Rows selected so far over all :meth:`select` calls."""
-        return self._k
-
-    @property
-    def objective(self) -> float:
-        """``f(S)`` of everything selected so far."""
-        return self._objective
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the ω rule fired (further :meth:`select` calls pick nothing)."""
-        return self._stopped
-
     # -- public API -----------------------------------------------------------------
     def select(
         self, candidates: Any, k: int, *, normalize: bool = False
@@ -657,24 +718,8 @@ class GreedyLogDet:
         """Add row ``x`` to the set (unless the ω rule fires); return whether added."""
         g = src.take(np.array([x]))[0]
         v = self._apply_m(g)
-        # q from the same v that defines u keeps U self-consistent (M stays ≻ 0).
-        q = max(float(g @ v), 0.0)
-        gain = math.log1p(self.alpha * q)
-        sq = float(g @ g)
-        conflict = 0.0
-        if self._k > 0 and sq > 0:
-            snorm = math.sqrt(float(self._s @ self._s))
-            if snorm > 0:
-                conflict = min(
-                    max(-float(g @ self._s) / (math.sqrt(sq) * snorm), 0.0), 1.0
-                )
-        if (
-            self.early_stop is not None
-            and self._first_gain is not None
-            and gain < self.early_stop * self._first_gain
-        ):
-            self._stopped = True
-            acc.fired = True
+        q, gain, sq, conflict = self._pick_terms(g, v)
+        if self._omega_fires(gain, acc):
             return False
         u = v / math.sqrt(1.0 + self.alpha * q)
         if self._k == len(self._Ut):
@@ -682,19 +727,7 @@ class GreedyLogDet:
             grown[: self._k] = self._Ut[: self._k]
             self._Ut = grown
         self._Ut[self._k] = u
-        self._k += 1
-        self._s += g
-        self._objective += gain
-        if self._first_gain is None:
-            self._first_gain = gain
-        acc.add(
-            x,
-            gain,
-            gain - self.conflict_weight * conflict,
-            conflict,
-            gain - math.log1p(self.alpha * sq),
-            self._objective,
-        )
+        self._record(x, g, gain, conflict, sq, acc)
         self._fold()
         return True
 

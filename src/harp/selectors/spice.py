@@ -25,6 +25,7 @@ from harp.selectors.base import Diagnostics, SelectResult, check_is_fitted
 from harp.selectors.diagnostics import LogDetDiagnostics
 from harp.selectors.gradient import GRADIENT_CONSTRAINTS, GradientSelector
 from harp.selectors.logdet import GreedyLogDet, GreedyTrace, default_alpha
+from harp.selectors.logdet_torch import TorchGreedyLogDet
 from harp.selectors.registry import register
 
 __all__ = ["DPPSelector", "FisherSelector", "SPICESelector"]
@@ -78,7 +79,21 @@ class _LogDetSelector(GradientSelector):
     def _conflict_weight(self) -> float:
         return 0.0
 
-    def _engine(self, dim: int, alpha: float, context: RunContext) -> GreedyLogDet:
+    def _engine(
+        self, dim: int, alpha: float, context: RunContext
+    ) -> GreedyLogDet | TorchGreedyLogDet:
+        """The numpy engine on the CPU; on a GPU the torch engine (same picks, ties
+        aside), except for the stochastic strategy, which only numpy has."""
+        device = context.torch_device()
+        if device.type == "cuda" and self.strategy != "stochastic":
+            return TorchGreedyLogDet(
+                dim,
+                alpha=alpha,
+                conflict_weight=self._conflict_weight(),
+                early_stop=self.early_stop,
+                device=device,
+                storage="bf16" if context.dtype_name == "bf16" else "fp32",
+            )
         return GreedyLogDet(
             dim,
             alpha=alpha,
@@ -346,9 +361,8 @@ class SPICESelector(_LogDetSelector):
         checkpoints = features.warmup(model_dir, pool, context)
         model = checkpoints[-1].load_model(model_dir, context=context)
         tokenizer = load_tokenizer(model_dir)
-        in_dim = gradient_dim(model)
-        projector = features.projector(in_dim, context)
-        width = projector.out_dim if projector is not None else in_dim
+        projector = features.projector(model, context)
+        width = gradient_dim(model) if projector is None else projector.out_dim
         # AdamW's defaults of the paper's code: weight decay 0.01, no clipping.
         trainer = Trainer(
             model,
@@ -360,7 +374,7 @@ class SPICESelector(_LogDetSelector):
 
         order = context.rng("online").permutation(len(pool))
         n_pools = math.ceil(len(pool) / self.pool_size)
-        engine: GreedyLogDet | None = None
+        engine: GreedyLogDet | TorchGreedyLogDet | None = None
         picked: list[int] = []
         traces: list[GreedyTrace] = []
         recent: list[int] = []
@@ -377,6 +391,7 @@ class SPICESelector(_LogDetSelector):
                 rows,
                 batch_size=features.batch_size,
                 max_length=features.max_length,
+                max_tokens=features.max_tokens,
                 projector=projector,
             ):
                 g[np.asarray(idx)] = grads

@@ -1,0 +1,43 @@
+"""The on-demand benchmarks still run on the library as it is (their quick modes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
+    """``benchmarks/gpu_suite.py --quick``: every part at toy size, in one run."""
+    if not (ROOT / "benchmarks" / "gpu_suite.py").exists():
+        pytest.skip("the benchmarks are not beside the tests")
+    out = tmp_path / "gs.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_suite.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(out.read_text())
+    assert numbers["device"] == "cpu" and numbers["grads_ex_s"] > 0
+    assert numbers["logdet"]["picks"] > 0
+    assert numbers["leaves"]["leaf_seconds"] > 0
+    assert "x bound" in result.stdout
