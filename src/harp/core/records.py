@@ -9,7 +9,7 @@ from typing import Any
 from harp.core.errors import DataError
 from harp.core.hashing import sha256_hex, stable_json
 
-__all__ = ["Example", "ExampleSet", "DEFAULT_DOMAIN", "content_id"]
+__all__ = ["Example", "ExampleSet", "DEFAULT_DOMAIN", "content_id", "resolve_options"]
 
 #: Domain given to rows that carry no ``domain``/``task`` field.
 DEFAULT_DOMAIN = "default"
@@ -18,6 +18,56 @@ DEFAULT_DOMAIN = "default"
 def content_id(prompt: str, response: str) -> str:
     """Stable id of an example: the first 16 hex digits of SHA-256 over its text."""
     return sha256_hex(stable_json([prompt, response]), 16)
+
+
+def resolve_options(
+    options: Any, gold: Any, answer: str | None = None
+) -> tuple[tuple[str, ...], int]:
+    """A multiple-choice row's ``(options, gold index)`` from what a file gives.
+
+    The documented schema: a row's ``options`` is a list of two or more distinct
+    strings, the candidate answers as the model would say them after the prompt;
+    ``gold`` is the right one, as its index or its text. Without ``gold``, the
+    row's ``answer`` (its response, or FLAN's answer field) is looked up among the
+    options.
+
+    Raises
+    ------
+    ValueError
+        The options or the gold do not fit the schema (the message says how).
+
+    Examples
+    --------
+    >>> resolve_options(["yes", "no"], "no")
+    (('yes', 'no'), 1)
+    >>> resolve_options(["(A)", "(B)", "(C)"], None, answer="(C)")
+    (('(A)', '(B)', '(C)'), 2)
+    """
+    if not isinstance(options, (list, tuple)) or not all(
+        isinstance(o, str) and o.strip() for o in options
+    ):
+        raise ValueError("options must be a list of non-empty strings")
+    opts = tuple(options)
+    if len(opts) < 2:
+        raise ValueError(f"options has {len(opts)} entry; a choice needs at least 2")
+    if len(set(opts)) != len(opts):
+        raise ValueError("options repeats an option; each must be distinct")
+    if gold is None:
+        if answer is None or answer.strip() not in opts:
+            raise ValueError(
+                "gold is missing and the answer is not one of the options; add "
+                "'gold': the index or the text of the right option"
+            )
+        return opts, opts.index(answer.strip())
+    if isinstance(gold, bool):
+        raise ValueError("gold must be an option's index or text, not a boolean")
+    if isinstance(gold, int):
+        if not 0 <= gold < len(opts):
+            raise ValueError(f"gold={gold} is not an index of the {len(opts)} options")
+        return opts, gold
+    if isinstance(gold, str) and gold in opts:
+        return opts, opts.index(gold)
+    raise ValueError(f"gold={gold!r} is neither an index nor the text of an option")
 
 
 @dataclass(frozen=True)
@@ -39,6 +89,12 @@ class Example:
         Where the row came from: ``"path:line"``.
     line : int
         1-based line or record number in ``source``'s file.
+    options : tuple of str
+        A multiple-choice row's candidate answers, each as the model would say it
+        right after the prompt (``"(C)"``, ``"yes"``, an option's text); empty for
+        any other row. See :func:`resolve_options`.
+    gold : int or None
+        Index of the right option in ``options`` (None without options).
     """
 
     id: str
@@ -47,6 +103,19 @@ class Example:
     domain: str = DEFAULT_DOMAIN
     source: str = ""
     line: int = 0
+    options: tuple[str, ...] = ()
+    gold: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.options and (
+            self.gold is None or not 0 <= self.gold < len(self.options)
+        ):
+            raise DataError(
+                f"gold={self.gold!r} is not an index of the "
+                f"{len(self.options)} options",
+                path=self.source or None,
+                field="gold",
+            )
 
     @property
     def text(self) -> str:
@@ -116,8 +185,19 @@ class ExampleSet(Sequence[Example]):
 
     def content_hash(self) -> str:
         """Hash of the ordered ids, prompts, responses and domains (cache keys)."""
-        payload = [(e.id, e.prompt, e.response, e.domain) for e in self.examples]
+        # Options join the payload only where a row has them, so that the hashes
+        # (and the caches keyed on them) of every other row stay what they were.
+        payload = [
+            (e.id, e.prompt, e.response, e.domain)
+            + ((list(e.options), e.gold) if e.options else ())
+            for e in self.examples
+        ]
         return sha256_hex(stable_json(payload), 32)
+
+    @property
+    def has_options(self) -> bool:
+        """Whether every row is multiple-choice (carries options and a gold index)."""
+        return bool(self.examples) and all(e.options for e in self.examples)
 
     def subset(self, indices: Iterable[int]) -> "ExampleSet":
         """The rows at ``indices`` (in that order), keeping format and schema."""
@@ -170,8 +250,21 @@ class ExampleSet(Sequence[Example]):
                 seen[ex_id] = i
             else:
                 ex_id = unique_id(content_id(prompt, response), seen)
+            options: tuple[str, ...] = ()
+            gold: int | None = None
+            if rec.get("options") is not None:
+                try:
+                    options, gold = resolve_options(
+                        rec["options"], rec.get("gold"), response
+                    )
+                except ValueError as exc:
+                    raise DataError(
+                        str(exc), path=source, line=i, field="options"
+                    ) from None
             examples.append(
-                Example(ex_id, prompt, response, domain, f"{source}:{i}", i)
+                Example(
+                    ex_id, prompt, response, domain, f"{source}:{i}", i, options, gold
+                )
             )
             rows.append(dict(rec))
         return cls(

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from harp.core.errors import DataError, ParameterError
-from harp.core.records import DEFAULT_DOMAIN, Example, ExampleSet, content_id
+from harp.core.records import (
+    DEFAULT_DOMAIN,
+    Example,
+    ExampleSet,
+    content_id,
+    resolve_options,
+)
+from harp.data.options import flan_options
 
 __all__ = ["FORMATS", "SCHEMAS", "as_example_set", "detect_format", "load_examples"]
 
@@ -768,7 +775,7 @@ class _Parser:
 
     def parse(
         self, row: Any, line: int, default_domain: str
-    ) -> tuple[str, str, str, Any, str]:
+    ) -> tuple[str, str, str, Any, str, tuple[str, ...], int | None]:
         if not isinstance(row, dict):
             raise self.error(
                 line,
@@ -814,7 +821,23 @@ class _Parser:
                     pkey if len(prompt) >= len(response) else rkey,
                 )
         domain = self.domain(row, line, default_domain)
-        return prompt, response, domain, _explicit_id(row), schema
+        options, gold = self.choice(schema, row, line, prompt, response)
+        return prompt, response, domain, _explicit_id(row), schema, options, gold
+
+    def choice(
+        self, schema: str, row: dict[str, Any], line: int, prompt: str, response: str
+    ) -> tuple[tuple[str, ...], int | None]:
+        """A multiple-choice row's options and gold index (``((), None)`` if none)."""
+        if row.get("options") is not None:
+            try:
+                return resolve_options(row["options"], row.get("gold"), response)
+            except ValueError as exc:
+                raise self.error(line, str(exc), "options") from None
+        if schema == "flan-cot":
+            found = flan_options(prompt, self.text(row, "answer", line))
+            if found is not None:
+                return found
+        return (), None
 
     def field_text(self, row: dict[str, Any], key: str, line: int, flag: str) -> str:
         if key not in row:
@@ -928,7 +951,7 @@ class _Builder:
         self, parser: _Parser, path: Path, line: int, row: Any, default_domain: str
     ) -> None:
         seen, examples, rows = self.seen, self.examples, self.rows
-        prompt, response, domain, raw_id, schema = parser.parse(
+        prompt, response, domain, raw_id, schema, options, gold = parser.parse(
             row, line, default_domain
         )
         source = f"{path}:{line}"
@@ -959,7 +982,9 @@ class _Builder:
                 count += 1
                 ex_id = f"{base}#{count}"
         seen[ex_id] = source
-        examples.append(Example(ex_id, prompt, response, domain, source, line))
+        examples.append(
+            Example(ex_id, prompt, response, domain, source, line, options, gold)
+        )
         rows.append(row)
         self.schemas[schema] = None
 

@@ -1,8 +1,9 @@
 """features stage: what selectors compute from examples.
 
 The feature components that selectors take as parameters (:class:`TextFeatures`,
-:class:`GradientFeatures`), built on text embeddings (offline sentence encoder or
-hashed TF-IDF), exact per-example LoRA gradients with a seeded random projection,
+:class:`GradientFeatures`, :class:`HiddenStateFeatures`), built on text embeddings
+(offline sentence encoder or hashed TF-IDF), exact per-example LoRA gradients with a
+seeded random projection, a model's pooled last-layer hidden states,
 and the on-disk feature store (memory-mapped shards plus a manifest) that extraction
 fills resumably. Heavy libraries (torch,
 scikit-learn, sentence-transformers) are imported inside the functions that use them,
@@ -13,6 +14,7 @@ from harp.features.components import (
     FEATURE_KINDS,
     FeatureComponent,
     GradientFeatures,
+    HiddenStateFeatures,
     TextFeatures,
     make_features,
     unit_rows,
@@ -20,7 +22,9 @@ from harp.features.components import (
 from harp.features.extract import (
     extract_embedding_features,
     extract_gradient_features,
+    extract_hidden_features,
     gradient_spec,
+    hidden_spec,
 )
 from harp.features.gradients import (
     gradient_dim,
@@ -28,6 +32,7 @@ from harp.features.gradients import (
     per_sample_gradients_loop,
     trainable_names,
 )
+from harp.features.hidden import hidden_state_embeddings
 from harp.features.projection import RandomProjector
 from harp.features.store import (
     FeatureStore,
@@ -48,6 +53,7 @@ __all__ = [
     "FEATURE_KINDS",
     "FeatureComponent",
     "GradientFeatures",
+    "HiddenStateFeatures",
     "TextFeatures",
     "make_features",
     "unit_rows",
@@ -58,10 +64,13 @@ __all__ = [
     "estimate_store_bytes",
     "extract_embedding_features",
     "extract_gradient_features",
+    "extract_hidden_features",
     "fill_store",
     "format_bytes",
     "gradient_dim",
     "gradient_spec",
+    "hidden_spec",
+    "hidden_state_embeddings",
     "minilm_available",
     "per_sample_gradients",
     "per_sample_gradients_loop",

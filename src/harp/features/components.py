@@ -14,6 +14,9 @@ run context, and every result lands in the context's cache.
     Projected per-example LoRA gradients of a model, taken at the checkpoints of a
     short LESS-style warm-up on the pool: what LESS, SPICE, Fisher, DPP, the
     gradient-norm baseline and HARP's gradient tree use.
+:class:`HiddenStateFeatures`
+    Position-weighted mean last-layer hidden states of the model itself: what RDS+
+    uses.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "FEATURE_KINDS",
     "FeatureComponent",
     "GradientFeatures",
+    "HiddenStateFeatures",
     "TextFeatures",
     "make_features",
     "unit_rows",
@@ -391,15 +395,100 @@ class GradientFeatures(FeatureComponent):
         return unit_rows(x.astype(np.float64)), unit_rows(t.astype(np.float64))
 
 
+class HiddenStateFeatures(FeatureComponent):
+    """Position-weighted mean last-layer hidden states of the model, unit length.
+
+    Every row is read by the model as finetuning reads it (``format_prompt(prompt)``,
+    response, EOS); the hidden states that feed the LM head are averaged with weights
+    proportional to the token position (1 for the first token, ``T`` for the last; the
+    weights sum to 1, padding has none), then scaled to unit length. No warm-up and
+    no gradient: one forward pass per row, on the run context's device and dtype.
+    Stores are cached in the context's cache folder by model fingerprint, data hash
+    and ``max_length``.
+
+    Parameters
+    ----------
+    batch_size : int, default=16
+        Rows per forward pass. It changes how fast, not what is computed.
+    max_length : int, default=512
+        Token limit of a row (capped by the model's position limit); longer rows lose
+        the start of their prompt first, as in finetuning.
+
+    See Also
+    --------
+    harp.features.hidden.hidden_state_embeddings : the computation.
+
+    Examples
+    --------
+    >>> features = HiddenStateFeatures(max_length=256)
+    >>> features.get_params()
+    {'batch_size': 16, 'max_length': 256}
+    """
+
+    kind = "hidden"
+    _parameter_constraints = {
+        "batch_size": [Interval(int, 1, None)],
+        "max_length": [Interval(int, 8, None)],
+    }
+
+    def __init__(self, *, batch_size: int = 16, max_length: int = 512) -> None:
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def extract(
+        self, examples: ExampleSet, context: RunContext, *, model_dir: Path
+    ) -> FeatureStore:
+        """The embeddings of ``examples`` by the model in ``model_dir``, in a store.
+
+        Parameters
+        ----------
+        examples : ExampleSet
+            Rows to embed.
+        context : RunContext
+            Device, dtype, cache folder (``features/``), progress, executor.
+        model_dir : Path
+            The model folder, as :func:`harp.models.resolve_model` gives it.
+        """
+        from harp.features.extract import extract_hidden_features
+
+        self.check()
+        return extract_hidden_features(
+            model_dir,
+            examples,
+            context.cache_dir / "features",
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            context=context,
+        )
+
+    def pool_and_target(
+        self,
+        pool: ExampleSet,
+        target: ExampleSet,
+        context: RunContext,
+        *,
+        model_dir: Path | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-length embeddings of pool and target by one model (float64)."""
+        if model_dir is None:
+            raise ValueError(
+                "HiddenStateFeatures need the model folder (model_dir=...)"
+            )
+        x = self.extract(pool, context, model_dir=model_dir).read()
+        t = self.extract(target, context, model_dir=model_dir).read()
+        return unit_rows(x.astype(np.float64)), unit_rows(t.astype(np.float64))
+
+
 #: Feature components by the name a command line or a YAML file gives them.
 FEATURE_KINDS: dict[str, type[FeatureComponent]] = {
     "text": TextFeatures,
     "gradient": GradientFeatures,
+    "hidden": HiddenStateFeatures,
 }
 
 
 def make_features(kind: str, **params: Any) -> FeatureComponent:
-    """The component registered as ``kind`` (``"text"``, ``"gradient"``).
+    """The component registered as ``kind`` (``"text"``, ``"gradient"``, ``"hidden"``).
 
     Raises
     ------

@@ -1,4 +1,5 @@
-"""Feature extraction into the feature store: gradients of a model, or text embeddings.
+"""Feature extraction into the feature store: a model's gradients or hidden states, or
+text embeddings.
 
 Every extraction is keyed by a *spec* (what the features are: model fingerprint,
 checkpoint, LoRA shape, projection dim/kind/seed, optimizer, data hash) whose
@@ -22,7 +23,13 @@ from harp.core.hashing import fingerprint
 from harp.core.records import ExampleSet
 from harp.features.store import FeatureStore, estimate_store_bytes, format_bytes
 
-__all__ = ["extract_embedding_features", "extract_gradient_features", "gradient_spec"]
+__all__ = [
+    "extract_embedding_features",
+    "extract_gradient_features",
+    "extract_hidden_features",
+    "gradient_spec",
+    "hidden_spec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +338,143 @@ def extract_embedding_features(
     )
 
 
+def hidden_spec(
+    base_dir: str | Path,
+    examples: ExampleSet,
+    *,
+    max_length: int = 512,
+    dtype: str = "fp32",
+) -> dict[str, Any]:
+    """The spec that identifies a hidden-state feature store.
+
+    The model (by content fingerprint), the pooling, the token limit, the data and
+    the model's dtype when not fp32 (bf16 states differ); not the batch size or the
+    device, which change the features only within rounding.
+    """
+    from harp.models.loading import model_fingerprint
+
+    return {
+        "kind": "hidden",
+        "model": model_fingerprint(base_dir),
+        "layer": "last",
+        "pooling": "position-weighted-mean",
+        "max_length": int(max_length),
+        "data": examples.content_hash(),
+        **({} if dtype == "fp32" else {"dtype": dtype}),
+    }
+
+
+def extract_hidden_features(
+    base_dir: str | Path,
+    examples: ExampleSet,
+    store_root: str | Path,
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    shard_rows: int = 2048,
+    context: RunContext | None = None,
+) -> FeatureStore:
+    """Position-weighted mean last-layer hidden states of ``examples``, in a store.
+
+    Each row is read as finetuning reads it; see
+    :func:`harp.features.hidden.hidden_state_embeddings` for the pooling. Rows are
+    unit length (float32).
+
+    Parameters
+    ----------
+    base_dir : str or Path
+        The model folder (from :func:`harp.models.resolve_model`: a local Hugging
+        Face folder or the built-in proxy), loaded with
+        :func:`harp.models.load_model` on the context's device and dtype.
+    examples : ExampleSet
+        Rows to featurise.
+    store_root : str or Path
+        Folder under which the store ``hidden-<fingerprint>`` is created or reused.
+    batch_size : int, default 16
+        Rows per forward pass.
+    max_length : int, default 512
+        Token limit of a row (capped by the model's position limit).
+    shard_rows : int, default 2048
+        Rows per store shard: the unit of resume and of parallel work.
+    context : RunContext or None, default None
+        Device, dtype, progress and executor, as for
+        :func:`extract_gradient_features`: with an executor each shard is a task
+        that loads the model once per worker process.
+
+    Returns
+    -------
+    FeatureStore
+        Opened read-only and complete.
+    """
+    from harp.features.hidden import hidden_state_embeddings
+    from harp.models.loading import load_model
+
+    context = RunContext() if context is None else context
+    spec = hidden_spec(
+        base_dir, examples, max_length=max_length, dtype=context.dtype_name
+    )
+    directory = (
+        Path(store_root)
+        / f"hidden-{fingerprint('hidden', content='', params=spec)[:16]}"
+    )
+    state: dict[str, Any] = {}
+
+    def model_and_tokenizer() -> tuple[Any, Any]:
+        # Loaded lazily: a complete store needs no model at all.
+        if not state:
+            state["parts"] = load_model(base_dir, context=context)
+        return state["parts"]
+
+    def embed(rows: ExampleSet) -> np.ndarray:
+        model, tokenizer = model_and_tokenizer()
+        return hidden_state_embeddings(
+            model,
+            tokenizer,
+            rows,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=context.progress,
+        )
+
+    def out_dim() -> int:
+        # The width of what the backbone returns (not always config.hidden_size).
+        width = embed(examples.subset(range(1))).shape[1]
+        log.info(
+            "hidden-state features of %d rows -> %s (dim %d, about %s on disk)",
+            len(examples),
+            directory,
+            width,
+            format_bytes(estimate_store_bytes(len(examples), width, "float32")),
+        )
+        return width
+
+    def compute_shard(k: int, start: int, stop: int) -> np.ndarray:
+        return embed(examples.subset(range(start, stop)))
+
+    def shard_job(k: int, start: int, stop: int) -> tuple[Callable, dict[str, Any]]:
+        return _hidden_shard_task, {
+            "directory": str(directory),
+            "shard": k,
+            "rows": examples.subset(range(start, stop)),
+            "base_dir": str(base_dir),
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "context": context.for_worker(),
+        }
+
+    return _complete_store(
+        directory,
+        examples,
+        spec,
+        out_dim,
+        compute_shard,
+        shard_rows,
+        context.progress,
+        executor=context.executor,
+        shard_job=shard_job,
+    )
+
+
 def _complete_store(
     directory: Path,
     examples: ExampleSet,
@@ -552,4 +696,29 @@ def _embedding_shard_task(job: dict[str, Any]) -> dict[str, Any]:
         ),
     )
     store.write_shard(k, featurizer.embed(job["texts"]))
+    return {"shard": k, "computed": True}
+
+
+def _hidden_shard_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Compute and write one shard of a hidden-state store."""
+    from harp.features.hidden import hidden_state_embeddings
+    from harp.models.loading import load_model
+
+    store = _writable_store(job["directory"])
+    k = job["shard"]
+    if store.is_done(k):
+        return {"shard": k, "computed": False}
+    context = job["context"]
+    model, tokenizer = _worker_cached(
+        f"hidden:{job['base_dir']}:{context.device_name}:{context.dtype_name}",
+        lambda: load_model(job["base_dir"], context=context),
+    )
+    block = hidden_state_embeddings(
+        model,
+        tokenizer,
+        job["rows"],
+        batch_size=job["batch_size"],
+        max_length=job["max_length"],
+    )
+    store.write_shard(k, block)
     return {"shard": k, "computed": True}

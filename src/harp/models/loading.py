@@ -104,11 +104,22 @@ def weight_files(path: str | Path) -> dict[str, list[Path]]:
 def check_model_dir(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
     """Raise a clear :class:`ModelError` for every way ``path`` is not loadable.
 
+    A GGUF file (a path ending in ``.gguf``, or a file starting with the GGUF magic
+    bytes) is accepted too: only its header is checked here
+    (:func:`harp.models.gguf.check_gguf_file`); :func:`load_model` and
+    :func:`harp.models.resolve_model` convert it.
+
     Returns
     -------
     dict
-        The folder's ``config.json``.
+        The folder's ``config.json``; for a GGUF file, its header summary
+        (``{"format": "gguf", "architecture", ...}``).
     """
+    # Imported here: harp.models.gguf imports this module.
+    from harp.models.gguf import check_gguf_file, is_gguf_file
+
+    if is_gguf_file(path):
+        return check_gguf_file(path)
     if not path.exists():
         raise ModelError(
             f"{path}: model directory not found; pass the path of a local Hugging Face "
@@ -179,7 +190,9 @@ def load_model(
         A Hugging Face model folder: ``config.json``, weights (``model.safetensors``,
         a sharded safetensors index, or — with ``allow_pickle`` —
         ``pytorch_model.bin``)
-        and tokenizer files.
+        and tokenizer files. Or a GGUF file (``.gguf``), converted once into
+        ``context.cache_dir/models`` (:func:`harp.models.gguf.cached_gguf_model`)
+        and loaded from there.
     trust_remote_code : bool, default False
         Allow a config whose ``auto_map`` points at Python files in the folder. Off by
         default: such code runs with your privileges.
@@ -205,7 +218,8 @@ def load_model(
     harp.core.errors.ModelError
         When the path is missing or not a directory, has no ``config.json``, has no
         weights, needs remote code without ``trust_remote_code``, has only pickle
-        weights without ``allow_pickle``, or when transformers cannot load it.
+        weights without ``allow_pickle``, or when transformers cannot load it; for
+        a GGUF file, as :func:`harp.models.convert_gguf`.
 
     Examples
     --------
@@ -225,6 +239,11 @@ def load_model(
     device = context.torch_device()
     dtype = context.torch_dtype()
     path = Path(path).expanduser()
+    # Imported here: harp.models.gguf imports this module.
+    from harp.models.gguf import cached_gguf_model, is_gguf_file
+
+    if is_gguf_file(path):
+        path = cached_gguf_model(path, context.cache_dir, progress=progress)
     config = check_model_dir(path, trust_remote_code)
     files = weight_files(path)
     if files["safetensors"]:
@@ -485,10 +504,14 @@ def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
     any retraining changes those bytes in practice. Tokenizer files are included
     when present (a different vocabulary is a different model).
 
+    A GGUF file's fingerprint is :func:`harp.models.gguf.gguf_fingerprint` (its
+    size and content, by the same sampling rule), so that a cache keyed by it needs
+    no conversion to be looked up.
+
     Parameters
     ----------
     path : str or Path
-        A model folder (checked as in :func:`load_model`).
+        A model folder (checked as in :func:`load_model`), or a GGUF file.
     full : bool, default False
         Hash every byte of every weight file.
 
@@ -503,6 +526,11 @@ def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
         When the folder is not a loadable model folder.
     """
     path = Path(path).expanduser()
+    # Imported here: harp.models.gguf imports this module.
+    from harp.models.gguf import gguf_fingerprint, is_gguf_file
+
+    if is_gguf_file(path):
+        return gguf_fingerprint(path, full=full)
     check_model_dir(path, trust_remote_code=True)
     files = weight_files(path)
     entries: list[tuple[str, int, str]] = []

@@ -126,7 +126,10 @@ class ProxyConfig:
 
 
 def build_proxy(
-    config: ProxyConfig | None = None, seed: int = 0
+    config: ProxyConfig | None = None,
+    seed: int = 0,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """Build a randomly initialised proxy model and its character tokenizer.
 
@@ -137,6 +140,9 @@ def build_proxy(
     seed : int, default 0
         Seed of the weight initialisation (the caller's global torch RNG state is
         saved and restored).
+    tokenizer : PreTrainedTokenizerBase or None, default None
+        Another tokenizer (a real model's, or :func:`build_bpe_tokenizer`'s): the
+        model's vocabulary is sized to it. None builds the character tokenizer.
 
     Returns
     -------
@@ -158,7 +164,11 @@ def build_proxy(
     from harp.models.tokenizer import build_char_tokenizer
 
     config = ProxyConfig() if config is None else config
-    tokenizer = build_char_tokenizer(config.extra_chars)
+    if tokenizer is None:
+        tokenizer = build_char_tokenizer(config.extra_chars)
+    if tokenizer.pad_token_id is None:
+        # A real tokenizer without a pad token (Llama's) pads with its EOS.
+        tokenizer.pad_token = tokenizer.eos_token
     llama_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,

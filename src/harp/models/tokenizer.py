@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["build_char_tokenizer", "CHAR_SPECIAL_TOKENS", "BASE_CHARS"]
+__all__ = [
+    "build_bpe_tokenizer",
+    "build_char_tokenizer",
+    "CHAR_SPECIAL_TOKENS",
+    "BASE_CHARS",
+]
 
 #: Special tokens of the character tokenizer, in id order (``<pad>`` is id 0).
 CHAR_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
@@ -55,9 +61,7 @@ def build_char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
         decoders,
         models,
         pre_tokenizers,
-        processors,
     )
-    from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
     for token in CHAR_SPECIAL_TOKENS:
@@ -65,18 +69,25 @@ def build_char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
     for char in BASE_CHARS + extra_chars:
         if char not in vocab:
             vocab[char] = len(vocab)
-    pad, bos, eos, unk = CHAR_SPECIAL_TOKENS
-
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=CHAR_SPECIAL_TOKENS[3]))
     # One pre-token per character (newlines included), kept as they are.
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(list(CHAR_SPECIAL_TOKENS))
+    return _with_specials(backend)
+
+
+def _with_specials(backend: Any) -> PreTrainedTokenizerFast:
+    """A fast tokenizer over ``backend`` that prepends BOS, with harp's specials."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    pad, bos, eos, unk = CHAR_SPECIAL_TOKENS
     backend.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A",
         pair=f"{bos} $A $B",
-        special_tokens=[(bos, vocab[bos])],
+        special_tokens=[(bos, backend.token_to_id(bos))],
     )
-    backend.add_special_tokens(list(CHAR_SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
@@ -87,3 +98,47 @@ def build_char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
         padding_side="right",
         model_max_length=1_000_000,
     )
+
+
+def build_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` (offline, seconds).
+
+    The subword tokenizer of a small random model that should read text as a real
+    model does (merges of frequent byte sequences, any Unicode text encodable), when
+    no real model's tokenizer is at hand. Special tokens and BOS handling are those
+    of :func:`build_char_tokenizer`. Training is deterministic for the same texts.
+
+    Parameters
+    ----------
+    texts : iterable of str
+        The corpus.
+    vocab_size : int, default 2048
+        Target vocabulary size (the 256 bytes and the specials included).
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+
+    Examples
+    --------
+    >>> tok = build_bpe_tokenizer(["the cat sat on the mat"] * 20, vocab_size=300)
+    >>> ids = tok("the cat")["input_ids"]
+    >>> ids[0] == tok.bos_token_id, tok.decode(ids, skip_special_tokens=True)
+    (True, 'the cat')
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+
+    backend = Tokenizer(models.BPE(unk_token=CHAR_SPECIAL_TOKENS[3]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=int(vocab_size),
+        special_tokens=list(CHAR_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(texts), trainer=trainer)
+    return _with_specials(backend)

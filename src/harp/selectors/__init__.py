@@ -23,6 +23,7 @@ from harp.selectors.gradient import GradientSelector
 from harp.selectors.harp.selector import HARPCSelector, HARPESelector
 from harp.selectors.less import GradNormSelector, LESSSelector
 from harp.selectors.random import RandomSelector
+from harp.selectors.rds import RDSSelector
 from harp.selectors.registry import (
     available_methods,
     get_selector_class,
@@ -50,6 +51,7 @@ __all__ = [
     "LeafDiagnostics",
     "LogDetDiagnostics",
     "Options",
+    "RDSSelector",
     "RandomSelector",
     "SPICESelector",
     "Selection",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -179,6 +180,17 @@ class BaseSelector(Parametrized, ABC):
         return None
 
     # -- the work --------------------------------------------------------------------
+    def model_dir(self, pool: ExampleSet, context: RunContext) -> Path:
+        """A model-based method's model folder: its ``model`` parameter resolved.
+
+        A folder, a ``.gguf`` file, a name harp can fetch, or (None / ``"proxy"``)
+        the built-in proxy pretrained on ``pool``; see
+        :func:`harp.models.resolve_model`.
+        """
+        from harp.models.resolve import resolve_model
+
+        return resolve_model(getattr(self, "model", None), pool, context=context)
+
     def fit(self, pool: Any, target: Any = None) -> BaseSelector:
         """Select rows of ``pool`` (for ``target`` when the method uses one).
 

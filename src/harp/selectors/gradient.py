@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harp.core.context import RunContext
-from harp.core.records import ExampleSet
 from harp.features.components import GradientFeatures
 from harp.selectors.base import BaseSelector
 
@@ -55,9 +54,3 @@ class GradientSelector(BaseSelector):
         features: GradientFeatures = self.resolved_component("features")
         features.check()
         return features
-
-    def model_dir(self, pool: ExampleSet, context: RunContext) -> Path:
-        """The model folder: the one given, or the proxy pretrained on ``pool``."""
-        from harp.models.resolve import resolve_model
-
-        return resolve_model(self.model, pool, context=context)

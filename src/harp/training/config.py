@@ -19,12 +19,45 @@ __all__ = [
     "TRAIN_METHODS",
     "LR_SCHEDULES",
     "EVAL_METRICS",
+    "DEFAULT_METRICS",
+    "METRIC_SPECS",
+    "MetricSpec",
 ]
 
 #: Allowed values of :attr:`TrainConfig.method`.
 TRAIN_METHODS = ("lora", "full")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a per-domain metric means to whoever compares two scores.
+
+    Attributes
+    ----------
+    higher_is_better : bool
+        The direction of improvement (a loss is lower-is-better).
+    bounded : bool
+        Whether a score lives in [0, 1] (HARP's envelopes clip bounded scores).
+    label : str
+        How a table names it.
+    """
+
+    higher_is_better: bool
+    bounded: bool
+    label: str
+
+
+#: Every metric :func:`~harp.training.evaluate.evaluate` computes.
+METRIC_SPECS: dict[str, MetricSpec] = {
+    "exact_match": MetricSpec(True, True, "exact match"),
+    "loss": MetricSpec(False, False, "response loss (nats/token)"),
+    "option_accuracy": MetricSpec(True, True, "option accuracy"),
+    "option_logprob": MetricSpec(True, False, "gold option log-probability (nats)"),
+}
 #: Allowed entries of :attr:`EvalConfig.metrics`.
-EVAL_METRICS = ("exact_match", "loss")
+EVAL_METRICS = tuple(METRIC_SPECS)
+#: What :class:`EvalConfig` computes when not told.
+DEFAULT_METRICS = ("exact_match", "loss")
 
 
 def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False) -> None:
@@ -224,9 +257,12 @@ class EvalConfig:
     max_new_tokens : int or None, default None
         Generation length limit; None uses the longest reference response of the
         target (in tokens) plus 2, so that the EOS and a little overrun fit.
-    metrics : tuple of {"exact_match", "loss"}, default ("exact_match", "loss")
-        What to compute per domain: greedy-decoding exact match (higher is better) and
-        the mean response-token negative log-likelihood (lower is better).
+    metrics : tuple of str, default ("exact_match", "loss")
+        What to compute per domain (:data:`METRIC_SPECS`): greedy-decoding exact
+        match (higher is better), the mean response-token negative log-likelihood
+        (lower is better), and for multiple-choice targets ``"option_accuracy"``
+        and ``"option_logprob"`` (higher is better; see
+        :func:`~harp.training.evaluate.option_logprobs`).
     bootstrap : int, default 0
         When > 0, the variance of each per-domain mean is the variance of this many
         bootstrap means over target items (seeded by ``seed``) instead of the
@@ -246,7 +282,7 @@ class EvalConfig:
 
     batch_size: int = 64
     max_new_tokens: int | None = None
-    metrics: tuple[str, ...] = field(default=EVAL_METRICS)
+    metrics: tuple[str, ...] = field(default=DEFAULT_METRICS)
     bootstrap: int = 0
     max_length: int | None = None
     seed: int = 0

@@ -21,6 +21,7 @@ import numpy as np
 
 from harp.core.errors import ParameterError
 from harp.core.progress import ProgressBar
+from harp.core.records import Example
 from harp.nn.encode import (
     collate,
     encode_examples,
@@ -30,7 +31,7 @@ from harp.nn.encode import (
     model_max_length,
     pad_token_id,
 )
-from harp.nn.loss import row_losses
+from harp.nn.loss import row_losses, token_losses
 from harp.training.config import EvalConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +44,8 @@ __all__ = [
     "EvalReport",
     "evaluate",
     "response_losses",
+    "option_logprobs",
+    "check_target_metrics",
     "generate_greedy",
     "extract_answer",
     "normalize_answer",
@@ -149,7 +152,8 @@ class EvalReport:
         ``{domain: {metric: Estimate}}``.
     items : dict
         ``{domain: {metric: ndarray}}``: per-item values in target order within the
-        domain (exact match as 0.0/1.0, loss as mean response-token NLL in nats).
+        domain (exact match and option accuracy as 0.0/1.0, loss as mean
+        response-token NLL in nats, option log-probability in nats).
     ids : dict
         ``{domain: tuple of example ids}``, aligned with ``items``.
     predictions : dict
@@ -446,6 +450,8 @@ def response_losses(
     batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = False,
+    add_eos: bool = True,
+    reduction: str = "mean",
 ) -> np.ndarray:
     """Per-example mean negative log-likelihood of the response tokens (and EOS).
 
@@ -463,17 +469,22 @@ def response_losses(
         Row length cap; None uses the model's ``max_position_embeddings``.
     progress : bool, default False
         Show a progress bar.
+    add_eos : bool, default True
+        Score the EOS after the response too (False: the response's tokens only).
+    reduction : {"mean", "sum"}, default "mean"
+        Per row, the mean (nats per token) or the sum (nats) over scored tokens.
 
     Returns
     -------
     numpy.ndarray
-        One value (nats per token) per example; NaN for rows whose response did not
-        fit at all.
+        One value per example; NaN for rows whose response did not fit at all.
     """
     import torch
 
+    if reduction not in ("mean", "sum"):
+        raise ParameterError(f"reduction={reduction!r}: expected 'mean' or 'sum'")
     limit = max_length or model_max_length(model) or 1_000_000
-    enc = encode_examples(tokenizer, examples, max_length=limit)
+    enc = encode_examples(tokenizer, examples, max_length=limit, add_eos=add_eos)
     out = np.full(len(examples), np.nan, dtype=np.float64)
     rows = list(zip(enc.input_ids, enc.labels))
     batches = length_batches([len(r[0]) for r in rows], batch_size)
@@ -489,7 +500,10 @@ def response_losses(
             for batch in batches:
                 input_ids, _, labels = collate([rows[i] for i in batch], pad, device)
                 logits = model(input_ids=input_ids, use_cache=False).logits
-                nll = row_losses(logits, labels).cpu()
+                if reduction == "mean":
+                    nll = row_losses(logits, labels).cpu()
+                else:
+                    nll = token_losses(logits, labels)[0].sum(dim=1).cpu()
                 for j, i in enumerate(batch):
                     out[enc.indices[i]] = float(nll[j])
                 bar.advance()
@@ -497,6 +511,82 @@ def response_losses(
         if was_training:
             model.train()
     return out
+
+
+def option_logprobs(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet | Sequence[Any],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Each option's log-probability as the answer to its row's prompt.
+
+    The score of an option is the **sum** of the log-probabilities of its tokens
+    after ``format_prompt(prompt)`` (no EOS, no length normalisation: the options of
+    one row are compared as whole answers, as lm-evaluation-harness's ``acc``), then
+    normalised over the row's options (a log-softmax), so that the values of a row
+    are log-probabilities of a choice among its options.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The model and its tokenizer.
+    examples : ExampleSet or sequence of Example
+        Rows; those without ``options`` get an empty array.
+    batch_size : int, default 64
+        (row, option) pairs per forward pass.
+    max_length : int or None, default None
+        Length cap of prompt + option, as in :func:`response_losses`.
+    progress : bool, default False
+        Show a progress bar.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per row, the normalised log-probability of each option (NaN where an option
+        did not fit in ``max_length``).
+    """
+    pairs = [
+        Example(f"{e.id}/{j}", e.prompt, option)
+        for e in examples
+        for j, option in enumerate(e.options)
+    ]
+    sums = -response_losses(
+        model,
+        tokenizer,
+        pairs,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        add_eos=False,
+        reduction="sum",
+    )
+    out: list[np.ndarray] = [np.empty(0) for _ in range(len(examples))]
+    start = 0
+    for i, e in enumerate(examples):
+        if not e.options:
+            continue
+        scores = sums[start : start + len(e.options)]
+        start += len(e.options)
+        peak = np.max(scores)
+        out[i] = scores - (peak + np.log(np.exp(scores - peak).sum()))
+    return out
+
+
+def _option_metrics(
+    logprobs: list[np.ndarray], examples: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the gold option's log-probability, and 1.0 when it is the argmax."""
+    gold_lp = np.full(len(examples), np.nan)
+    correct = np.full(len(examples), np.nan)
+    for i, (lp, e) in enumerate(zip(logprobs, examples)):
+        if e.options and np.isfinite(lp).all():
+            gold_lp[i] = float(lp[e.gold])
+            correct[i] = float(int(np.argmax(lp)) == e.gold)
+    return gold_lp, correct
 
 
 def generate_greedy(
@@ -642,6 +732,31 @@ def _greedy_batch(
     return torch.stack(generated, dim=1).tolist()
 
 
+def check_target_metrics(target: ExampleSet, metrics: Sequence[str]) -> None:
+    """Refuse metrics the target cannot give: option metrics need options.
+
+    Raises
+    ------
+    harp.core.errors.ParameterError
+        An option metric is asked for and a domain holds no multiple-choice row
+        (the message names the domains and the fix).
+    """
+    if not {"option_accuracy", "option_logprob"} & set(metrics):
+        return
+    without = [
+        d
+        for d, idx in target.by_domain().items()
+        if not any(target[i].options for i in idx)
+    ]
+    if without:
+        raise ParameterError(
+            f"the option metrics need multiple-choice target rows, but domain(s) "
+            f"{', '.join(repr(d) for d in without)} carry no options; give rows "
+            "'options' and 'gold' (see harp.core.records.resolve_options), or "
+            "score them with 'loss' or 'exact_match'"
+        )
+
+
 def _bootstrap_var(values: np.ndarray, samples: int, seed: int, domain: str) -> float:
     if values.size < 2:
         return math.nan
@@ -661,7 +776,7 @@ def evaluate(
 ) -> EvalReport:
     """Score a model on every domain of a target set.
 
-    Two metrics, each per domain:
+    Up to four metrics, each per domain (``config.metrics``):
 
     * ``"loss"`` — mean over items of the per-item mean negative log-likelihood of
       the response tokens and EOS, given ``format_prompt(prompt)`` (lower is better);
@@ -669,7 +784,12 @@ def evaluate(
       (left padding, KV cache, stop at EOS, ``max_new_tokens`` defaulting to the
       longest reference response + 2 tokens), scored with :func:`is_correct`
       (GSM8K ``####`` numbers and "the answer is X" are extracted; otherwise the
-      stripped texts must be equal).
+      stripped texts must be equal);
+    * ``"option_logprob"`` — for multiple-choice rows, the gold option's
+      log-probability normalised over the row's options (:func:`option_logprobs`;
+      higher is better, at most 0): continuous, so less noisy than accuracy;
+    * ``"option_accuracy"`` — 1 when the gold option has the highest probability
+      (ties: the first option wins), else 0.
 
     Each per-domain value is an :class:`Estimate` whose variance is ``s² / n`` over
     items, or the bootstrap variance when ``config.bootstrap > 0``.
@@ -704,6 +824,7 @@ def evaluate(
         )
     if len(target) == 0:
         raise ParameterError("target is empty; evaluation needs at least one row")
+    check_target_metrics(target, config.metrics)
     meta: dict[str, Any] = {"n_items": len(target)}
     per_metric: dict[str, np.ndarray] = {}
     predictions: list[str] = []
@@ -719,6 +840,20 @@ def evaluate(
         )
         meta["loss_seconds"] = time.perf_counter() - start
         per_metric["loss"] = losses
+    if {"option_accuracy", "option_logprob"} & set(config.metrics):
+        start = time.perf_counter()
+        logprobs = option_logprobs(
+            model,
+            tokenizer,
+            target,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            progress=progress,
+        )
+        per_metric["option_logprob"], per_metric["option_accuracy"] = _option_metrics(
+            logprobs, target
+        )
+        meta["option_seconds"] = time.perf_counter() - start
     if "exact_match" in config.metrics:
         start = time.perf_counter()
         max_new = config.max_new_tokens
@@ -752,14 +887,17 @@ def evaluate(
             preds[domain] = tuple(predictions[i] for i in idx)
         for metric in config.metrics:
             values = per_metric[metric][idx]
-            if metric == "loss":
+            if metric != "exact_match":
                 n_bad = int(np.isnan(values).sum())
                 if n_bad:
                     logger.warning(
-                        "domain %r: %d item(s) without a response token were left "
-                        "out of the loss",
+                        "domain %r: %d item(s) %s were left out of %s",
                         domain,
                         n_bad,
+                        "without a response token"
+                        if metric == "loss"
+                        else "without options, or whose options did not fit",
+                        metric,
                     )
                 values = values[~np.isnan(values)]
             estimate = Estimate.from_values(values)

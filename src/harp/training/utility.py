@@ -35,7 +35,12 @@ from harp.core.errors import NumericalError, ParameterError
 from harp.core.hashing import fingerprint, stable_json
 from harp.core.records import ExampleSet
 from harp.training.config import EvalConfig, TrainConfig
-from harp.training.evaluate import EvalReport, evaluate, response_losses
+from harp.training.evaluate import (
+    EvalReport,
+    check_target_metrics,
+    evaluate,
+    response_losses,
+)
 
 __all__ = ["CallResult", "TrainEvalUtility", "evaluate_subset"]
 
@@ -148,6 +153,7 @@ class TrainEvalUtility:
         self.eval_config = eval_config
         self.context = RunContext() if context is None else context
         self.trust_remote_code = trust_remote_code
+        check_target_metrics(target, self.eval_config.metrics)
         self.model_key = model_fingerprint(self.model_dir)  # checks the folder
         self.cache = JsonCache(self.context.cache_dir / CACHE_FOLDER) if cache else None
         self.calls = 0

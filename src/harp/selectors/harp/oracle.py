@@ -18,6 +18,7 @@ import numpy as np
 
 from harp.core.errors import NumericalError, ParameterError
 from harp.core.records import ExampleSet
+from harp.training.config import EVAL_METRICS, METRIC_SPECS
 from harp.training.evaluate import EvalReport
 from harp.training.utility import CallResult, TrainEvalUtility
 
@@ -25,9 +26,11 @@ __all__ = ["LeafEffect", "LeafOracle", "ORACLE_METRICS"]
 
 log = logging.getLogger(__name__)
 
-#: Metrics the oracle can measure effects in. Exact match is bounded in [0, 1] (the
-#: envelopes clip); the loss effect is a loss *reduction* (unbounded, no clip).
-ORACLE_METRICS = ("exact_match", "loss")
+#: Metrics the oracle can measure effects in: every metric the evaluation computes.
+#: Bounded ones (exact match, option accuracy) live in [0, 1] and the envelopes clip
+#: them; the loss effect is a loss *reduction* and the option log-probability's a
+#: gain in nats (both unbounded, no clip).
+ORACLE_METRICS = EVAL_METRICS
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,11 @@ class LeafOracle:
     utility : TrainEvalUtility
         Finetunes the base on a leaf and scores the target (one recipe for all
         leaves); its evaluation must compute ``metric``.
-    metric : {"loss", "exact_match"}, default "loss"
-        What an effect measures: the reduction of the mean response loss (sensitive
-        even for leaves of a few dozen rows) or the exact-match gain.
+    metric : str, default "loss"
+        What an effect measures (:data:`ORACLE_METRICS`): the reduction of the mean
+        response loss (sensitive even for leaves of a few dozen rows), the
+        exact-match gain, or for multiple-choice targets the gain in option
+        accuracy or in the gold option's log-probability.
     bootstrap : int, default 200
         Bootstrap resamples of the target items for each effect's variance.
     seed : int, default 0
@@ -144,11 +149,11 @@ class LeafOracle:
     @property
     def bounded(self) -> bool:
         """Whether scores live in [0, 1] (the envelopes clip them)."""
-        return self.metric == "exact_match"
+        return METRIC_SPECS[self.metric].bounded
 
     def _sign(self) -> float:
         # Effects are "higher is better": a loss is negated.
-        return -1.0 if self.metric == "loss" else 1.0
+        return 1.0 if METRIC_SPECS[self.metric].higher_is_better else -1.0
 
     @property
     def base_scores(self) -> np.ndarray:

