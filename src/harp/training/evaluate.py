@@ -8,6 +8,7 @@ the benchmark's confidence intervals) can bootstrap over target items.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import re
@@ -707,7 +708,15 @@ def _greedy_batch(
         position_ids=position_ids,
         use_cache=True,
     )
-    past = out.past_key_values
+    # transformers 5.x renamed the KV cache argument and output (past_key_values ->
+    # cache) and warns on the old names: use whichever this model's forward takes.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = (
+        "cache"
+        if "cache" in inspect.signature(base.forward).parameters
+        else "past_key_values"
+    )
+    past = _kv_cache(out)
     next_pos = position_ids[:, -1:] + 1
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     generated = []
@@ -724,12 +733,17 @@ def _greedy_batch(
             input_ids=token.unsqueeze(-1),
             attention_mask=mask,
             position_ids=next_pos,
-            past_key_values=past,
             use_cache=True,
+            **{cache_arg: past},
         )
-        past = out.past_key_values
+        past = _kv_cache(out)
         next_pos = next_pos + 1
     return torch.stack(generated, dim=1).tolist()
+
+
+def _kv_cache(out: Any) -> Any:
+    """The KV cache of a forward's output, under its new name or its old one."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def check_target_metrics(target: ExampleSet, metrics: Sequence[str]) -> None:
