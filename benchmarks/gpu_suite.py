@@ -58,6 +58,9 @@ SIZES = {
         logdet_n=1_000_000,
         logdet_d=8192,
         logdet_k=10_000,
+        compare_n=100_000,
+        compare_d=1024,
+        compare_k=10_000,
         leaf_rows=100,
         target_rows=200,
         round_leaves=16,
@@ -79,6 +82,9 @@ SIZES = {
         logdet_n=20_000,
         logdet_d=256,
         logdet_k=200,
+        compare_n=5000,
+        compare_d=64,
+        compare_k=500,
         leaf_rows=20,
         target_rows=20,
         round_leaves=4,
@@ -177,7 +183,7 @@ def gradients(
     return len(rows) / _timed(run, device)
 
 
-def logdet(size: dict[str, Any], device: Any, storage: str) -> dict[str, float]:
+def logdet(size: dict[str, Any], device: Any, storage: str) -> dict[str, Any]:
     """The torch engine at n × D with bf16 storage, and the GEMM rate it runs at."""
     import torch
 
@@ -208,6 +214,7 @@ def logdet(size: dict[str, Any], device: Any, storage: str) -> dict[str, float]:
     rate = 8192 * d * 512 / per
     del g
     return {
+        "storage": storage,
         "seconds": seconds,
         "picks": float(len(trace)),
         "gemm_macs_per_s": rate,
@@ -215,8 +222,57 @@ def logdet(size: dict[str, Any], device: Any, storage: str) -> dict[str, float]:
     }
 
 
-def leaf_calls(folder: Path, size: dict[str, Any], context: Any) -> dict[str, float]:
-    """One HARP leaf evaluation and one round of leaves, through the utility."""
+def logdet_compare(size: dict[str, Any], device: Any) -> dict[str, float]:
+    """numpy's engine on the host's cores against the torch engine, same data (fp32).
+
+    The issue's comparison point (n = 100k, D = 1024, k = 10k): the picks must agree
+    (ties aside) and the objectives match.
+    """
+    import numpy as np
+    import torch
+
+    from harp.selectors.logdet import default_alpha, greedy_logdet
+    from harp.selectors.logdet_torch import TorchGreedyLogDet
+
+    n, d, k = size["compare_n"], size["compare_d"], size["compare_k"]
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((n, d), dtype=np.float32)
+    g *= (1.0 / np.arange(1, d + 1, dtype=np.float32)) ** 0.5
+    alpha = default_alpha(g)
+    start = time.perf_counter()
+    reference = greedy_logdet(g, k, alpha=alpha)
+    numpy_seconds = time.perf_counter() - start
+    engine = TorchGreedyLogDet(d, alpha=alpha, device=device, storage="fp32")
+    rows = torch.from_numpy(g).to(device)
+    _sync(device)
+    start = time.perf_counter()
+    trace = engine.select(rows, k)
+    _sync(device)
+    torch_seconds = time.perf_counter() - start
+    same = int(np.sum(reference.indices == trace.indices[: len(reference.indices)]))
+    first_split = int(
+        np.argmax(reference.indices != trace.indices)
+        if same < len(reference.indices)
+        else len(reference.indices)
+    )
+    return {
+        "numpy_seconds": numpy_seconds,
+        "torch_seconds": torch_seconds,
+        "speedup": numpy_seconds / torch_seconds,
+        "same_position_picks": same / max(1, len(reference.indices)),
+        "first_different_pick": float(first_split),
+        "objective_rel_diff": abs(
+            float(trace.objective[-1]) - float(reference.objective[-1])
+        )
+        / abs(float(reference.objective[-1])),
+        "host_threads": float(torch.get_num_threads()),
+    }
+
+
+def leaf_calls(
+    folder: Path, size: dict[str, Any], context: Any, rounds: int
+) -> dict[str, float]:
+    """One HARP leaf evaluation and one round of ``rounds`` leaves, via the utility."""
     from harp.execution import LocalExecutor
     from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
@@ -231,7 +287,7 @@ def leaf_calls(folder: Path, size: dict[str, Any], context: Any) -> dict[str, fl
     scoring = EvalConfig(metrics=("loss",), batch_size=64)
     leaves = [
         _examples(size["leaf_rows"], size["tokens"], seed=10 + i)
-        for i in range(size["round_leaves"] + 1)
+        for i in range(rounds + 1)
     ]
     utility = TrainEvalUtility(folder, target, recipe, scoring, context=context)
     utility.base_report  # noqa: B018 - loads the model, scores the base once
@@ -261,19 +317,25 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--out", default="gpu_suite.json", help="JSON of the numbers")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip (logdet, leaves)"
+        "--skip",
+        default="",
+        help="comma-separated parts to skip (loop, dense, logdet, compare, leaves)",
+    )
+    parser.add_argument(
+        "--leaves", type=int, default=None, help="leaves in the round (default 16)"
     )
     args = parser.parse_args()
     import torch
 
     from harp.core.context import RunContext
     from harp.features.factored import FactoredProjector
-    from harp.features.gradients import gradient_dim
+    from harp.features.gradients import gradient_dim, per_sample_gradients_loop
     from harp.features.projection import RandomProjector
     from harp.models import attach_lora
     from harp.nn import seeded
 
     size = SIZES["quick" if args.quick else "full"]
+    rounds = args.leaves or size["round_leaves"]
     skip = set(filter(None, args.skip.split(",")))
     context = RunContext(device=args.device, cache_dir=Path(tempfile.mkdtemp()))
     device = context.torch_device()
@@ -284,8 +346,33 @@ def main() -> None:
         "dtype": dtype,
         "torch": torch.__version__,
         "size": "quick" if args.quick else "full",
+        "round_leaves": rounds,
+        "failed": {},
     }
+    out = Path(args.out)
     t0 = time.perf_counter()
+
+    def part(name: str, fn: Any) -> None:
+        """Measure one part; a failure is recorded and the others still run."""
+        if name in skip:
+            return
+        start = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # one broken part must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            results["failed"][name] = f"{type(exc).__name__}: {exc}"
+            print(f"[{name}] FAILED: {exc}", flush=True)
+        else:
+            results[name] = value
+            print(f"[{name}] {value} ({time.perf_counter() - start:.0f} s)", flush=True)
+        results["total_seconds"] = time.perf_counter() - t0
+        out.write_text(json.dumps(results, indent=1))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     folder = Path(tempfile.mkdtemp()) / "model"
     base, tok = _model(size, folder, context)
     with seeded(0):
@@ -299,124 +386,150 @@ def main() -> None:
         flush=True,
     )
     rows = _examples(size["grad_rows"], size["tokens"], seed=1)
-
-    results["bound_ex_s"] = bound(model, tok, rows, size, device)
     factored = FactoredProjector.for_model(model, size["dim"], seed=0)
     results["factored_dim"] = factored.out_dim
-    results["grads_ex_s"] = gradients(
-        model, tok, rows, factored, device, batch_size=size["grad_batch"]
-    )
-    results["grads_packed_ex_s"] = gradients(
-        model,
-        tok,
-        rows,
-        factored,
-        device,
-        batch_size=4 * size["grad_batch"],
-        max_tokens=size["max_tokens"],
-    )
 
-    from harp.features.gradients import per_sample_gradients_loop
-
+    part("bound_ex_s", lambda: bound(model, tok, rows, size, device))
+    part(
+        "grads_ex_s",
+        lambda: gradients(
+            model, tok, rows, factored, device, batch_size=size["grad_batch"]
+        ),
+    )
+    part(
+        "grads_packed_ex_s",
+        lambda: gradients(
+            model,
+            tok,
+            rows,
+            factored,
+            device,
+            batch_size=4 * size["grad_batch"],
+            max_tokens=size["max_tokens"],
+        ),
+    )
     loop_rows = rows.subset(range(size["loop_rows"]))
 
-    def loop() -> None:
-        for _ in per_sample_gradients_loop(model, tok, loop_rows):
-            pass
+    def loop() -> float:
+        def once() -> None:
+            for _ in per_sample_gradients_loop(model, tok, loop_rows):
+                pass
 
-    results["loop_ex_s"] = size["loop_rows"] / _timed(loop, device)
+        return size["loop_rows"] / _timed(once, device)
 
-    # The dense projection of 16 formed gradients: one block timed, extrapolated.
-    dense = RandomProjector(in_dim, size["dim"], seed=0, max_cache_bytes=0)
-    x = torch.randn(16, in_dim, device=device)
+    part("loop_ex_s", loop)
 
-    def one_block() -> None:
-        dense.project_blocks(x, [0])
+    def dense() -> dict[str, float]:
+        # The dense projection of 16 formed gradients: one block timed, extrapolated.
+        projector = RandomProjector(in_dim, size["dim"], seed=0, max_cache_bytes=0)
+        formed = torch.randn(16, in_dim, device=device)
+        per_block = _timed(lambda: projector.project_blocks(formed, [0]), device)
+        return {
+            "dense_s_per_16": per_block * projector.n_blocks,
+            "factored_s_per_16": _timed(lambda: factored.project(formed), device),
+        }
 
-    results["dense_projection_s_per_16"] = _timed(one_block, device) * dense.n_blocks
-    formed = torch.randn(16, in_dim, device=device)
-    results["factored_projection_s_per_16"] = _timed(
-        lambda: factored.project(formed), device
+    part("dense", dense)
+    model = base = None  # free the GPU for what follows
+    part(
+        "logdet",
+        lambda: logdet(size, device, "bf16" if device.type == "cuda" else "fp32"),
     )
-    x = formed = model = base = None  # noqa: F841 - free the GPU for what follows
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    if "logdet" not in skip:
-        storage = "bf16" if device.type == "cuda" else "fp32"
-        results["logdet"] = logdet(size, device, storage)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if "leaves" not in skip:
-        results["leaves"] = leaf_calls(folder, size, context)
-    results["total_seconds"] = time.perf_counter() - t0
+    part("compare", lambda: logdet_compare(size, device))
+    part("leaves", lambda: leaf_calls(folder, size, context, rounds))
     _print(results, size)
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"numbers -> {args.out}")
+    print(f"numbers -> {out}")
+    if results["failed"]:
+        sys.exit(
+            f"{len(results['failed'])} part(s) failed: {sorted(results['failed'])}"
+        )
 
 
 def _print(r: dict[str, Any], size: dict[str, Any]) -> None:
-    bound = r["bound_ex_s"]
-    lines = [
-        ("plain batched fwd+bwd (the bound)", f"{bound:.1f} ex/s", ""),
-        (
-            f"per-example grads, factored to {r['factored_dim']}",
-            f"{r['grads_ex_s']:.1f} ex/s",
-            f"{r['grads_ex_s'] / bound:.2f}x bound",
-        ),
-        (
-            "  the same, packed by tokens",
-            f"{r['grads_packed_ex_s']:.1f} ex/s",
-            f"{r['grads_packed_ex_s'] / bound:.2f}x bound",
-        ),
-        (
-            "one backward per example (LESS)",
-            f"{r['loop_ex_s']:.1f} ex/s",
-            f"ours {r['grads_ex_s'] / r['loop_ex_s']:.1f}x",
-        ),
-        (
-            f"dense projection to {size['dim']} (16 rows)",
-            f"{r['dense_projection_s_per_16']:.2f} s",
-            "",
-        ),
-        (
-            "factored projection (16 formed rows)",
-            f"{r['factored_projection_s_per_16']:.4f} s",
-            "",
-        ),
-    ]
+    """The table of whatever parts finished."""
+    lines: list[tuple[str, str, str]] = []
+    bound = r.get("bound_ex_s", math.nan)
+    if "bound_ex_s" in r:
+        lines.append(("plain batched fwd+bwd (the bound)", f"{bound:.1f} ex/s", ""))
+    for key, label in (
+        ("grads_ex_s", f"per-example grads, factored to {r.get('factored_dim')}"),
+        ("grads_packed_ex_s", "  the same, packed by tokens"),
+    ):
+        if key in r:
+            lines.append((label, f"{r[key]:.1f} ex/s", f"{r[key] / bound:.2f}x bound"))
+    if "loop_ex_s" in r:
+        ours = r.get("grads_ex_s", math.nan) / r["loop_ex_s"]
+        lines.append(
+            (
+                "one backward per example (LESS)",
+                f"{r['loop_ex_s']:.1f} ex/s",
+                f"ours {ours:.1f}x",
+            )
+        )
+    if "dense" in r:
+        lines += [
+            (
+                f"dense projection to {size['dim']} (16 rows)",
+                f"{r['dense']['dense_s_per_16']:.2f} s",
+                "",
+            ),
+            (
+                "factored projection (16 formed rows)",
+                f"{r['dense']['factored_s_per_16']:.4f} s",
+                "",
+            ),
+        ]
     if "logdet" in r:
         ld = r["logdet"]
         lines.append(
             (
                 f"log-det n={size['logdet_n']} D={size['logdet_d']} "
-                f"k={size['logdet_k']}",
+                f"k={size['logdet_k']} ({ld['storage']} rows)",
                 f"{ld['seconds']:.1f} s",
                 f"{ld['ratio_to_gemm_bound']:.2f}x GEMM bound",
             )
         )
+    if "compare" in r:
+        c = r["compare"]
+        what = f"n={size['compare_n']} D={size['compare_d']} k={size['compare_k']}"
+        lines += [
+            (
+                f"log-det {what}, numpy on the host",
+                f"{c['numpy_seconds']:.1f} s",
+                f"{c['host_threads']:.0f} threads",
+            ),
+            (
+                "  the same, torch engine on the device",
+                f"{c['torch_seconds']:.1f} s",
+                f"{c['speedup']:.1f}x; picks same "
+                f"{100 * c['same_position_picks']:.1f}%, objective rel. diff "
+                f"{c['objective_rel_diff']:.1e}",
+            ),
+        ]
     if "leaves" in r:
         lv = r["leaves"]
+        n = r["round_leaves"]
         lines += [
             ("one HARP leaf evaluation", f"{lv['leaf_seconds']:.1f} s", ""),
             (
-                f"a round of {size['round_leaves']} leaves, in turn",
+                f"a round of {n} leaves, in turn",
                 f"{lv['round_sequential_seconds']:.1f} s",
                 "",
             ),
             (
                 f"  the same, {size['workers']} worker processes",
                 f"{lv['round_workers_seconds']:.1f} s",
-                "",
+                f"{lv['round_sequential_seconds'] / lv['round_workers_seconds']:.2f}x",
             ),
         ]
-    width = max(len(a) for a, _, _ in lines)
+    width = max((len(a) for a, _, _ in lines), default=0)
     print()
     for a, b, c in lines:
         print(f"{a:<{width}}  {b:>12}  {c}")
-    print(f"\ntotal {r['total_seconds']:.0f} s on {r['name']}")
-    if math.isfinite(bound):
-        sys.stdout.flush()
+    for name, why in r["failed"].items():
+        print(f"{name}: FAILED ({why})")
+    print(f"\ntotal {r.get('total_seconds', 0):.0f} s on {r['name']}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

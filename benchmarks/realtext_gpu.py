@@ -21,8 +21,10 @@ the suite needs a 98 MB model file and 80 MB of shared data. So the work is spli
 
        PYTHONPATH=src:.device/pylib python3 benchmarks/realtext_gpu.py run --out $OUT/rt
 
-``run --quick`` runs random and HARP-E at 5% with one seed and no full-data
-reference (a smoke test of the machinery). The
+``run --quick`` runs random and HARP-E at 5% with one seed and no reference rows
+(a smoke test of the machinery); ``--methods``, ``--budgets``, ``--seeds`` and
+``--no-references`` cut a run to the device time at hand (the rows finished are kept
+in ``results.jsonl`` and a rerun on the same machine resumes). The
 results folder (``results.jsonl``, selections, diagnostics, ``table.md``) comes back
 under ``$OUT``; ``harp report`` draws its plots here.
 """
@@ -100,8 +102,21 @@ def stage() -> None:
     print(f"staged {STAGE / 'part1'} ({(STAGE / 'part1').stat().st_size:,} bytes)")
 
 
-def run(out: Path, quick: bool) -> None:
-    """Device call 2: join, convert, bench, print the table."""
+def run(
+    out: Path,
+    methods: list[str] | None,
+    budgets: list[str] | None,
+    seeds: list[int] | None,
+    references: bool,
+) -> None:
+    """Device call 2: join, convert, bench, print the table.
+
+    The methods run before the references (the full-data finetunes are the longest
+    rows), and every row is appended to ``results.jsonl`` as it finishes, so a call
+    stopped at its time limit keeps every row it finished and a rerun resumes.
+    """
+    import logging
+
     import torch
 
     from harp.bench.harness import run_bench
@@ -111,6 +126,10 @@ def run(out: Path, quick: bool) -> None:
     from harp.core.context import RunContext
     from harp.models import convert_gguf
 
+    # Timestamped INFO lines: the log of a device call says what each step took.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+    )
     start = time.perf_counter()
     manifest = json.loads((DEVICE / "realtext" / "model.json").read_text())
     parts = [STAGE / "part1", DEVICE / "part2"]
@@ -124,12 +143,18 @@ def run(out: Path, quick: bool) -> None:
     if not (folder / "config.json").is_file():
         convert_gguf(gguf_file, folder, dtype="bf16")
     converted = time.perf_counter() - start
-    methods = ["random", "harp-e"] if quick else None
-    config = load_suite(
-        DEVICE / "realtext" / "suite.yaml", out_dir=out, methods=methods
-    )
+    print(f"model ready in {converted:.0f} s", flush=True)
+    suite_file = DEVICE / "realtext" / "suite.yaml"
+    overrides = dict(out_dir=out, budgets=budgets, seeds=seeds)
     context = RunContext(device="cuda" if torch.cuda.is_available() else "cpu")
+    config = load_suite(suite_file, methods=methods, references=False, **overrides)
     run_bench(config, context)
+    if references:
+        # The reference rows only (a method list is required: random is done already).
+        config = load_suite(
+            suite_file, methods=["random"], references=True, **overrides
+        )
+        run_bench(config, context)
     rows = read_results(out / "results.jsonl")
     table = markdown_table(aggregate(rows), rows[-1].primary_metric)
     (out / "table.md").write_text(table)
@@ -141,6 +166,10 @@ def run(out: Path, quick: bool) -> None:
     )
 
 
+def _list(text: str | None) -> list[str] | None:
+    return None if text is None else [t for t in text.split(",") if t]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -148,14 +177,30 @@ def main() -> None:
     sub.add_parser("stage", help="device call 1")
     runner = sub.add_parser("run", help="device call 2")
     runner.add_argument("--out", type=Path, default=Path("harp-runs/realtext-gpu"))
-    runner.add_argument("--quick", action="store_true", help="random and harp-e only")
+    runner.add_argument("--methods", help="comma-separated (default: the suite's)")
+    runner.add_argument("--budgets", help="comma-separated (default: the suite's)")
+    runner.add_argument("--seeds", help="comma-separated (default: the suite's)")
+    runner.add_argument(
+        "--no-references", action="store_true", help="skip base and full-data rows"
+    )
+    runner.add_argument(
+        "--quick", action="store_true", help="random and harp-e at 5%%, seed 0 only"
+    )
     args = parser.parse_args()
     if args.step == "pack":
         pack()
     elif args.step == "stage":
         stage()
     else:
-        run(args.out, args.quick)
+        quick = args.quick
+        seeds = _list(args.seeds)
+        run(
+            args.out,
+            methods=["random", "harp-e"] if quick else _list(args.methods),
+            budgets=["5%"] if quick else _list(args.budgets),
+            seeds=[0] if quick else None if seeds is None else [int(s) for s in seeds],
+            references=not (quick or args.no_references),
+        )
 
 
 if __name__ == "__main__":

@@ -40,4 +40,8 @@ def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
     assert numbers["device"] == "cpu" and numbers["grads_ex_s"] > 0
     assert numbers["logdet"]["picks"] > 0
     assert numbers["leaves"]["leaf_seconds"] > 0
+    assert numbers["failed"] == {}
+    # The torch engine on the same data as numpy's: the same picks.
+    assert numbers["compare"]["same_position_picks"] > 0.99
+    assert numbers["compare"]["objective_rel_diff"] < 1e-6
     assert "x bound" in result.stdout

@@ -69,3 +69,20 @@ def test_other_projection_gets_its_own_store(tiny_dir, tmp_path, pool):
     again = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, seed=0)
     assert again.directory == a.directory
     np.testing.assert_array_equal(again.read(), a.read())
+
+
+def test_the_warm_up_runs_at_the_learning_rate_it_is_given(tiny_dir, tmp_path, pool):
+    from harp.core.context import RunContext
+    from harp.features import GradientFeatures
+
+    context = RunContext(cache_dir=tmp_path)
+    small = pool.subset(range(40))
+    peaks = {}
+    for lr in (None, 2e-4):
+        features = GradientFeatures(
+            warmup_lr=lr, warmup_epochs=1.0, warmup_fraction=0.5, n_checkpoints=1
+        )
+        (checkpoint,) = features.warmup(tiny_dir, small, context)
+        peaks[lr] = checkpoint.mean_lr
+    # Each warm-up is its own cache entry, trained at its own rate.
+    assert 0 < peaks[2e-4] <= 2e-4 < peaks[None] <= 3e-3

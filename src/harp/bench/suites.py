@@ -556,25 +556,18 @@ def _check_kwargs(fn: Any, values: dict[str, Any], where: str, skip=()) -> None:
 
 def _recipes(config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from harp.training import EvalConfig, TrainConfig
+    from harp.training.config import config_from_mapping
 
     where = config.source or "the suite config"
-    out = []
-    for section, cls in (("train", TrainConfig), ("eval", EvalConfig)):
-        values = dict(getattr(config, section))
-        names = {f.name for f in dataclasses.fields(cls)} - {"seed"}
-        for key in values:
-            if key not in names:
-                raise ParameterError(
-                    f"{where}: unknown key '{section}.{key}'; valid keys: "
-                    + ", ".join(sorted(names))
-                )
-        try:
-            resolved = cls(**values).to_dict()
-        except HarpError as exc:
-            raise ParameterError(f"{where}: {section}: {exc}") from None
-        resolved.pop("seed")
-        out.append(resolved)
-    return out[0], out[1]
+    train = config_from_mapping(
+        TrainConfig, dict(config.train), where=where, section="train"
+    ).to_dict()
+    scoring = config_from_mapping(
+        EvalConfig, dict(config.eval), where=where, section="eval"
+    ).to_dict()
+    train.pop("seed")
+    scoring.pop("seed")
+    return train, scoring
 
 
 def prepare_suite(

@@ -224,6 +224,11 @@ class GradientFeatures(FeatureComponent):
         Share of the pool the warm-up trains on (LESS uses 5%).
     warmup_epochs : float, default=4.0
         Warm-up epochs over that share.
+    warmup_lr : float or None, default=None
+        Peak learning rate of the warm-up; None: the
+        :class:`~harp.training.TrainConfig` default (``3e-3``, sized for harp's
+        tiny proxy). A pretrained model wants its own finetuning rate (``2e-4``
+        for LoRA on a small Llama; LESS used ``2e-5``).
     n_checkpoints : int, default=4
         Warm-up checkpoints kept (evenly spaced; the last is the end of training).
     lora_r : int, default=16
@@ -257,6 +262,7 @@ class GradientFeatures(FeatureComponent):
         "projection": [Options("factored", "rademacher", "gaussian")],
         "warmup_fraction": [Interval(float, 0.0, 1.0, closed="right")],
         "warmup_epochs": [Interval(float, 0.0, None, closed="neither")],
+        "warmup_lr": [None, Interval(float, 0.0, None, closed="neither")],
         "n_checkpoints": [Interval(int, 1, None)],
         "lora_r": [Interval(int, 1, None)],
         "lora_alpha": [Interval(float, 0.0, None, closed="neither")],
@@ -273,6 +279,7 @@ class GradientFeatures(FeatureComponent):
         projection: str = "factored",
         warmup_fraction: float = 0.05,
         warmup_epochs: float = 4.0,
+        warmup_lr: float | None = None,
         n_checkpoints: int = 4,
         lora_r: int = 16,
         lora_alpha: float = 32.0,
@@ -285,6 +292,7 @@ class GradientFeatures(FeatureComponent):
         self.projection = projection
         self.warmup_fraction = warmup_fraction
         self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
         self.n_checkpoints = n_checkpoints
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
@@ -304,6 +312,7 @@ class GradientFeatures(FeatureComponent):
         targets = self.lora_target_modules
         config = TrainConfig(
             epochs=float(self.warmup_epochs),
+            lr=TrainConfig.lr if self.warmup_lr is None else float(self.warmup_lr),
             batch_size=self.batch_size,
             lora_r=self.lora_r,
             lora_alpha=float(self.lora_alpha),

@@ -7,10 +7,11 @@ and hashed cheaply (CLI parsing, cache keys).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
-from harp.core.errors import ParameterError
+from harp.core.errors import HarpError, ParameterError
 from harp.nn.loop import LR_SCHEDULES
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "METRIC_SPECS",
     "MetricSpec",
+    "config_from_mapping",
 ]
 
 #: Allowed values of :attr:`TrainConfig.method`.
@@ -311,3 +313,56 @@ class EvalConfig:
         out = asdict(self)
         out["metrics"] = list(out["metrics"])
         return out
+
+
+_Config = TypeVar("_Config", TrainConfig, EvalConfig)
+
+
+def config_from_mapping(
+    cls: type[_Config], values: Mapping[str, Any], *, where: str, section: str
+) -> _Config:
+    """Build a :class:`TrainConfig` or :class:`EvalConfig` from user-given fields.
+
+    The seed is not the user's to set here (it comes from the run's seed streams), so
+    ``seed`` counts as an unknown key.
+
+    Parameters
+    ----------
+    cls : type
+        :class:`TrainConfig` or :class:`EvalConfig`.
+    values : mapping
+        Field values, e.g. ``{"epochs": 3, "lr": 2e-4}`` from a suite's YAML.
+    where, section : str
+        Where the values came from (a file, a selector) and their name there, for
+        the messages.
+
+    Raises
+    ------
+    ParameterError
+        Naming the unknown key and the valid ones, or the bad value.
+
+    Examples
+    --------
+    >>> config_from_mapping(TrainConfig, {"lr": 2e-4}, where="x", section="train").lr
+    0.0002
+    >>> config_from_mapping(TrainConfig, {"lr0": 1}, where="x", section="train")
+    Traceback (most recent call last):
+    ...
+    harp.core.errors.ParameterError: x: unknown key 'train.lr0'; valid keys: ...
+    """
+    if not isinstance(values, Mapping):
+        raise ParameterError(
+            f"{where}: {section} must be a mapping of {cls.__name__} fields; "
+            f"got {values!r}"
+        )
+    names = {f.name for f in fields(cls)} - {"seed"}
+    for key in values:
+        if key not in names:
+            raise ParameterError(
+                f"{where}: unknown key '{section}.{key}'; valid keys: "
+                + ", ".join(sorted(names))
+            )
+    try:
+        return cls(**values)
+    except HarpError as exc:
+        raise ParameterError(f"{where}: {section}: {exc}") from None

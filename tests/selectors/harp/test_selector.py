@@ -76,6 +76,30 @@ def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp
     np.testing.assert_array_equal(again.posterior_.mean, first.posterior_.mean)
 
 
+def test_leaf_evaluations_use_the_recipe_given(tiny_dir, suite, tmp_path):
+    from harp.core.errors import ParameterError
+
+    base = _params(tiny_dir, tmp_path, evals=3)
+    base.pop("train_steps")
+    recipe = {"epochs": 1, "batch_size": 4, "lr": 2e-4}
+    sel = make_selector("harp-c", budget=40, train=recipe, **base)
+    leaf = sel.leaf_recipe(seed=7)
+    assert (leaf.epochs, leaf.batch_size, leaf.lr, leaf.seed) == (1, 4, 2e-4, 7)
+    assert make_selector("harp-c", train=recipe, train_steps=5).leaf_recipe().steps == 5
+    first = sel.fit(suite.pool, suite.target)
+    assert first.oracle_["calls"] == 3
+    # Another recipe is another utility: nothing of the first is reused ...
+    other = make_selector(
+        "harp-c", budget=40, train={**recipe, "lr": 1e-3}, **base
+    ).fit(suite.pool, suite.target)
+    assert other.oracle_["cache_hits"] == 0
+    # ... and the same recipe again reuses every call.
+    again = make_selector("harp-c", budget=40, train=recipe, **base)
+    assert again.fit(suite.pool, suite.target).oracle_["calls"] == 0
+    with pytest.raises(ParameterError, match=r"unknown key 'train\.lrx'"):
+        make_selector("harp-c", train={"lrx": 1}, **base).fit(suite.pool, suite.target)
+
+
 def test_search_none_measures_only_representatives(tiny_dir, suite, tmp_path):
     sel = make_selector(
         "harp-e", budget=50, **_params(tiny_dir, tmp_path, evals=50, search="none")

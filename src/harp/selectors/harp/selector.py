@@ -43,7 +43,12 @@ from harp.selectors.harp.envelopes import (
 from harp.selectors.harp.hierarchy import Hierarchy, build_hierarchy
 from harp.selectors.harp.oracle import LeafEffect, LeafOracle
 from harp.selectors.registry import register
-from harp.training.config import EVAL_METRICS, EvalConfig, TrainConfig
+from harp.training.config import (
+    EVAL_METRICS,
+    EvalConfig,
+    TrainConfig,
+    config_from_mapping,
+)
 
 __all__ = ["HARPCSelector", "HARPESelector"]
 
@@ -83,6 +88,7 @@ class _HARPSelector(BaseSelector):
         "round_size": [Interval(int, 1, None)],
         "prior": [Options("none", "alignment")],
         "kappa": [None, Interval(float, 0.0, None)],
+        "train": [None, dict],
         "train_steps": [None, Interval(int, 1, None)],
         "bootstrap": [Interval(int, 2, None)],
         "context": [None, RunContext],
@@ -107,6 +113,7 @@ class _HARPSelector(BaseSelector):
         round_size: int = 4,
         prior: str = "alignment",
         kappa: float | None = None,
+        train: dict[str, Any] | None = None,
         train_steps: int | None = None,
         bootstrap: int = 200,
         context: RunContext | None = None,
@@ -127,6 +134,7 @@ class _HARPSelector(BaseSelector):
         self.round_size = round_size
         self.prior = prior
         self.kappa = kappa
+        self.train = train
         self.train_steps = train_steps
         self.bootstrap = bootstrap
         self.context = context
@@ -297,13 +305,27 @@ class _HARPSelector(BaseSelector):
             if executor is not None and executor is not given:
                 executor.shutdown()
 
+    def leaf_recipe(self, seed: int = 0) -> TrainConfig:
+        """The finetuning recipe of every leaf evaluation (``train``, ``train_steps``).
+
+        Raises
+        ------
+        ParameterError
+            For an unknown field of ``train`` or a bad value.
+        """
+        values = dict(self.train or {})
+        if self.train_steps is not None:
+            values.update(steps=self.train_steps, epochs=None)
+        recipe = config_from_mapping(
+            TrainConfig, values, where=type(self).__name__, section="train"
+        )
+        return TrainConfig(**{**recipe.to_dict(), "seed": seed})
+
     def _oracle(self, model_dir: Path, target: ExampleSet, context: RunContext):
         """The leaf oracle: one training recipe and one metric for every call."""
         from harp.training.utility import TrainEvalUtility
 
-        train = TrainConfig(seed=context.int_seed("oracle"))
-        if self.train_steps is not None:
-            train = TrainConfig(**{**train.to_dict(), "steps": self.train_steps})
+        train = self.leaf_recipe(context.int_seed("oracle"))
         utility = TrainEvalUtility(
             model_dir,
             target,
@@ -326,6 +348,7 @@ class _HARPSelector(BaseSelector):
         context: RunContext,
     ) -> SelectResult:
         started = time.perf_counter()
+        self.leaf_recipe()  # a bad recipe fails before any feature is computed
         rng = context.rng("search")
         model_dir = self.model_dir(pool, context)
         features = self.resolved_component("features")
@@ -583,9 +606,17 @@ default="loss"
         parent, which the parent mean alone cannot. ``"none"``: no covariate.
     kappa : float or None, default=None
         When set, select on the lower confidence bound ``mean − kappa·sd``.
+    train : dict or None, default=None
+        The finetuning recipe of a leaf evaluation, as
+        :class:`harp.training.TrainConfig` fields (the seed excepted: it comes from
+        the run's ``oracle`` stream). None:
+        the ``TrainConfig`` defaults, sized for harp's tiny proxy (150 steps at
+        ``lr=3e-3``); for a pretrained model give the recipe of the final finetune,
+        e.g. ``{"epochs": 3, "batch_size": 8, "lr": 2e-4}``, so that a leaf is scored
+        as the selection will be used.
     train_steps : int or None, default=None
-        Finetuning steps of a call (None: the :class:`harp.training.TrainConfig`
-        default).
+        Finetuning steps of a call, overriding ``train``'s steps and epochs (None:
+        as ``train`` says).
     bootstrap : int, default=200
         Bootstrap resamples of the target items for each effect's variance.
     context : RunContext or None, default=None
