@@ -7,11 +7,13 @@ for a GPU:
 
 - **lazy bounds**: ``q_i = g_iᵀ M g_i`` only decreases as rows are picked and the
   conflict is ≥ 0, so ``log(1 + α q_i)`` at the last refresh bounds row ``i``'s score.
-  Each pick evaluates exactly only the rows whose bound can still reach the best
-  exact score (the top of the bounds, doubling until none outside can), using the few
-  ``u`` columns added since the refresh;
-- **blocked refresh as a GEMM**: every ``refresh_every`` picks every ``q_i`` is
-  brought up to date with one GEMM ``G_block @ U_pending`` per block of rows (the
+  As in the numpy engine, a *frontier* of rows whose score is known exactly is kept
+  on the device (their rows cached, updated by one small matvec per pick) and rows
+  are admitted to it in bound order only while a bound can still reach the best
+  exact score: the two engines do the same exact evaluations;
+- **blocked refresh as a GEMM**: once the frontier's work since the last refresh
+  has cost about as much as a refresh (at most ``refresh_every`` picks) every ``q_i``
+  is brought up to date with one GEMM ``G_block @ U_pending`` per block of rows (the
   bandwidth-bound pass over ``G`` happens once per block of picks, not once per pick);
 - **precision**: rows are stored in ``storage`` dtype (fp32 or bf16) and upcast per
   block; ``q``, ``U``, the running sum and every reduction are kept in ``accum`` dtype
@@ -34,6 +36,9 @@ import numpy as np
 
 from harp.core.errors import ParameterError
 from harp.selectors.logdet import (
+    _ADMIT_CHUNK,
+    _MATVEC_PENALTY,
+    _REFRESH_MIN,
     GreedyTrace,
     _Acc,
     _as_float,
@@ -51,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: Scores within this relative band of the best count as tied (as in the numpy engine).
 _TIE_RTOL = 1e-10
-#: Rows evaluated exactly at first for a pick (doubled while bounds may still win).
-_FIRST_CANDIDATES = 64
 #: Default device memory the rows may take (the rest is for U, buffers, the GEMM).
 _DEFAULT_DEVICE_FRACTION = 0.6
 
@@ -159,6 +162,84 @@ class _TorchRows:
         return self._finish(out.to(self.storage))
 
 
+class _Frontier:
+    """Rows whose gain is known exactly now, cached on the device in ``accum`` dtype.
+
+    Each pick updates them with one small matvec; every other row is known only
+    through its stale bound (the numpy engine's frontier, as tensors).
+    """
+
+    def __init__(self, dim: int, dtype: Any, device: Any) -> None:
+        self.dim, self.dtype, self.device = dim, dtype, device
+        self.clear()
+
+    def clear(self) -> None:
+        import torch
+
+        self.size = 0
+        self.idx = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.rows = torch.empty((0, self.dim), dtype=self.dtype, device=self.device)
+        self.q = torch.empty(0, dtype=self.dtype, device=self.device)
+        self.c = torch.empty(0, dtype=self.dtype, device=self.device)
+        self.sq = torch.empty(0, dtype=self.dtype, device=self.device)
+
+    def exact(self) -> tuple[Any, Any, Any]:
+        """``(q, c, sq)`` of the frontier's rows."""
+        n = self.size
+        return self.q[:n], self.c[:n], self.sq[:n]
+
+    def add(self, idx: Any, rows: Any, q: Any, c: Any, sq: Any) -> None:
+        import torch
+
+        need = self.size + len(idx)
+        if need > len(self.idx):
+            cap = max(need, 2 * len(self.idx), 64)
+            for name in ("idx", "rows", "q", "c", "sq"):
+                old = getattr(self, name)
+                new = torch.empty(
+                    (cap, *old.shape[1:]), dtype=old.dtype, device=old.device
+                )
+                new[: self.size] = old[: self.size]
+                setattr(self, name, new)
+        s, e = self.size, need
+        self.idx[s:e] = idx
+        self.rows[s:e] = rows
+        self.q[s:e] = q
+        self.c[s:e] = c
+        self.sq[s:e] = sq
+        self.size = need
+
+    def remove(self, pos: int) -> None:
+        # Swap with the last row: O(D) instead of compacting the cache.
+        last = self.size - 1
+        if pos != last:
+            for name in ("idx", "rows", "q", "c", "sq"):
+                arr = getattr(self, name)
+                arr[pos] = arr[last]
+        self.size = last
+
+    def update(self, u: Any, g: Any, alpha: float) -> None:
+        """Apply the new factor ``u`` (and, with the conflict, the new row ``g``)."""
+        import torch
+
+        n = self.size
+        rows = self.rows[:n]
+        if g is None:
+            self.q[:n] -= alpha * (rows @ u).square()
+        else:
+            p = rows @ torch.stack([u, g], dim=1)
+            self.q[:n] -= alpha * p[:, 0].square()
+            self.c[:n] += p[:, 1]
+        dead = self.q[:n] <= 0
+        if bool(dead.any()):
+            keep = ~dead
+            m = int(keep.sum())
+            for name in ("idx", "rows", "q", "c", "sq"):
+                arr = getattr(self, name)
+                arr[:m] = arr[:n][keep]
+            self.size = m
+
+
 class TorchGreedyLogDet(_PickBookkeeping):
     """Stateful greedy maximiser of ``log det(I + α Σ g gᵀ)`` (+ SPICE) in torch.
 
@@ -185,7 +266,8 @@ class TorchGreedyLogDet(_PickBookkeeping):
     block_rows : int, default 65536
         Rows per block of the refresh GEMM (and of a host→device transfer).
     refresh_every : int, default 256
-        Picks between two refreshes of every bound.
+        Most picks between two refreshes of every bound (they come earlier when
+        the frontier's work reaches a refresh's cost).
     max_device_bytes : int or None, default None
         Most bytes the rows may take on the device; None: 60% of the free device
         memory (all of it on the CPU). Larger inputs stream from the host.
@@ -358,68 +440,99 @@ class TorchGreedyLogDet(_PickBookkeeping):
         return gain - self.conflict_weight * conf
 
     def _run(self, src: _TorchRows, k: int, q: Any, c: Any, sq: Any, acc: _Acc) -> None:
+        """The exact strategy of the numpy engine, with its frontier on the device."""
         import torch
 
-        alive = q > 0
-        k_ref = self._k
-        s_ref = self._s.clone()
+        alpha = self.alpha
         track = self.conflict_weight > 0
-        minus_inf = torch.tensor(-math.inf, dtype=self.accum, device=self.device)
-        # The bounds change only at a refresh (and a pick leaves them).
-        bound = torch.where(alive, torch.log1p(self.alpha * q), minus_inf)
-        n_alive = int(alive.sum())
+        alive = q > 0
+        frontier = _Frontier(self.dim, self.accum, self.device)
+        k_ref = self._k  # q and c are exact as of this many U columns ...
+        s_ref = self._s.clone()  # ... and this running sum
+
+        def rebuild() -> tuple[Any, Any]:
+            idx = torch.nonzero(alive).flatten()
+            negq, order = torch.sort(-q[idx], stable=True)
+            return idx[order], negq
+
+        order, negq = rebuild()
+        ptr = 0
         picks = 0
+        work = 0
         while picks < k:
-            if n_alive == 0:
-                return
-            # Stale bounds make the exact search wide; past a quarter of the rows a
-            # refresh (one GEMM pass) is cheaper than widening further.
-            widest = max(_FIRST_CANDIDATES, n_alive // 4)
-            m = min(_FIRST_CANDIDATES, n_alive)
+            # Lazy search: admit outside rows in bound order until no outside bound can
+            # reach the best exact score (within the tie band).
             while True:
-                top, idx = torch.topk(bound, m)
+                if frontier.size:
+                    best = float(self._scores(*frontier.exact()).max())
+                    floor = best - _TIE_RTOL * max(1.0, abs(best))
+                else:
+                    best = floor = -math.inf
+                if ptr >= len(order):
+                    break
+                if frontier.size and math.log1p(-alpha * float(negq[ptr])) < floor:
+                    break
+                if frontier.size:
+                    threshold = torch.tensor(
+                        [-math.expm1(floor) / alpha],
+                        dtype=negq.dtype,
+                        device=negq.device,
+                    )
+                    new = int(torch.searchsorted(negq, threshold, right=True))
+                    new = max(new, ptr + 1)
+                else:
+                    new = ptr + _ADMIT_CHUNK
+                new = min(new, len(order))
+                idx = order[ptr:new]
+                ptr = new
                 rows = src.take(idx)
                 qi = q[idx]
                 if self._k > k_ref:
                     p = rows @ self._U[k_ref : self._k].T
-                    qi = qi - self.alpha * p.square().sum(dim=1)
-                qi = qi.clamp(min=0.0)
+                    qi = qi - alpha * p.square().sum(dim=1)
                 ci = c[idx] + rows @ (self._s - s_ref) if track else c[idx]
                 acc.evaluations += len(idx)
-                score = self._scores(qi, ci, sq[idx])
-                score = torch.where(qi > 0, score, torch.full_like(score, -math.inf))
-                best = float(score.max())
-                floor = best - _TIE_RTOL * max(1.0, abs(best))
-                # Done when every row left out has a bound below the tie band.
-                if m == n_alive or float(top[-1]) < floor:
-                    break
-                if 2 * m > widest and self._k > k_ref:
-                    self._refresh(src, q, c, k_ref, s_ref, track)
-                    k_ref, s_ref = self._k, self._s.clone()
-                    alive &= q > 0
-                    n_alive = int(alive.sum())
-                    if n_alive == 0:
-                        return
-                    bound = torch.where(alive, torch.log1p(self.alpha * q), minus_inf)
-                    m = min(_FIRST_CANDIDATES, n_alive)
-                    continue
-                m = min(2 * m, n_alive)
-            if not math.isfinite(best):
+                ok = qi > 0
+                frontier.add(idx[ok], rows[ok], qi[ok], ci[ok], sq[idx][ok])
+                alive[idx[~ok]] = False
+            if frontier.size == 0:
                 return  # every row left adds nothing
+            score = self._scores(*frontier.exact())
+            best = float(score.max())
+            floor = best - _TIE_RTOL * max(1.0, abs(best))
             tied = torch.nonzero(score >= floor).flatten()
-            x = int(idx[tied].min())
+            # Ties go to the lowest row index, as in the numpy engine.
+            pos = int(tied[torch.argmin(frontier.idx[tied])])
+            x = int(frontier.idx[pos])
             if not self._commit(src, x, acc):
                 return
             picks += 1
             alive[x] = False
-            bound[x] = -math.inf
-            n_alive -= 1
-            if self._k - k_ref >= self.refresh_every:
+            frontier.remove(pos)
+            # Ski rental (as the numpy engine): refresh once the frontier work since
+            # the last refresh has cost about as much as a refresh would.
+            work += frontier.size
+            pending = self._k - k_ref
+            if pending >= self.refresh_every or (
+                pending >= _REFRESH_MIN and work * _MATVEC_PENALTY >= len(order)
+            ):
+                work = 0
                 self._refresh(src, q, c, k_ref, s_ref, track)
                 k_ref, s_ref = self._k, self._s.clone()
                 alive &= q > 0
-                n_alive = int(alive.sum())
-                bound = torch.where(alive, torch.log1p(self.alpha * q), minus_inf)
+                frontier.clear()
+                order, negq = rebuild()
+                ptr = 0
+            elif frontier.size:
+                # Bring the frontier up to date with the new u (and the new row in s).
+                acc.evaluations += frontier.size
+                frontier.update(
+                    self._U[self._k - 1],
+                    src.take(torch.tensor([x], device=self.device))[0]
+                    if track
+                    else None,
+                    alpha,
+                )
 
     def _refresh(
         self, src: _TorchRows, q: Any, c: Any, k_ref: int, s_ref: Any, track: bool
