@@ -38,7 +38,7 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
     """Eager ``--config`` callback: YAML keys become the defaults of the other flags."""
     if value is None:
         return value
-    import yaml
+    from harp.core.yamltext import load_yaml
 
     try:
         text = Path(value).read_text(encoding="utf-8")
@@ -47,13 +47,9 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
             f"{value}: cannot read the config file ({exc.strerror})"
         )
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{value}:{mark.line + 1}" if mark is not None else str(value)
-        raise typer.BadParameter(
-            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
-        )
+        data = load_yaml(text, source=str(value)) or {}
+    except HarpError as exc:
+        raise typer.BadParameter(str(exc))
     if not isinstance(data, dict):
         raise typer.BadParameter(
             f"{value}: the config must be a mapping of flag: value"
@@ -142,8 +138,8 @@ def _escape(text: str) -> str:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
-    """``--param key=value`` pairs; values are YAML scalars (numbers, bools, lists)."""
-    import yaml
+    """``--param key=value`` pairs; values are YAML (numbers, lists, mappings, ...)."""
+    from harp.core.yamltext import load_yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -151,9 +147,9 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
             _fail(f"--param {item!r}: expected KEY=VALUE, e.g. --param encoder=tfidf")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            out[key.strip().replace("-", "_")] = raw
+            out[key.strip().replace("-", "_")] = load_yaml(raw, source=f"--param {key}")
+        except HarpError:
+            out[key.strip().replace("-", "_")] = raw  # a plain string
     return out
 
 

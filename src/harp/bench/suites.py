@@ -276,21 +276,14 @@ class BenchConfig:
             Naming the file: unreadable, not YAML, not a mapping, an unknown key (top
             level or in a pool/target entry), or a value out of range.
         """
-        import yaml
+        from harp.core.yamltext import load_yaml
 
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise HarpError(f"{path}: cannot read the suite file ({exc.strerror})")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            raise HarpError(
-                f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
-            ) from None
+        data = load_yaml(text, source=str(path)) or {}
         if not isinstance(data, dict):
             raise HarpError(f"{path}: a suite file must be a mapping of key: value")
         known = {
