@@ -194,6 +194,18 @@ def test_malformed_pool_names_file_and_line(tmp_path):
     assert "bad.jsonl:2" in result.output
 
 
+def test_a_line_number_like_an_emoji_code_prints_verbatim(tmp_path):
+    # rich reads ":100:" as the emoji code for 💯; harp's messages are not markup.
+    pool = tmp_path / "p.jsonl"
+    good = '{"prompt": "a", "response": "b"}\n'
+    pool.write_text(good * 99 + '{"prompt": "c", \n')
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "p.jsonl:100:" in result.output and "\U0001f4af" not in result.output
+
+
 def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path):
     pool = _pool(tmp_path)
     before = pool.read_bytes()

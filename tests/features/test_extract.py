@@ -86,3 +86,22 @@ def test_the_warm_up_runs_at_the_learning_rate_it_is_given(tiny_dir, tmp_path, p
         peaks[lr] = checkpoint.mean_lr
     # Each warm-up is its own cache entry, trained at its own rate.
     assert 0 < peaks[2e-4] <= 2e-4 < peaks[None] <= 3e-3
+
+
+def test_a_damaged_shard_is_reported_and_computed_again(
+    tiny_dir, tmp_path, pool, caplog
+):
+    rows = pool.subset(range(12))
+    first = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, shard_rows=4)
+    reference = first.read()
+    shard = first.shard_path(1)
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0x40  # one flipped bit: same size, same marker
+    shard.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = extract_gradient_features(
+            tiny_dir, rows, tmp_path, dim=16, shard_rows=4
+        )
+    assert "shard-00001.bin does not match its done marker's hash" in caplog.text
+    np.testing.assert_array_equal(again.read(), reference)
+    assert again.pending_shards(verify=True) == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -173,3 +175,46 @@ def test_fingerprint_stable_and_sensitive(tiny, tmp_path):
     assert model_fingerprint(tmp_path / "c") != fa
     with pytest.raises(ModelError):
         model_fingerprint(tmp_path / "missing")
+
+
+def test_an_edit_anywhere_in_a_weight_file_changes_the_fingerprint(
+    tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HARP_MODEL_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny
+    save_model(model, tok, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    before = model_fingerprint(tmp_path / "m")
+    # The digest is remembered on disk by the file's version ...
+    assert list((tmp_path / "cache" / "digests").glob("*.sha256"))
+    assert model_fingerprint(tmp_path / "m") == before
+    # ... and an edit of one byte anywhere (here: past the middle) is seen.
+    data = bytearray(weights.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert model_fingerprint(tmp_path / "m") != before
+
+
+def test_file_digests_are_whole_file_hashes(tmp_path):
+    import hashlib
+
+    from harp.core.hashing import file_sha256
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(3 << 20))
+    want = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path, memo_dir=tmp_path / "memo") == want
+    assert file_sha256(path, memo_dir=tmp_path / "memo", refresh=True) == want
+
+
+def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(
+    tiny_dir, tmp_path
+):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"lack \d+ tensor\(s\) that config.json"):
+        load_model(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,22 @@ def test_caller_rng_untouched_and_epochs(tiny_dir, caplog):
         finetune(tiny_dir, None, _train(8), TrainConfig(epochs=1.0, batch_size=4))
     assert torch.equal(torch.rand(1), expected)
     assert any("2 steps" in r.getMessage() for r in caplog.records)
+
+
+def test_rows_longer_than_the_models_positions_are_cut_to_them(tiny_dir, caplog):
+    from harp.training.evaluate import response_losses
+
+    model, tok = load_model(tiny_dir)
+    cap = model.config.max_position_embeddings
+    rows = ExampleSet.from_records(
+        [{"prompt": "x" * (2 * cap), "response": "abcd", "domain": "d"}] * 2
+        + [{"prompt": "rev: abcd", "response": "dcba", "domain": "d"}] * 2
+    )
+    too_long = TrainConfig(steps=1, batch_size=4, max_length=4 * cap)
+    with caplog.at_level(logging.WARNING):
+        finetune(model, tok, rows, too_long)
+        losses = response_losses(model, tok, rows, max_length=4 * cap)
+    assert f"longer than the model's {cap} positions" in caplog.text
+    # Cut to the model's positions (the prompt gives way, the response stays),
+    # every row is scored.
+    assert np.isfinite(losses).all() and (losses > 0).all()

@@ -108,7 +108,8 @@ def _narrate(*loggers: str) -> None:
 def _err_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # No emoji codes: user text such as "pool.jsonl:100:" must print verbatim.
+    return Console(stderr=True, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -571,7 +572,7 @@ def evaluate(
 
     from harp.bench.tables import eval_table
 
-    Console().print(eval_table(result))
+    Console(emoji=False).print(eval_table(result))
     if out is not None:
         from harp.core.io import atomic_write_json
 
@@ -635,7 +636,7 @@ def demo(
     result = _run(run_demo, cfg, context)
     from rich.console import Console
 
-    console = Console()
+    console = Console(emoji=False)
     console.print(demo_table(result))
     console.print(f"results -> {result.paths['json']}, {result.paths['markdown']}")
 

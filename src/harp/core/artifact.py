@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from harp.core.hashing import sha256_hex, stable_json
 from harp.core.io import atomic_write_json
 
 __all__ = ["JsonCache"]
@@ -19,8 +20,10 @@ class JsonCache:
 
     A run that stores every finished step here and looks it up before doing it again
     resumes after a crash without repeating finished work: a file either holds a
-    whole result or does not exist (it is renamed into place), and a torn file left
-    by an older, non-atomic writer is treated as missing.
+    whole result or does not exist (it is renamed into place). Each file carries its
+    key and the SHA-256 of its value, checked on every read: a file that was
+    truncated, edited or written for another key is reported in one line naming it
+    and counts as missing, so the step is computed again and the file replaced.
 
     Parameters
     ----------
@@ -47,19 +50,35 @@ class JsonCache:
         return self.directory / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored result of ``key``, or None when it was never finished."""
+        """The stored result of ``key``, or None when never finished (or damaged)."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            log.warning("ignoring unreadable cache file %s (recomputing)", path)
-            return None
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            return self._damaged(path, f"unreadable: {exc}")
+        if not isinstance(entry, dict) or set(entry) != {"key", "sha256", "value"}:
+            return self._damaged(path, "not a harp cache entry")
+        if entry["key"] != key:
+            return self._damaged(path, f"it holds the result of {entry['key']!r}")
+        value = entry["value"]
+        if (
+            not isinstance(value, dict)
+            or sha256_hex(stable_json(value)) != entry["sha256"]
+        ):
+            return self._damaged(path, "its content does not match its checksum")
+        return value
+
+    @staticmethod
+    def _damaged(path: Path, why: str) -> None:
+        log.warning("%s: damaged cache entry (%s); computing it again", path, why)
+        return None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` under ``key`` (atomically: all or nothing)."""
-        atomic_write_json(self.path(key), value)
+        entry = {"key": key, "sha256": sha256_hex(stable_json(value)), "value": value}
+        atomic_write_json(self.path(key), entry)
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None

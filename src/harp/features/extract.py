@@ -500,11 +500,16 @@ def _complete_store(
 
     if (directory / "manifest.json").exists():
         try:
-            return FeatureStore.open(
+            found = FeatureStore.open(
                 directory, expect_spec=spec, expect_ids=examples.ids
             )
         except HarpError:
             pass  # incomplete: resumed below; mismatched: create() says what differs
+        else:
+            # Every shard is checked against its hash before it is used; a damaged
+            # one (reported by name) is computed again below.
+            if not found.pending_shards(verify=True):
+                return found
     store = FeatureStore.create(
         directory,
         ids=examples.ids,
@@ -513,6 +518,7 @@ def _complete_store(
         spec=spec,
         shard_rows=shard_rows,
     )
+    store.drop_damaged()
     if executor is None or shard_job is None:
         fill_store(store, compute_shard, progress=progress)
     else:

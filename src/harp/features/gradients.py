@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harp.core.errors import DataError, NumericalError, ParameterError
-from harp.nn.encode import collate, encode_examples, model_device, pad_token_id
+from harp.nn.encode import (
+    collate,
+    encode_examples,
+    fit_max_length,
+    model_device,
+    pad_token_id,
+)
 from harp.nn.loss import row_losses
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -495,6 +501,7 @@ def per_sample_gradients(
     names = trainable_names(model)
     dim = gradient_dim(model)
     _check_args(batch_size, max_length, projector, dim)
+    max_length = fit_max_length(model, int(max_length))
     if max_tokens not in (None, "auto") and (
         isinstance(max_tokens, bool)
         or not isinstance(max_tokens, int)

@@ -24,9 +24,9 @@ from harp.core.progress import ProgressBar
 from harp.nn.encode import (
     collate,
     encode_examples,
+    fit_max_length,
     length_batches,
     model_device,
-    model_max_length,
     pad_token_id,
 )
 
@@ -160,10 +160,7 @@ def hidden_state_embeddings(
         or batch_size < 1
     ):
         raise ParameterError(f"batch_size={batch_size!r} is not allowed; expected >= 1")
-    limit = int(max_length)
-    cap = model_max_length(model)
-    if cap is not None:
-        limit = min(limit, cap)
+    limit = fit_max_length(model, int(max_length))
     enc = encode_examples(tokenizer, examples, max_length=limit)
     if enc.dropped:
         ids = [examples[i].id for i in enc.dropped]

@@ -620,6 +620,26 @@ class FeatureStore:
             self._warned.add(k)
             log.warning(message, *args)
 
+    def drop_damaged(self) -> list[int]:
+        """Forget the shards whose data no longer matches their done marker's hash.
+
+        Each such shard is reported in one line naming its file; its marker is
+        removed, so the next :func:`fill_store` computes it again. Reads every shard.
+
+        Returns
+        -------
+        list of int
+            The shards dropped.
+        """
+        if not self.writable:
+            raise HarpError(f"feature store {self.directory} was opened read-only")
+        damaged = []
+        for k in range(self.n_shards):
+            if self.is_done(k) and not self.is_done(k, verify=True):
+                self._done_path(k).unlink(missing_ok=True)
+                damaged.append(k)
+        return damaged
+
     def pending_shards(self, *, verify: bool = False) -> list[int]:
         """Shards without a valid done marker, in order (see :meth:`is_done`)."""
         return [k for k in range(self.n_shards) if not self.is_done(k, verify=verify)]

@@ -35,10 +35,10 @@ from harp.core.errors import ModelError, ParameterError
 from harp.core.hashing import fingerprint, sha256_hex, stable_json
 from harp.core.io import atomic_directory, atomic_write_json
 from harp.models.loading import (
-    _file_digest,
     model_fingerprint,
     quiet_transformers,
     save_model,
+    weight_digest,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -238,7 +238,7 @@ def gguf_fingerprint(path: str | Path, *, full: bool = False) -> str:
     path : str or Path
         A GGUF file (checked with :func:`check_gguf_file`).
     full : bool, default False
-        Hash every byte.
+        Read the file again instead of trusting its remembered digest.
 
     Returns
     -------
@@ -247,7 +247,7 @@ def gguf_fingerprint(path: str | Path, *, full: bool = False) -> str:
     """
     path = Path(path).expanduser()
     check_gguf_file(path)
-    entry = ["gguf", path.stat().st_size, _file_digest(path, full)]
+    entry = ["gguf", path.stat().st_size, weight_digest(path, refresh=full)]
     return sha256_hex(stable_json(entry), 32)
 
 

@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harp.core.context import RunContext
 from harp.core.errors import ModelError
@@ -49,8 +49,6 @@ LLAMA_ATTENTION_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_pro
 _SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 #: Files above this size are fingerprinted from samples unless ``full=True``.
-_FULL_HASH_LIMIT = 256 * 1024**2
-_SAMPLE_BYTES = 4 * 1024**2
 
 
 @contextlib.contextmanager
@@ -260,24 +258,52 @@ def load_model(
         )
     try:
         with quiet_transformers(progress):
-            model = AutoModelForCausalLM.from_pretrained(
+            loaded = AutoModelForCausalLM.from_pretrained(
                 str(path),
                 local_files_only=True,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=use_safetensors,
                 dtype=dtype,
+                output_loading_info=True,
             )
+        model, info = cast("tuple[Any, dict[str, Any]]", loaded)
     except Exception as exc:  # transformers raises many types; keep the cause
         raise ModelError(
             f"{path}: transformers could not load the model "
             f"(model_type {config.get('model_type')!r}): {exc}"
         ) from exc
+    _check_weights_cover_config(path, info)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     _ensure_pad_token(model, tokenizer, path)
     if device.type != "cpu":
-        model.to(device)  # type: ignore[arg-type]  # transformers' stub is narrow
+        model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _check_weights_cover_config(path: Path, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights miss tensors its config asks for.
+
+    transformers fills them with random values and says so in a log line; a
+    selection made with such a model is silently meaningless.
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelError(
+            f"{path}: the weight files lack {len(missing)} tensor(s) that config.json "
+            f"asks for (e.g. {', '.join(missing[:3])}); transformers would fill them "
+            "with random values. Fix config.json (layer count, sizes) to match the "
+            "weights, or save the model again"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        logger.warning(
+            "%s: %d tensor(s) in the weight files are not used by config.json's "
+            "model (e.g. %s)",
+            path,
+            len(unexpected),
+            ", ".join(unexpected[:3]),
+        )
 
 
 def load_tokenizer(
@@ -480,40 +506,38 @@ def attach_lora(
         ) from exc
 
 
-def _file_digest(path: Path, full: bool) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if full or size <= _FULL_HASH_LIMIT:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        else:
-            for start in (0, size // 2, max(0, size - _SAMPLE_BYTES)):
-                handle.seek(start)
-                digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()
+def weight_digest(path: Path, *, refresh: bool = False) -> str:
+    """The SHA-256 of a whole weight file, remembered per file version.
+
+    Memoised in the model cache (``harp.models.fetch.model_cache() / "digests"``) by
+    path, size, modification time and inode (:func:`harp.core.hashing.file_sha256`),
+    so a large model is read once; ``refresh=True`` reads it again.
+    """
+    from harp.core.hashing import file_sha256
+    from harp.models.fetch import model_cache  # fetch imports this module
+
+    return file_sha256(path, memo_dir=model_cache() / "digests", refresh=refresh)
 
 
 def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
     """A content fingerprint of a model folder, for cache keys.
 
     It hashes ``config.json`` and, for every weight file (safetensors and pickle
-    checkpoints and their indexes), its name, size and SHA-256. Files larger than
-    256 MiB are hashed from three 4 MiB samples (start, middle, end) plus their size
-    unless ``full=True``, so that fingerprinting a 15 GB model takes milliseconds;
-    any retraining changes those bytes in practice. Tokenizer files are included
-    when present (a different vocabulary is a different model).
+    checkpoints and their indexes), its name, size and the SHA-256 of every byte
+    (:func:`weight_digest`: paid once per version of a file, then remembered by its
+    size and modification time). Tokenizer files are included when present (a
+    different vocabulary is a different model).
 
     A GGUF file's fingerprint is :func:`harp.models.gguf.gguf_fingerprint` (its
-    size and content, by the same sampling rule), so that a cache keyed by it needs
-    no conversion to be looked up.
+    size and content, the same way), so that a cache keyed by it needs no
+    conversion to be looked up.
 
     Parameters
     ----------
     path : str or Path
         A model folder (checked as in :func:`load_model`), or a GGUF file.
     full : bool, default False
-        Hash every byte of every weight file.
+        Read every weight file again instead of trusting the remembered digests.
 
     Returns
     -------
@@ -538,6 +562,7 @@ def model_fingerprint(path: str | Path, *, full: bool = False) -> str:
     named += [path / n for n in ("tokenizer.json", "tokenizer_config.json")]
     for file in named + files["safetensors"] + files["pickle"]:
         if file.is_file():
-            entries.append((file.name, file.stat().st_size, _file_digest(file, full)))
+            digest = weight_digest(file, refresh=full)
+            entries.append((file.name, file.stat().st_size, digest))
     payload = json.dumps(entries, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]

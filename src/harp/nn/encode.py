@@ -10,9 +10,10 @@ them. Nothing here imports torch at import time.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from harp.core.errors import ParameterError
 
@@ -22,7 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from harp.core.records import ExampleSet
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "fit_max_length",
     "EncodedRows",
     "IGNORE_INDEX",
     "RESPONSE_MARKER",
@@ -393,6 +397,46 @@ def model_max_length(model: Any) -> int | None:
     config = getattr(model, "config", None)
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if value else None
+
+
+_CAPPED: set[tuple[int, int]] = set()
+
+
+@overload
+def fit_max_length(model: Any, max_length: int) -> int: ...
+@overload
+def fit_max_length(model: Any, max_length: None) -> int | None: ...
+def fit_max_length(model: Any, max_length: int | None) -> int | None:
+    """``max_length`` capped to the model's positions (warned once per pair).
+
+    Longer rows would index past the position table (an ``IndexError`` deep inside
+    the model, or silently wrong rotary positions), so a limit above the model's is
+    lowered to it.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=128))
+    >>> [fit_max_length(model, n) for n in (512, 64, None)]
+    [128, 64, 128]
+    """
+    cap = model_max_length(model)
+    if cap is None:
+        return max_length
+    if max_length is None:
+        return cap
+    if max_length > cap:
+        if (max_length, cap) not in _CAPPED:
+            _CAPPED.add((max_length, cap))
+            logger.warning(
+                "max_length=%d is longer than the model's %d positions; rows are "
+                "cut at %d tokens",
+                max_length,
+                cap,
+                cap,
+            )
+        return cap
+    return max_length
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

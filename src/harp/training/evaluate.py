@@ -26,10 +26,10 @@ from harp.core.records import Example
 from harp.nn.encode import (
     collate,
     encode_examples,
+    fit_max_length,
     format_prompt,
     length_batches,
     model_device,
-    model_max_length,
     pad_token_id,
 )
 from harp.nn.loss import row_losses, token_losses
@@ -484,7 +484,7 @@ def response_losses(
 
     if reduction not in ("mean", "sum"):
         raise ParameterError(f"reduction={reduction!r}: expected 'mean' or 'sum'")
-    limit = max_length or model_max_length(model) or 1_000_000
+    limit = fit_max_length(model, max_length) or 1_000_000
     enc = encode_examples(tokenizer, examples, max_length=limit, add_eos=add_eos)
     out = np.full(len(examples), np.nan, dtype=np.float64)
     rows = list(zip(enc.input_ids, enc.labels))
@@ -638,7 +638,7 @@ def generate_greedy(
     pad = pad_token_id(tokenizer)
     device = model_device(model)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    limit = max_length or model_max_length(model)
+    limit = fit_max_length(model, max_length)
     max_prompt = None if limit is None else max(1, limit - max_new_tokens)
     encoded = []
     n_cut = 0

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harp.core.errors import ParameterError
-from harp.nn.encode import encode_examples, model_device, pad_token_id, seeded
+from harp.nn.encode import (
+    encode_examples,
+    fit_max_length,
+    model_device,
+    pad_token_id,
+    seeded,
+)
 from harp.nn.loop import TrainStep, train_loop
 from harp.training.config import TrainConfig
 
@@ -117,7 +123,9 @@ def finetune(
     if len(train) == 0:
         raise ParameterError("train is empty; finetuning needs at least one row")
 
-    enc = encode_examples(tokenizer, train, max_length=config.max_length)
+    enc = encode_examples(
+        tokenizer, train, max_length=fit_max_length(model, config.max_length)
+    )
     if enc.dropped:
         dropped_ids = [train[i].id for i in enc.dropped]
         logger.warning(

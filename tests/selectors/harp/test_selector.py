@@ -100,6 +100,27 @@ def test_leaf_evaluations_use_the_recipe_given(tiny_dir, suite, tmp_path):
         make_selector("harp-c", train={"lrx": 1}, **base).fit(suite.pool, suite.target)
 
 
+def test_a_damaged_cached_call_is_run_again_not_believed(tiny_dir, suite, tmp_path):
+    from harp.training.utility import CACHE_FOLDER
+
+    params = _params(tiny_dir, tmp_path, evals=4)
+    first = make_selector("harp-c", budget=50, **params).fit(suite.pool, suite.target)
+    calls = [
+        path
+        for path in sorted((tmp_path / CACHE_FOLDER).glob("*.json"))
+        if '"report"' in path.read_text()
+    ]
+    victim = calls[0]
+    text = victim.read_text()
+    digit = next(i for i, ch in enumerate(text) if ch in "123456789" and i > 200)
+    victim.write_text(text[:digit] + str(int(text[digit]) % 9 + 1) + text[digit + 1 :])
+    again = make_selector("harp-c", budget=50, **params).fit(suite.pool, suite.target)
+    # The edited result is not used: its call runs again, and the selection is the
+    # one the true results give.
+    assert again.oracle_["calls"] == 1
+    np.testing.assert_array_equal(again.selection_.indices, first.selection_.indices)
+
+
 def test_search_none_measures_only_representatives(tiny_dir, suite, tmp_path):
     sel = make_selector(
         "harp-e", budget=50, **_params(tiny_dir, tmp_path, evals=50, search="none")
