@@ -169,3 +169,50 @@ def test_missing_pool_file(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "nope.jsonl" in result.output
+
+
+def _jsonl(rows=12):
+    return "".join(
+        json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(rows)
+    )
+
+
+@pytest.mark.parametrize("name", ["pool.jsonl", "pool.jsonl.gz", "pool"])
+def test_compressed_input_is_named_for_what_it_is(tmp_path, name):
+    import gzip
+
+    pool = tmp_path / name
+    pool.write_bytes(gzip.compress(_jsonl().encode()))
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "gzip-compressed; decompress it first" in result.output
+    assert "latin1" not in result.output
+
+
+def test_utf16_input_is_read(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(_jsonl().encode("utf-16"))
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--budget", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_device_is_refused_not_half_read(tmp_path, kind):
+    import os
+
+    pool = tmp_path / "pool.jsonl"
+    if kind == "fifo":
+        os.mkfifo(pool)
+    else:
+        pool.symlink_to("/dev/zero")
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "not a regular file" in result.output

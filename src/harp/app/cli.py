@@ -15,6 +15,7 @@ import typer
 
 from harp._version import __version__
 from harp.core.errors import HarpError
+from harp.core.io import os_error_line
 
 app = typer.Typer(
     name="harp",
@@ -128,6 +129,8 @@ def _run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except HarpError as exc:
         _fail(_escape(str(exc)))
+    except OSError as exc:
+        _fail(_escape(os_error_line(exc)))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume where possible", code=130)
 
@@ -304,7 +307,7 @@ def select(
         help="Pool file or folder (JSONL, JSON, Parquet, CSV/TSV, "
         "FLAN-CoT TSV, datasets.save_to_disk folder).",
     ),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         ...,
         help="Where to write the selected rows, in the pool's own "
         "format; metadata goes to OUT.meta.json.",
@@ -407,8 +410,9 @@ def select(
     from harp.core.io import check_output_path
 
     inputs = tuple(p for p in (pool, target) if p is not None)
-    _run(check_output_path, out, inputs=inputs, force=force)
-    _run(check_output_path, sidecar_path(out), inputs=inputs, force=force)
+    # The name as typed: "DIR/" names a folder, which a Path would hide.
+    out_path: Path = _run(check_output_path, out, inputs=inputs, force=force)
+    _run(check_output_path, sidecar_path(out_path), inputs=inputs, force=force)
     from harp.selectors import make_selector
 
     context = _context(
@@ -455,7 +459,7 @@ def select(
         write_selection,
         pool_set,
         selection,
-        out,
+        out_path,
         target=target_set,
         config=resolved,
         force=force,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import platform
@@ -96,7 +97,9 @@ def write_selection(
     out = check_output_path(out, inputs=inputs, force=force)
     meta = sidecar_path(out)
     check_output_path(meta, inputs=inputs, force=force)
-    rows_path = write_rows(pool, selection.indices, out, format=out_format, force=force)
+    rows_path = Path(
+        write_rows(pool, selection.indices, out, format=out_format, force=force)
+    )
     extra = {
         "inputs": {
             "pool": {"path": pool.path, "rows": len(pool), "hash": pool.content_hash()},
@@ -114,5 +117,11 @@ def write_selection(
     }
     if diagnostics is not None:
         extra["diagnostics"] = diagnostics.to_dict()
-    selection.save(meta, extra=extra)
-    return Path(rows_path), meta
+    try:
+        selection.save(meta, extra=extra)
+    except BaseException:
+        # Both or neither: rows without their sidecar would block the rerun.
+        with contextlib.suppress(OSError):
+            rows_path.unlink()
+        raise
+    return rows_path, meta

@@ -20,7 +20,14 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "check_output_path",
+    "os_error_line",
 ]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -35,6 +42,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; an output gets what the user's umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -130,19 +139,76 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def check_output_path(
     path: str | Path, *, inputs: tuple[str | Path, ...] = (), force: bool = False
 ) -> Path:
-    """Refuse to write onto an input, or onto an existing file without ``force``."""
+    """Refuse an output that would touch an input, or is not a file to (over)write.
+
+    Refused, ``force`` or not: the path of an input file; a path inside an input
+    folder (a folder pool, a saved dataset); a name ending in a separator or an
+    existing folder (``--out`` names a file); an existing device, pipe or socket.
+    An existing regular file is refused without ``force``.
+
+    Raises
+    ------
+    HarpError
+        One line naming the path and what to do instead.
+    """
+    text = str(path)
     out = Path(path)
-    resolved = out.resolve()
-    for src in inputs:
-        if src is not None and Path(src).resolve() == resolved:
-            raise HarpError(
-                f"{out}: refusing to write the output onto an input file; "
-                "choose another --out"
-            )
-    if out.exists() and not force:
+    if text.endswith((os.sep, "/")) or out.is_dir():
         raise HarpError(
-            f"{out}: the output exists already; pass --force to overwrite it"
+            f"{out}: is a folder; --out must name a file, e.g. {out / 'subset.jsonl'}"
         )
-    if out.exists() and out.is_dir():
-        raise HarpError(f"{out}: is a directory; --out must name a file")
+    resolved = out.resolve()
+    sources = [(src, Path(src).resolve()) for src in inputs if src is not None]
+    if any(source == resolved for _, source in sources):
+        raise HarpError(
+            f"{out}: refusing to write the output onto an input file; "
+            "choose another --out"
+        )
+    for src, source in sources:
+        if source.is_dir() and resolved.is_relative_to(source):
+            raise HarpError(
+                f"{out}: refusing to write inside the input folder {src}; "
+                "choose an --out outside it"
+            )
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise HarpError(
+                f"{out}: exists and is not a regular file (a device, pipe or "
+                "socket); choose another --out"
+            )
+        if not force:
+            raise HarpError(
+                f"{out}: the output exists already; pass --force to overwrite it"
+            )
     return out
+
+
+#: What to do about the outside world's refusals, by errno.
+_OS_ADVICE = {
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOSPC: "no space left on the device; free some or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded; free some or choose another folder",
+    errno.ENAMETOOLONG: "the name is too long for the file system; shorten it",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "it is a folder; name a file",
+    errno.EACCES: "permission denied; check the permissions or choose another path",
+    errno.EPERM: "not permitted; check the permissions or choose another path",
+    errno.ENOENT: "no such file or folder; check the path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a refusal of the file system: the path, what, and what to do.
+
+    Examples
+    --------
+    >>> import errno
+    >>> os_error_line(OSError(errno.ENAMETOOLONG, "File name too long", "/d/x"))
+    '/d/x: File name too long (the name is too long for the file system; shorten it)'
+    """
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or type(exc).__name__
+    advice = _OS_ADVICE.get(exc.errno or -1)
+    return f"{where}: {what}" + (f" ({advice})" if advice else "")

@@ -163,6 +163,12 @@ def detect_format(path: str | Path) -> str:
             "a data file or a subfolder that holds them",
             path=p,
         )
+    if not p.is_file():
+        raise DataError(
+            "not a regular file (a pipe, device or socket): harp reads its input "
+            "more than once; save it to a file first",
+            path=p,
+        )
     fmt = _EXTENSIONS.get(p.suffix.lower())
     if fmt == "tsv":
         return "flan-tsv" if _looks_like_flan_tsv(p) else "tsv"
@@ -198,11 +204,30 @@ def _looks_like_flan_tsv(path: Path) -> bool:
     return len(fields) == 3 and not _is_header(fields)
 
 
+#: Leading bytes of encodings harp does not read as text, and what to do.
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip -k FILE)",
+    b"BZh": "bzip2-compressed; decompress it first (bunzip2 -k FILE)",
+    b"\xfd7zXZ\x00": "xz-compressed; decompress it first (unxz -k FILE)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed; decompress it first (unzstd FILE)",
+    b"PK\x03\x04": "a zip archive; extract the data file first (unzip FILE)",
+}
+
+
+def _refuse_compressed(path: Path, head: bytes) -> None:
+    for magic, advice in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise DataError(f"the file is {advice}", path=path)
+
+
 def _sniff(path: Path) -> str:
     with open(path, "rb") as handle:
         head = handle.read(4096)
     if head.startswith(b"PAR1"):
         return "parquet"
+    _refuse_compressed(path, head)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        head = head.decode("utf-16", errors="replace").encode("utf-8")
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if text.startswith("["):
         return "json"
@@ -226,6 +251,18 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         reason = exc.strerror or exc
         raise DataError(f"cannot read the file: {reason}", path=path) from None
+    _refuse_compressed(path, data[:8])
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        # UTF-16 with its byte-order mark (Windows tools write it): decoded as is.
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DataError(
+                "the file starts with a UTF-16 byte-order mark but is not valid "
+                "UTF-16; re-encode it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 in > "
+                "out`",
+                path=path,
+            ) from None
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -236,7 +273,7 @@ def _read_text(path: Path) -> str:
         raise DataError(
             f"the file is not valid UTF-8: byte 0x{data[offset]:02x} at byte offset "
             f"{offset} (column {column}) cannot be decoded; re-encode the file as "
-            "UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`",
+            "UTF-8 (from Latin-1, say: `iconv -f latin1 -t utf-8 in > out`)",
             path=path,
             line=line,
         ) from None
