@@ -105,3 +105,13 @@ def test_a_damaged_shard_is_reported_and_computed_again(
     assert "shard-00001.bin does not match its done marker's hash" in caplog.text
     np.testing.assert_array_equal(again.read(), reference)
     assert again.pending_shards(verify=True) == []
+
+
+def test_a_torn_manifest_is_rebuilt_not_refused_forever(tiny_dir, tmp_path, pool):
+    rows = pool.subset(range(8))
+    first = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, shard_rows=4)
+    reference = first.read()
+    manifest = first.directory / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    again = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, shard_rows=4)
+    np.testing.assert_array_equal(again.read(), reference)

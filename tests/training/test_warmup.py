@@ -236,3 +236,24 @@ def test_by_fingerprint_keeps_runs_apart(tiny_dir, tmp_path):
     assert a.directory.name == f"warmup-{a.fingerprint[:16]}"
     again = warmup(tiny_dir, _pool(8), tmp_path, config=TrainConfig(steps=1), **small)
     assert again == a
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_file_is_named_and_the_warm_up_rerun(
+    tiny_dir, tmp_path, caplog, damage
+):
+    config = TrainConfig(steps=2, batch_size=2, lora_r=2)
+    first = warmup(tiny_dir, _pool(8), tmp_path, fraction=0.5, config=config)
+    adapter = first.checkpoints[-1].path / "adapter_model.safetensors"
+    original = adapter.read_bytes()
+    data = bytearray(original)
+    if damage == "flip":
+        data[-3] ^= 0x10
+    else:
+        data = data[: len(data) // 2]
+    adapter.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = warmup(tiny_dir, _pool(8), tmp_path, fraction=0.5, config=config)
+    assert f"{adapter}: does not match its recorded SHA-256" in caplog.text
+    assert again == first
+    assert adapter.read_bytes() == original  # trained again, bit for bit

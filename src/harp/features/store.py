@@ -399,6 +399,8 @@ class FeatureStore:
         if directory.exists() and not directory.is_dir():
             raise HarpError(f"feature store {directory} is a file, not a directory")
         manifest_path = directory / MANIFEST
+        if manifest_path.exists() and not _readable_manifest(directory):
+            _clear_store(directory)  # a torn manifest: rebuilt, not refused forever
         if manifest_path.exists():
             manifest = _read_manifest(directory)
             if manifest["fingerprint"] != fp:
@@ -947,6 +949,35 @@ _REQUIRED = {
     "fingerprint": str,
     "complete": bool,
 }
+
+
+def _readable_manifest(directory: Path) -> bool:
+    """False for a torn manifest of a harp store (reported in one line).
+
+    Only a manifest that is not JSON at all, beside a store's own files, counts as
+    torn; any other manifest is left for :func:`_read_manifest` to judge (a folder
+    of someone else's is refused, never cleared).
+    """
+    path = directory / MANIFEST
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        if (directory / IDS_FILE).exists() or any(directory.glob("shard-*")):
+            log.warning("%s: damaged (%s); the feature store is built again", path, exc)
+            return False
+    except OSError:
+        pass
+    return True
+
+
+def _clear_store(directory: Path) -> None:
+    """Remove a store's own files (manifest, ids, shards, markers), nothing else."""
+    for path in directory.iterdir():
+        own = path.name in (MANIFEST, IDS_FILE) or (
+            path.name.startswith(("shard-", ".shard-", f".{MANIFEST}", f".{IDS_FILE}"))
+        )
+        if own and path.is_file():
+            path.unlink()
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -269,10 +269,23 @@ def _result_from_manifest(directory: Path, manifest: dict[str, Any]) -> WarmupRe
 
 
 def _is_intact(directory: Path, manifest: dict[str, Any]) -> bool:
+    """Every checkpoint file is there and matches the digest recorded at the end."""
+    from harp.core.hashing import file_sha256
+
     for c in manifest.get("checkpoints", []):
         folder = directory / c["name"]
+        digests = c.get("sha256", {})
         for name in (_ADAPTER_FILE, _OPTIMIZER_FILE, _CHECKPOINT_FILE):
-            if not (folder / name).is_file():
+            path = folder / name
+            if not path.is_file():
+                logger.warning("%s: missing; the warm-up is run again", path)
+                return False
+            if name in digests and file_sha256(path) != digests[name]:
+                logger.warning(
+                    "%s: does not match its recorded SHA-256 (damaged); the warm-up "
+                    "is run again",
+                    path,
+                )
                 return False
     return True
 
@@ -501,6 +514,14 @@ def warmup(
         out_dir,
     )
     saved, dropped = _run(model_dir, train, out_dir, config, n_checkpoints, context)
+    from harp.core.hashing import file_sha256
+
+    for c in saved:
+        folder = out_dir / c["name"]
+        c["sha256"] = {
+            name: file_sha256(folder / name)
+            for name in (_ADAPTER_FILE, _OPTIMIZER_FILE, _CHECKPOINT_FILE)
+        }
     record["checkpoints"] = saved
     record["dropped_ids"] = dropped
     record["complete"] = True
