@@ -102,9 +102,14 @@ def test_pickle_weights_need_opt_in(tiny, tmp_path):
     save_model(model, tok, folder)
     (folder / "model.safetensors").unlink()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    with pytest.raises(ModelError, match="allow_pickle=True"):
+    with pytest.raises(ModelError, match="--allow-pickle"):
         load_model(folder)
     loaded, _ = load_model(folder, allow_pickle=True)
+    assert torch.equal(_logits(model), _logits(loaded))
+    # The run's permission serves every load of the run, as the CLI flag does.
+    from harp.core.context import RunContext
+
+    loaded, _ = load_model(folder, context=RunContext(allow_pickle=True))
     assert torch.equal(_logits(model), _logits(loaded))
 
 

@@ -126,6 +126,8 @@ def test_remote_code_in_a_model_folder_is_never_run(files, tiny_dir, tmp_path):
     refused = _select(files, out, "--method", "fisher", "--model", str(remote), *cache)
     _assert_clean(refused, out, "custom code", "--trust-remote-code")
     assert not marker.exists()
+    # The flag the message advises exists on the command that printed it.
+    assert "--trust-remote-code" in runner.invoke(app, ["select", "--help"]).output
 
 
 @pytest.mark.parametrize("method", ["fisher", "harp-c"])

@@ -192,6 +192,18 @@ DeviceOption = typer.Option(
     help="Where models run: 'auto' (the first GPU if any, else the CPU), 'cpu', "
     "'cuda' or 'cuda:N'.",
 )
+TrustRemoteCodeOption = typer.Option(
+    False,
+    "--trust-remote-code",
+    help="Let the model folder's own Python code run (auto_map models "
+    "transformers does not know). Only for code you trust.",
+)
+AllowPickleOption = typer.Option(
+    False,
+    "--allow-pickle",
+    help="Read pickle weights (pytorch_model.bin) when a model folder has no "
+    "safetensors. Only for files you trust.",
+)
 DtypeOption = typer.Option(
     "auto",
     "--dtype",
@@ -208,6 +220,8 @@ def _context(
     executor: Any = None,
     gpus_per_task: float = 0.0,
     on_ray: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ):
     """The run context the flags ask for, checked now: one line if it cannot be."""
     from harp.core.context import RunContext
@@ -233,7 +247,12 @@ def _context(
         if device == "auto" and not gpus_per_task:
             log.info("Ray tasks reserve no GPU (no --gpus-per-task): they run on CPUs")
     kwargs: dict[str, Any] = dict(
-        device=device, dtype=dtype, progress=sys.stderr.isatty(), executor=executor
+        device=device,
+        dtype=dtype,
+        progress=sys.stderr.isatty(),
+        executor=executor,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
@@ -347,6 +366,8 @@ def select(
         help="Method hyper-parameter KEY=VALUE (repeatable), e.g. -p encoder=tfidf.",
     ),
     device: str = DeviceOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    allow_pickle: bool = AllowPickleOption,
     dtype: str = DtypeOption,
     cache_dir: Path = typer.Option(
         Path(".harp-cache"),
@@ -421,6 +442,8 @@ def select(
         cache_dir=cache_dir,
         gpus_per_task=gpus_per_task,
         on_ray=executor == "ray",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
     if run_on is not None and not selector_class.uses_model:
@@ -510,11 +533,8 @@ def evaluate(
         help="Comma-separated: exact_match, loss (the default pair), and for "
         "multiple-choice targets option_logprob, option_accuracy.",
     ),
-    trust_remote_code: bool = typer.Option(
-        False,
-        "--trust-remote-code",
-        help="Allow the model directory's own Python code.",
-    ),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    allow_pickle: bool = AllowPickleOption,
     prompt_field: Optional[str] = typer.Option(
         None, help="Prompt field for unknown schemas."
     ),
@@ -553,7 +573,13 @@ def evaluate(
         ).items()
         if v is not None
     }
-    context = _context(device, dtype, cache_dir=cache_dir)
+    context = _context(
+        device,
+        dtype,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     from harp.models.resolve import resolve_model
 
     model_dir = _run(
@@ -850,6 +876,8 @@ def features(
     ray_address: Optional[str] = RayAddressOption,
     gpus_per_task: float = GpusPerTaskOption,
     device: str = DeviceOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    allow_pickle: bool = AllowPickleOption,
     dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
@@ -879,6 +907,8 @@ def features(
         cache_dir=cache_dir,
         gpus_per_task=gpus_per_task,
         on_ray=executor == "ray",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     ).with_seed(seed)
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
     context = context.replace(executor=run_on)
@@ -943,6 +973,8 @@ def warmup(
         Path(".harp-cache"), help="Where the built-in proxy model is cached."
     ),
     device: str = DeviceOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    allow_pickle: bool = AllowPickleOption,
     dtype: str = DtypeOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
@@ -960,7 +992,13 @@ def warmup(
     from harp.training.warmup import warmup as warmup_fn
 
     rows = _run(load_examples, pool)
-    context = _context(device, dtype, cache_dir=cache_dir).with_seed(seed)
+    context = _context(
+        device,
+        dtype,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    ).with_seed(seed)
     model_dir = _run(resolve_model, model, rows, context=context)
     train_config = _run(
         TrainConfig,

@@ -106,6 +106,13 @@ class RunContext:
     executor : None, "local", "ray" or harp.execution.Executor, default None
         Where independent tasks (feature shards, HARP's leaf calls) run; None runs
         them one after another in this process.
+    trust_remote_code : bool, default False
+        Let every model this run loads execute the Python code of its folder
+        (``auto_map`` models transformers does not know). Off: such a model is
+        refused with one line.
+    allow_pickle : bool, default False
+        Let every model this run loads come from pickle weights
+        (``pytorch_model.bin``). Off: only safetensors are read.
 
     Examples
     --------
@@ -124,6 +131,8 @@ class RunContext:
     cache_dir: Path = field(default=Path(".harp-cache"))
     progress: bool = False
     executor: Any = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not (
@@ -140,10 +149,11 @@ class RunContext:
             )
         object.__setattr__(self, "seed", resolve_seed(self.seed))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
-        if not isinstance(self.progress, (bool, np.bool_)):
-            raise ParameterError(
-                f"progress={self.progress!r} is not allowed; expected a bool"
-            )
+        for name in ("progress", "trust_remote_code", "allow_pickle"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(
+                    f"{name}={getattr(self, name)!r} is not allowed; expected a bool"
+                )
 
     # -- copies ---------------------------------------------------------------------
     def replace(self, **changes: Any) -> RunContext:

@@ -157,8 +157,8 @@ def check_model_dir(path: Path, trust_remote_code: bool = False) -> dict[str, An
                 f"{path}: config.json maps to custom code (auto_map: "
                 f"{', '.join(sorted(auto_map))}) for model_type {model_type!r}, which "
                 "transformers does not know; loading it would run Python code from "
-                "the folder. Pass trust_remote_code=True (--trust-remote-code) only if "
-                "you trust that code"
+                "the folder. Only if you trust that code: --trust-remote-code (or "
+                "RunContext(trust_remote_code=True))"
             )
         logger.info(
             "%s: config.json has an auto_map; using transformers' own %r classes "
@@ -193,14 +193,15 @@ def load_model(
         and loaded from there.
     trust_remote_code : bool, default False
         Allow a config whose ``auto_map`` points at Python files in the folder. Off by
-        default: such code runs with your privileges.
+        default: such code runs with your privileges. The context's
+        ``trust_remote_code`` grants it too.
     context : RunContext or None, default None
         Device and dtype policy (None: the default context, ``device="auto"``,
         ``dtype="auto"``: bf16 on a GPU that supports it, fp32 on the CPU).
     allow_pickle : bool, default False
         Read ``pytorch_model.bin`` checkpoints when the folder has no safetensors
         files. Off by default because such files are pickles; safetensors are always
-        preferred when both exist.
+        preferred when both exist. The context's ``allow_pickle`` grants it too.
     progress : bool, default False
         Show transformers' weight-loading progress bar.
 
@@ -236,6 +237,8 @@ def load_model(
     context = RunContext() if context is None else context
     device = context.torch_device()
     dtype = context.torch_dtype()
+    trust_remote_code = trust_remote_code or context.trust_remote_code
+    allow_pickle = allow_pickle or context.allow_pickle
     path = Path(path).expanduser()
     # Imported here: harp.models.gguf imports this module.
     from harp.models.gguf import cached_gguf_model, is_gguf_file
@@ -253,7 +256,8 @@ def load_model(
         raise ModelError(
             f"{path}: only pickle weights found "
             f"({', '.join(p.name for p in files['pickle'])}); harp does not unpickle "
-            "files unless asked. Pass allow_pickle=True if you trust the file, or "
+            "files unless asked. If you trust the file: --allow-pickle (or "
+            "RunContext(allow_pickle=True)); or "
             "convert it to model.safetensors"
         )
     try:

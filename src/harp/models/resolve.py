@@ -119,7 +119,9 @@ def resolve_model(
         if is_gguf_file(path):
             context = RunContext() if context is None else context
             return cached_gguf_model(path, context.cache_dir, progress=context.progress)
-        check_model_dir(path, trust_remote_code)
+        check_model_dir(
+            path, trust_remote_code or bool(context and context.trust_remote_code)
+        )
         return path
     if model is not None and model != PROXY:
         raise ParameterError(
