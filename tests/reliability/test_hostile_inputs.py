@@ -216,3 +216,15 @@ def test_a_pipe_or_device_is_refused_not_half_read(tmp_path, kind):
     )
     assert result.exit_code == 2
     assert "not a regular file" in result.output
+
+
+def test_a_nan_domain_is_a_missing_domain_not_one_named_nan(tmp_path):
+    from harp.data import load_examples
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        '{"prompt": "a", "response": "b", "domain": NaN}\n'
+        '{"prompt": "c", "response": "d", "domain": "x"}\n'
+    )
+    domains = [e.domain for e in load_examples(pool)]
+    assert "nan" not in domains and domains[1] == "x"

@@ -621,11 +621,16 @@ def _fields_list(row: dict[str, Any]) -> str:
 _DOMAIN_KEYS = ("domain", "task", "category")
 
 
+def _missing(value: Any) -> bool:
+    """None, "" and NaN (how pandas and Parquet spell a missing value) are missing."""
+    return value is None or value == "" or (isinstance(value, float) and value != value)
+
+
 def _domain_of(row: dict[str, Any]) -> str | None:
     """The domain a row names itself (``domain``, ``task``, then ``category``)."""
     for key in _DOMAIN_KEYS:
         value = row.get(key)
-        if value is not None and value != "":
+        if not _missing(value):
             return value if isinstance(value, str) else str(value)
     return None
 
@@ -889,7 +894,7 @@ class _Parser:
     def domain(self, row: dict[str, Any], line: int, default: str) -> str:
         key = self.domain_field
         if key is None:
-            key = next((k for k in _DOMAIN_KEYS if row.get(k) not in (None, "")), None)
+            key = next((k for k in _DOMAIN_KEYS if not _missing(row.get(k))), None)
             if key is None:
                 return default
         elif key not in row:
@@ -900,7 +905,7 @@ class _Parser:
                 key,
             )
         value = row[key]
-        if value is None or value == "":
+        if _missing(value):
             return default
         if isinstance(value, (dict, list, tuple)):
             raise self.error(
