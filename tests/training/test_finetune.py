@@ -109,8 +109,13 @@ def test_caller_rng_untouched_and_epochs(tiny_dir, caplog):
     assert any("2 steps" in r.getMessage() for r in caplog.records)
 
 
-def test_rows_longer_than_the_models_positions_are_cut_to_them(tiny_dir, caplog):
+def test_rows_longer_than_the_models_positions_are_cut_to_them(
+    tiny_dir, caplog, monkeypatch
+):
+    import harp.nn.encode
     from harp.training.evaluate import response_losses
+
+    monkeypatch.setattr(harp.nn.encode, "_CAPPED", set())  # warned once per process
 
     model, tok = load_model(tiny_dir)
     cap = model.config.max_position_embeddings
