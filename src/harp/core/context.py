@@ -113,6 +113,11 @@ class RunContext:
     allow_pickle : bool, default False
         Let every model this run loads come from pickle weights
         (``pytorch_model.bin``). Off: only safetensors are read.
+    threads : int or None, default None
+        torch's CPU threads for the models this run loads. None: one thread for
+        models under 20M parameters (too small to split, and a second thread only
+        waits beside other jobs), torch's default for larger ones
+        (:mod:`harp.nn.threads`).
 
     Examples
     --------
@@ -133,6 +138,7 @@ class RunContext:
     executor: Any = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not (
@@ -149,6 +155,14 @@ class RunContext:
             )
         object.__setattr__(self, "seed", resolve_seed(self.seed))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.threads is not None and (
+            isinstance(self.threads, bool)
+            or not isinstance(self.threads, int)
+            or self.threads < 1
+        ):
+            raise ParameterError(
+                f"threads={self.threads!r} is not allowed; expected None or an int >= 1"
+            )
         for name in ("progress", "trust_remote_code", "allow_pickle"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ParameterError(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from harp.core.context import RunContext
 from harp.core.errors import ModelError
+from harp.nn.threads import apply_thread_policy
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
@@ -281,6 +282,7 @@ def load_model(
     _ensure_pad_token(model, tokenizer, path)
     if device.type != "cpu":
         model.to(device)
+    apply_thread_policy(model, context.threads)
     model.eval()
     return model, tokenizer
 

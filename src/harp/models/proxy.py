@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
 from harp.core.io import atomic_write_json
+from harp.nn.threads import apply_thread_policy
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
@@ -378,6 +379,7 @@ def ensure_proxy(
     )
     start = time.perf_counter()
     model, tokenizer = build_proxy(config, seed=seed)
+    apply_thread_policy(model)
     model = pretrain_proxy(
         model, tokenizer, corpus, seed=seed, progress=progress, **pretrain
     )
