@@ -33,24 +33,20 @@ from pathlib import Path
 HOG = "while True: pass"
 
 
-def run_demo(size: str, out: Path) -> dict[str, float]:
+def run_demo(size: str, out: Path, threads: str | None) -> dict[str, float]:
     """Wall and CPU seconds of one ``harp demo`` from an empty folder."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["HARP_THREADS"] = threads
+    command = [sys.executable, "-m", "harp.app.cli", "demo", "--size", size]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harp.app.cli",
-            "demo",
-            "--size",
-            size,
-            "--out",
-            str(out),
-        ],
+        [*command, "--out", str(out)],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -66,6 +62,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     parser.add_argument(
+        "--keep", type=Path, help="keep the demos' folders (results tables) here"
+    )
+    parser.add_argument(
         "--compare", action="store_true", help="also with HARP_THREADS=torch"
     )
     args = parser.parse_args()
@@ -79,7 +78,8 @@ def main() -> None:
     }
     print(f"harp demo --size {args.size}, {os.cpu_count()} cores")
     print(f"{'':44}{'wall':>8}{'CPU':>8}")
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.keep or temporary
         for name, threads in policies.items():
             quiet = run_demo(args.size, Path(scratch) / f"quiet-{threads}", threads)
             hogs = [
