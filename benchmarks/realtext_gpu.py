@@ -84,6 +84,10 @@ def pack() -> None:
         pylib / "gguf",
         ignore=shutil.ignore_patterns("__pycache__", "scripts"),
     )
+    # Its metadata too: transformers checks gguf's version through it ("Invalid
+    # version: 'N/A'" without).
+    for info in Path(gguf.__file__).parent.parent.glob("gguf-*.dist-info"):
+        shutil.copytree(info, pylib / info.name)
     sizes = {p.name: p.stat().st_size for p in DEVICE.iterdir() if p.is_file()}
     print(f"packed {manifest['bytes']:,} bytes of model in {sizes}; suite {suite}")
     print("device call 1: carry ['.device/part1'], command:")
