@@ -1,37 +1,60 @@
-"""The CPU thread policy: one thread for small models, torch's for large ones."""
+"""The CPU thread policy: all of torch's threads when the cores are free, one for a
+small model beside busy jobs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import harp.nn.threads as threads_module
 from harp.nn.threads import SMALL_MODEL_PARAMETERS, apply_thread_policy
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
+def _restore_threads(monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.delenv("HARP_THREADS", raising=False)
+    monkeypatch.setattr(threads_module, "_initial_threads", 2)
     yield
     torch.set_num_threads(before)
 
 
-def test_a_small_model_runs_on_one_thread_a_large_one_on_torchs(tiny):
+def _cores_free(monkeypatch, n):
+    monkeypatch.setattr(threads_module, "_free_cores", lambda: n)
+
+
+def test_a_small_model_gets_one_thread_beside_busy_jobs_all_when_quiet(
+    tiny, monkeypatch
+):
     model, _ = tiny
-    initial = torch.get_num_threads()
+    _cores_free(monkeypatch, 0)
     assert apply_thread_policy(model) == 1 == torch.get_num_threads()
+    _cores_free(monkeypatch, 1)
+    assert apply_thread_policy(model) == 1
+    _cores_free(monkeypatch, 2)
+    assert apply_thread_policy(model) == 2 == torch.get_num_threads()
+
+
+def test_a_large_model_gets_the_free_cores(monkeypatch):
     large = torch.nn.Linear(5000, 5000)
     assert sum(p.numel() for p in large.parameters()) >= SMALL_MODEL_PARAMETERS
-    assert apply_thread_policy(large) == torch.get_num_threads()
-    assert torch.get_num_threads() >= 1 and (
-        initial == 1 or torch.get_num_threads() > 1
-    )
+    _cores_free(monkeypatch, 1)
+    assert apply_thread_policy(large) == 1
+    _cores_free(monkeypatch, 8)
+    assert apply_thread_policy(large) == 2  # never more than torch's own
 
 
-def test_the_run_context_can_set_the_count(tiny_dir):
+def test_the_free_cores_are_counted_on_this_machine():
+    free = threads_module._free_cores()
+    assert free is None or free >= 0
+
+
+def test_the_run_context_can_set_the_count(tiny_dir, monkeypatch):
     from harp.core.context import RunContext
     from harp.core.errors import ParameterError
     from harp.models import load_model
 
+    _cores_free(monkeypatch, 0)
     load_model(tiny_dir, context=RunContext(threads=2))
     assert torch.get_num_threads() == 2
     load_model(tiny_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -69,6 +70,8 @@ def _run(code: str, threads: int) -> str:
         text=True,
         timeout=300,
         check=True,
+        # harp's thread policy would pick its own count: the test asks for this one.
+        env={**os.environ, "HARP_THREADS": str(threads)},
     )
     return out.stdout
 

@@ -1,13 +1,16 @@
-"""How many CPU threads a model's work gets: few for small models, measured.
+"""How many CPU threads a model's work gets: all free cores, one beside busy jobs.
 
 torch splits every op of a CPU model over its intra-op threads. For harp's tiny proxy
-(0.9M parameters) the ops are too small to gain much from a second thread, and beside
-other CPU-bound jobs the extra thread mostly waits for a core: measured on a 2-core
-machine with two busy-loop processes beside it, 60 LoRA steps of the proxy took 17.6 s
-wall and 17.4 s CPU with torch's two threads against 7.9 s and 5.1 s with one (quiet:
-3.7 s / 7.0 s against 4.7 s / 4.7 s). So a model under
-:data:`SMALL_MODEL_PARAMETERS` runs on one thread on the CPU; larger models keep
-torch's threads, which their GEMMs use well.
+(0.9M parameters) a second thread helps a little on a quiet machine, but beside other
+CPU-bound jobs it mostly waits for a core: measured on a 2-core machine with two
+busy-loop processes beside it, 60 LoRA steps of the proxy took 17.6 s wall and 17.4 s
+CPU with torch's two threads against 7.9 s and 5.1 s with one (quiet: 3.7 s / 7.0 s
+against 4.7 s / 4.7 s). So each time a model is loaded the cores other processes are
+running on right now are counted (Linux: the runnable count of ``/proc/loadavg``,
+the least of a few samples, this process excluded): a model under
+:data:`SMALL_MODEL_PARAMETERS` gets torch's threads when that many cores are free and
+one thread otherwise; a larger model gets the free cores, at most torch's threads.
+harp's results do not depend on the thread count (tests/reliability/test_determinism).
 
 ``$HARP_THREADS`` overrides the policy for a whole process (the CLI has no flag for
 it): a count, or ``torch`` to leave torch's own setting alone.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from harp.core.errors import ParameterError
@@ -34,6 +38,22 @@ SMALL_MODEL_PARAMETERS = 20_000_000
 #: torch's thread count as this process found it (before harp changed it): what
 #: larger models get back. A worker process of harp's executor sets its own first.
 _initial_threads: int | None = None
+
+
+def _free_cores() -> int | None:
+    """Cores no other process is running on now (None where it cannot be told)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+        samples = []
+        for _ in range(5):
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                samples.append(int(handle.read().split()[3].split("/")[0]))
+            time.sleep(0.005)
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None
+    # The least sample: this process's own threads may still be finishing an op.
+    others = max(0, min(samples) - 1)
+    return max(0, cores - others)
 
 
 def apply_thread_policy(model: Any, threads: int | None = None) -> int:
@@ -67,7 +87,13 @@ def apply_thread_policy(model: Any, threads: int | None = None) -> int:
         threads = int(env)
     if threads is None:
         n_params = sum(p.numel() for p in model.parameters())
-        threads = 1 if n_params < SMALL_MODEL_PARAMETERS else _initial_threads
+        free = _free_cores()
+        if free is None:  # cannot tell: the safe choice for small models
+            free = 1 if n_params < SMALL_MODEL_PARAMETERS else _initial_threads
+        if n_params < SMALL_MODEL_PARAMETERS:
+            threads = _initial_threads if free >= _initial_threads else 1
+        else:
+            threads = max(1, min(_initial_threads, free))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
         logger.debug("torch intra-op threads: %d", threads)
