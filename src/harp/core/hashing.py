@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harp.core.io import atomic_write_text
+
 __all__ = ["sha256_hex", "stable_json", "fingerprint", "file_sha256"]
 
 #: Bump when a cached artefact's layout or meaning changes; it enters every fingerprint.
@@ -99,8 +101,6 @@ def file_sha256(
     value = digest.hexdigest()
     _FILE_DIGESTS[key] = value
     if memo is not None:
-        from harp.core.io import atomic_write_text  # io imports this module's users
-
         with contextlib.suppress(OSError):
             memo.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(memo, value + "\n")
