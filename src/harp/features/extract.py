@@ -498,6 +498,7 @@ def _complete_store(
     """
     from harp.features.store import FeatureStore, fill_store
 
+    suspect: list[int] = []
     if (directory / "manifest.json").exists():
         try:
             found = FeatureStore.open(
@@ -508,7 +509,8 @@ def _complete_store(
         else:
             # Every shard is checked against its hash before it is used; a damaged
             # one (reported by name) is computed again below.
-            if not found.pending_shards(verify=True):
+            suspect = found.pending_shards(verify=True)
+            if not suspect:
                 return found
     store = FeatureStore.create(
         directory,
@@ -518,7 +520,7 @@ def _complete_store(
         spec=spec,
         shard_rows=shard_rows,
     )
-    store.drop_damaged()
+    store.drop_damaged(suspect)  # only those: the others were just read
     if executor is None or shard_job is None:
         fill_store(store, compute_shard, progress=progress)
     else:

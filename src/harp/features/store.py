@@ -622,11 +622,12 @@ class FeatureStore:
             self._warned.add(k)
             log.warning(message, *args)
 
-    def drop_damaged(self) -> list[int]:
+    def drop_damaged(self, shards: Sequence[int] | None = None) -> list[int]:
         """Forget the shards whose data no longer matches their done marker's hash.
 
         Each such shard is reported in one line naming its file; its marker is
-        removed, so the next :func:`fill_store` computes it again. Reads every shard.
+        removed, so the next :func:`fill_store` computes it again. Reads the shards
+        given (default: every shard).
 
         Returns
         -------
@@ -636,7 +637,7 @@ class FeatureStore:
         if not self.writable:
             raise HarpError(f"feature store {self.directory} was opened read-only")
         damaged = []
-        for k in range(self.n_shards):
+        for k in range(self.n_shards) if shards is None else shards:
             if self.is_done(k) and not self.is_done(k, verify=True):
                 self._done_path(k).unlink(missing_ok=True)
                 damaged.append(k)
