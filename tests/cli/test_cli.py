@@ -137,6 +137,42 @@ def test_config_file_supplies_flags_and_cli_wins(tmp_path):
     assert meta["budget"] == 3 and meta["seed"] == 2
 
 
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("seed: abc", "key 'seed': Input should be a valid integer"),
+        ("workers: 1.5", "key 'workers'"),
+        ("budget: [1, 2]", "key 'budget' takes one value, not a YAML list"),
+        ("method: {a: 1}", "key 'method' takes one value, not a YAML mapping"),
+    ],
+)
+def test_config_value_of_the_wrong_type_names_the_file_and_key(
+    tmp_path, text, fragment
+):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"pool: x.jsonl\n{text}\n")
+    result = runner.invoke(app, ["select", "--config", str(cfg)])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "bad.yaml" in flat and fragment in flat, flat
+
+
+def test_config_param_may_be_a_mapping(tmp_path):
+    pool = _pool(tmp_path)
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(pool.read_text().splitlines(True)[:5]))
+    out = tmp_path / "o.jsonl"
+    cfg = tmp_path / "select.yaml"
+    cfg.write_text(
+        f"pool: {pool}\ntarget: {target}\nmethod: dsir\nbudget: 4\n"
+        f"param: {{num_buckets: 512}}\nout: {out}\n"
+    )
+    result = runner.invoke(app, ["select", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
+    assert meta["params"]["num_buckets"] == 512
+
+
 def test_config_file_unknown_key_is_a_clear_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("pool: x.jsonl\nbugdet: 5\n")

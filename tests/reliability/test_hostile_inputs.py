@@ -80,6 +80,20 @@ CASES = [
         [],
         ["pool.jsonl:2"],
     ),
+    (
+        "NUL bytes in a later line",
+        _good(2) + b'{"prompt": "a\x00\x00", "response": "b"}\n',
+        None,
+        [],
+        ["pool.jsonl:3", "NUL byte"],
+    ),
+    (
+        "target with a NUL byte",
+        _good(),
+        _good(1) + b"\x00",
+        ["--method", "dsir"],
+        ["target.jsonl:2", "NUL byte"],
+    ),
     ("empty pool", b"", None, [], ["pool.jsonl"]),
     ("blank-lines-only pool", b"\n\n  \n", None, [], ["pool.jsonl"]),
     (
@@ -171,7 +185,7 @@ def test_missing_pool_file(tmp_path):
     assert result.exit_code == 2 and "nope.jsonl" in result.output
 
 
-def _jsonl(rows=12):
+def _numbered_rows(rows=12) -> str:
     return "".join(
         json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(rows)
     )
@@ -182,7 +196,7 @@ def test_compressed_input_is_named_for_what_it_is(tmp_path, name):
     import gzip
 
     pool = tmp_path / name
-    pool.write_bytes(gzip.compress(_jsonl().encode()))
+    pool.write_bytes(gzip.compress(_numbered_rows().encode()))
     result = runner.invoke(
         app, ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
     )
@@ -193,7 +207,7 @@ def test_compressed_input_is_named_for_what_it_is(tmp_path, name):
 
 def test_utf16_input_is_read(tmp_path):
     pool = tmp_path / "pool.jsonl"
-    pool.write_bytes(_jsonl().encode("utf-16"))
+    pool.write_bytes(_numbered_rows().encode("utf-16"))
     out = tmp_path / "o.jsonl"
     result = runner.invoke(
         app, ["select", "--pool", str(pool), "--budget", "3", "--out", str(out)]
@@ -228,3 +242,63 @@ def test_a_nan_domain_is_a_missing_domain_not_one_named_nan(tmp_path):
     )
     domains = [e.domain for e in load_examples(pool)]
     assert "nan" not in domains and domains[1] == "x"
+
+
+def test_a_sparse_file_is_refused_at_once_in_bounded_memory(tmp_path):
+    """A 2 GiB file of zeros (a sparse file) is refused without reading it whole."""
+    import time
+    import tracemalloc
+
+    from harp.core.errors import DataError
+    from harp.data import load_examples
+
+    pool = tmp_path / "pool.jsonl"
+    with open(pool, "wb") as handle:
+        handle.truncate(2 << 30)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="NUL byte") as info:
+        load_examples(pool)
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert f"{pool}:1" in str(info.value)
+    assert peak < 16 << 20 and seconds < 10
+
+
+@pytest.mark.parametrize("name", ["pool.jsonl", "pool.csv", "pool.tsv"])
+def test_a_line_over_the_limit_is_refused_by_its_number(tmp_path, monkeypatch, name):
+    from harp.core.errors import DataError
+    from harp.data import load_examples, loaders
+
+    monkeypatch.setattr(loaders, "MAX_LINE_BYTES", 1000)
+    pool = tmp_path / name
+    if name.endswith("jsonl"):
+        long_row = json.dumps({"prompt": "x" * 2000, "response": "a"}) + "\n"
+        pool.write_bytes(_good(3) + long_row.encode())
+        line = 4
+    else:
+        sep = "," if name.endswith("csv") else "\t"
+        pool.write_text(f"prompt{sep}response\nq{sep}a\n{'x' * 2000}{sep}a\n")
+        line = 3
+    with pytest.raises(DataError, match="longer than") as info:
+        load_examples(pool)
+    assert f"{pool}:{line}" in str(info.value)
+
+
+def test_rows_read_one_line_at_a_time_match_the_whole_file(tmp_path):
+    """Streaming keeps every row format's meaning: CRLF ends, quoted newlines, BOMs."""
+    from harp.data import load_examples
+
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_bytes(b'\xef\xbb\xbfprompt,response\r\n"two\r\nlines",b\r\nc,d\r\n')
+    rows = load_examples(csv_path)
+    assert [(e.prompt, e.response) for e in rows] == [("two\r\nlines", "b"), ("c", "d")]
+    flan = tmp_path / "f.tsv"
+    flan.write_bytes(b"q1\ta1\tr1\r\nq2\\nmore\ta2\tr2")
+    assert len(load_examples(flan, format="flan-tsv")) == 2
+    jsonl = tmp_path / "j.jsonl"
+    jsonl.write_bytes(
+        b'{"prompt": "p", "response": "r"}\r\n\r\n{"prompt": "q", "response": "s"}'
+    )
+    assert [e.prompt for e in load_examples(jsonl)] == ["p", "q"]

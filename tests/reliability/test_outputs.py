@@ -102,3 +102,54 @@ def test_a_sidecar_that_cannot_be_written_leaves_neither_file(
     assert not out.exists() and not (tmp_path / "o.jsonl.meta.json").exists()
     monkeypatch.undo()
     assert _select(folder_pool, out).exit_code == 0
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """Mount a real 64 KiB tmpfs (``ro`` or full) where this process may mount one."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(options):
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size=64k,{options}", "tmpfs", str(point)],
+            capture_output=True,
+        )
+        if done.returncode != 0:
+            pytest.skip("this process may not mount a tmpfs (not root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "options, advice",
+    [("rw", "no space left on the device"), ("ro", "the file system is read-only")],
+)
+def test_a_real_full_or_read_only_file_system_is_one_line(
+    tmp_path, small_mount, options, advice
+):
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        {"prompt": f"question {i} " + "x" * 4000, "response": "a"} for i in range(40)
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = small_mount(options)
+    out = folder / "o.jsonl"
+    result = runner.invoke(
+        app, ["select", "--pool", str(pool), "--budget", "40", "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    # The line names the file asked for, not a temporary one, and says what to do.
+    assert len(lines) == 1 and f"{out}:" in lines[0] and advice in lines[0], lines
+    assert list(folder.iterdir()) == []  # nothing partial left behind

@@ -55,7 +55,7 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
         raise typer.BadParameter(
             f"{value}: the config must be a mapping of flag: value"
         )
-    known = {p.name for p in ctx.command.params}
+    known = {p.name: p for p in ctx.command.params}
     defaults = {}
     for key, item in data.items():
         name = str(key).replace("-", "_")
@@ -64,9 +64,34 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
                 f"{value}: unknown key {key!r} for 'harp {ctx.command.name}'; "
                 f"valid keys: {', '.join(sorted(k for k in known if k != 'config'))}"
             )
-        defaults[name] = item
+        defaults[name] = _config_value(ctx, known[name], item, f"{value}: key {key!r}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _config_value(ctx: typer.Context, param: Any, item: Any, where: str) -> Any:
+    """A config file's value for ``param``, checked now so an error names the file.
+
+    A repeatable flag takes a list (or one value); ``param`` also takes a mapping
+    (``param: {leaf_size: 8}`` for ``-p leaf_size=8``).
+    """
+    import json
+
+    if param.multiple:
+        if isinstance(item, dict) and param.name == "param":
+            item = [f"{k}={json.dumps(v)}" for k, v in item.items()]
+        elif not isinstance(item, list):
+            item = [item]
+    elif isinstance(item, (list, dict)):
+        kind = "list" if isinstance(item, list) else "mapping"
+        raise typer.BadParameter(f"{where} takes one value, not a YAML {kind}")
+    if item is None:
+        return item
+    try:
+        param.get_runtime_param().coerce(item, param=param, ctx=ctx)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(f"{where}: {exc.message}") from None
+    return item
 
 
 ConfigOption = typer.Option(

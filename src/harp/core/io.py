@@ -39,7 +39,12 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        raise _naming(exc, path, None) from exc
     os.close(fd)
     try:
         # mkstemp makes the file 0600; an output gets what the user's umask allows.
@@ -49,10 +54,24 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path, tmp) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path, tmp: str | Path | None) -> OSError:
+    """``exc`` naming the output ``path`` when it names no file or the temporary one.
+
+    A write that fails (a full disk) carries no file name, and a temporary name is
+    one the user never chose: the message must name the file they asked for.
+    """
+    named_other = exc.filename is not None and str(exc.filename) != str(tmp)
+    if exc.errno is None or (tmp is not None and named_other):
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 @contextlib.contextmanager
@@ -94,9 +113,12 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    )
+    try:
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        )
+    except OSError as exc:
+        raise _naming(exc, path, None) from exc
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output folder is not

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import logging
 import re
@@ -244,44 +243,108 @@ def _sniff(path: Path) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_text(path: Path) -> str:
-    """The file decoded as UTF-8 (a BOM is dropped); bad bytes are a DataError."""
+#: The longest line harp reads, in bytes. No real row comes near it; a file of one
+#: endless line (a sparse file, a binary blob renamed .jsonl) is refused when a line
+#: passes it, so reading never holds more than this much of one line.
+MAX_LINE_BYTES = 256 << 20
+
+
+def _open_binary(path: Path) -> Any:
     try:
-        data = path.read_bytes()
+        return open(path, "rb")
     except OSError as exc:
         reason = exc.strerror or exc
         raise DataError(f"cannot read the file: {reason}", path=path) from None
-    _refuse_compressed(path, data[:8])
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        # UTF-16 with its byte-order mark (Windows tools write it): decoded as is.
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise DataError(
-                "the file starts with a UTF-16 byte-order mark but is not valid "
-                "UTF-16; re-encode it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 in > "
-                "out`",
-                path=path,
-            ) from None
-    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[skip:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = exc.start + skip
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def _refuse_binary(path: Path, raw: bytes, line: int, offset: int) -> None:
+    at = raw.find(b"\x00")
+    if at >= 0:
         raise DataError(
-            f"the file is not valid UTF-8: byte 0x{data[offset]:02x} at byte offset "
-            f"{offset} (column {column}) cannot be decoded; re-encode the file as "
-            "UTF-8 (from Latin-1, say: `iconv -f latin1 -t utf-8 in > out`)",
+            f"the file holds a NUL byte at byte offset {offset + at}: it is binary (or "
+            "a sparse or damaged file), not text; pass the data file itself",
             path=path,
             line=line,
+        )
+
+
+def _utf16_lines(path: Path, data: bytes) -> Iterator[tuple[int, str]]:
+    # UTF-16 with its byte-order mark (Windows tools write it): decoded as is. Such
+    # files are small in practice; they are decoded whole.
+    try:
+        text = data.decode("utf-16")
+    except UnicodeDecodeError:
+        raise DataError(
+            "the file starts with a UTF-16 byte-order mark but is not valid UTF-16; "
+            "re-encode it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 in > out`",
+            path=path,
         ) from None
+    pieces = text.split("\n")
+    for lineno, piece in enumerate(pieces, start=1):
+        last = lineno == len(pieces)
+        if not (last and not piece):
+            yield lineno, piece if last else piece + "\n"
 
 
-def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line with its end)`` of a text file, read one line at a time.
+
+    UTF-8 (a BOM is dropped) or UTF-16 with its BOM. Compressed files, NUL bytes (a
+    binary or sparse file), bad UTF-8 and lines over :data:`MAX_LINE_BYTES` are a
+    DataError naming the line, found without reading the rest of the file.
+    """
+    with _open_binary(path) as handle:
+        head = handle.read(1 << 16)
+        _refuse_compressed(path, head[:8])
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            yield from _utf16_lines(path, head + handle.read())
+            return
+        _refuse_binary(path, head[: head.find(b"\n") + 1 or len(head)], 1, 0)
+        handle.seek(len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0)
+        offset = handle.tell()
+        lineno = 0
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(
+                    f"the line is longer than {MAX_LINE_BYTES >> 20} MiB: no row is "
+                    "this long; the file is damaged or not a data file",
+                    path=path,
+                    line=lineno,
+                )
+            _refuse_binary(path, raw, lineno, offset)
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"the file is not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte "
+                    f"offset {offset + exc.start} (column {exc.start + 1}) cannot be "
+                    "decoded; re-encode the file as UTF-8 (from Latin-1, say: "
+                    "`iconv -f latin1 -t utf-8 in > out`)",
+                    path=path,
+                    line=lineno,
+                ) from None
+            offset += len(raw)
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text (for a JSON document), checked as :func:`_text_lines`."""
+    return "".join(line for _, line in _text_lines(path))
+
+
+def _lines_of(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of text already in memory (a JSON Lines ``.json``)."""
+    return enumerate(text.split("\n"), start=1)
+
+
+def _iter_jsonl(
+    path: Path, lines: Iterable[tuple[int, str]]
+) -> Iterator[tuple[int, Any]]:
     loads = json.loads
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in lines:
         if not line or line.isspace():
             continue
         try:
@@ -323,7 +386,7 @@ def _json_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], str]:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             # A JSON Lines file named .json: common enough to read as such.
             logger.info("%s holds one JSON object per line; reading it as JSONL", path)
-            return list(_iter_jsonl(path, text)), "jsonl"
+            return list(_iter_jsonl(path, _lines_of(text))), "jsonl"
         if not text.strip():
             raise DataError("the file has no rows; it is empty", path=path) from None
         raise DataError(
@@ -370,11 +433,11 @@ def _csv_field_limit() -> Iterator[None]:
 
 
 def _iter_delimited(
-    path: Path, text: str, delimiter: str
+    path: Path, lines: Iterable[tuple[int, str]], delimiter: str
 ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The header and an iterator of ``(line, row dict)`` of a CSV/TSV with a header."""
     what = "CSV" if delimiter == "," else "TSV"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader((line for _, line in lines), delimiter=delimiter)
     header: list[str] | None = None
     try:
         for record in reader:
@@ -440,12 +503,13 @@ def _unescape_flan(text: str) -> str:
     return text.replace("\\n", "\n")
 
 
-def _iter_flan_tsv(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+def _iter_flan_tsv(
+    path: Path, lines: Iterable[tuple[int, str]]
+) -> Iterator[tuple[int, dict[str, str]]]:
     # Equivalent to csv.reader(delimiter="\t", quoting=csv.QUOTE_NONE) on these files,
     # but a plain split is faster and cannot trip on a stray carriage return.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.endswith("\r"):
-            line = line[:-1]
+    for lineno, line in lines:
+        line = line.removesuffix("\n").removesuffix("\r")
         if not line or line.isspace():
             continue
         fields = line.split("\t")
@@ -1041,15 +1105,15 @@ def _records_of(
     if fmt == "hf-disk":
         rows, columns = _read_hf_disk(path)
         return enumerate(rows, start=1), tuple(columns), fmt
-    text = _read_text(path)
-    if fmt == "jsonl":
-        return _iter_jsonl(path, text), (), fmt
     if fmt == "json":
-        rows_json, actual = _json_rows(path, text)
+        rows_json, actual = _json_rows(path, _read_text(path))
         return rows_json, (), actual
+    lines = _text_lines(path)
+    if fmt == "jsonl":
+        return _iter_jsonl(path, lines), (), fmt
     if fmt == "flan-tsv":
-        return _iter_flan_tsv(path, text), ("question", "answer", "rationale"), fmt
-    header, records = _iter_delimited(path, text, "," if fmt == "csv" else "\t")
+        return _iter_flan_tsv(path, lines), ("question", "answer", "rationale"), fmt
+    header, records = _iter_delimited(path, lines, "," if fmt == "csv" else "\t")
     return records, tuple(header), fmt
 
 
