@@ -148,3 +148,56 @@ def test_select_spice_online_schedule_from_the_cli(files, tiny_dir, tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "has no schedule" in bad.output
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.update(leaves="not a list"),
+        lambda d: d.update(leaves=[1, 2]),
+    ],
+    ids=["leaves-a-string", "leaves-of-integers"],
+)
+def test_inspect_of_hand_edited_diagnostics_is_one_clean_line(harp_run, damage):
+    meta_path = harp_run.with_name(harp_run.name + ".meta.json")
+    meta = json.loads(meta_path.read_text())
+    damage(meta["diagnostics"])
+    edited = harp_run.with_name("edited.jsonl")
+    edited.write_bytes(harp_run.read_bytes())
+    edited.with_name("edited.jsonl.meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["inspect", str(edited)])
+    assert result.exit_code == 2, result.output
+    assert "malformed" in result.output and "Traceback" not in result.output
+
+
+def test_bench_refuses_a_bad_method_value_before_any_work(tmp_path, monkeypatch):
+    from harp.bench import harness
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the suite was prepared before the values were checked")
+
+    monkeypatch.setattr(harness, "prepare_suite", no_work)
+    result = runner.invoke(
+        app,
+        ["bench", "--methods", "random,harp-c", "--evals", "-3", "--size", "40"]
+        + ["--out", str(tmp_path / "b")],
+    )
+    assert result.exit_code == 2, result.output
+    assert "evals=-3 is not allowed" in result.output
+
+
+def test_bench_model_path_is_relative_to_where_the_user_is(
+    tmp_path, tiny_dir, monkeypatch
+):
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "mymodel")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app,
+        ["bench", "--model", "mymodel", "--methods", "random", "--budgets", "5"]
+        + ["--seeds", "0", "--size", "40", "--target-rows", "3", "--out", "b"],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "b" / "bench-config.json").read_text())
+    assert str(tmp_path / "mymodel") in json.dumps(config)

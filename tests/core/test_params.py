@@ -65,3 +65,11 @@ def test_validate_params_names_the_parameter_and_what_is_allowed():
         validate_params("Whole", {"k": 0, "mode": "x"}, table)
     with pytest.raises(ParameterError, match="one of 'x', 'y' or None"):
         validate_params("Whole", {"k": 1, "mode": "z"}, table)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_an_interval_never_accepts_a_non_finite_value(value):
+    from harp.core.params import Interval
+
+    assert not Interval(float, 0.0, None).accepts(value)
+    assert not Interval(float, None, None).accepts(value)

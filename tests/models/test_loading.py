@@ -223,3 +223,19 @@ def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"lack \d+ tensor\(s\) that config.json"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2.5, "abc", True])
+def test_a_config_size_no_model_can_have_is_one_line(tiny_dir, tmp_path, value):
+    import shutil
+
+    from harp.core.errors import ModelError
+    from harp.models.loading import check_model_dir
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="num_hidden_layers=.* is not a size"):
+        check_model_dir(folder)

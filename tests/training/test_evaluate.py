@@ -105,6 +105,16 @@ def test_generation_stops_at_eos(tiny):
     assert out == [""] * 4
 
 
+def test_max_new_tokens_past_the_models_positions_is_capped(tiny, caplog):
+    model, tok = tiny
+    positions = model.config.max_position_embeddings
+    with caplog.at_level("WARNING", logger="harp.training.evaluate"):
+        out = generate_greedy(model, tok, _prompts(4), max_new_tokens=10**9)
+    assert len(out) == 4
+    assert all(len(tok(o)["input_ids"]) < positions for o in out)
+    assert f"does not fit the model's {positions} positions" in caplog.text
+
+
 def _task(n, offset=0):
     words = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
     return ExampleSet.from_records(

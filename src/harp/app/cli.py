@@ -125,9 +125,14 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
+#: Loggers every command shows at INFO: the time estimates of long steps, and the
+#: up-front plans and hardware-sized choices of the feature components.
+_ALWAYS_NARRATED = ("harp.core.progress", "harp.features.components")
+
+
 def _narrate(*loggers: str) -> None:
     """Show these loggers' INFO lines without -v: long steps say what they do."""
-    for name in loggers:
+    for name in (*_ALWAYS_NARRATED, *loggers):
         logging.getLogger(name).setLevel(min(logging.INFO, log.getEffectiveLevel()))
 
 
@@ -631,7 +636,7 @@ def evaluate(
     if out is not None:
         from harp.core.io import atomic_write_json
 
-        atomic_write_json(out, result)
+        _run(atomic_write_json, out, result)
         typer.echo(f"report -> {out}")
 
 
@@ -796,6 +801,12 @@ def bench(
         except ValueError:
             _fail(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1")
     params = _bench_params(param)
+    if model is not None and (
+        Path(model).expanduser().exists() or "/" in model or model.endswith(".gguf")
+    ):
+        # A path on the command line is the user's, relative to where they are;
+        # only a path written in a suite file is relative to that file.
+        model = str(Path(model).expanduser().absolute())
     cfg = _run(
         load_suite,
         suite,
@@ -864,7 +875,7 @@ def report(
         "Examples:\n\n"
         "  harp features --kind embeddings --data pool.jsonl --out features/\n\n"
         "  harp features --kind gradients --data pool.jsonl --model ./my-llama "
-        "--dim 8192 --out features/"
+        "--dim 4096 --out features/"
     )
 )
 def features(
@@ -882,7 +893,11 @@ def features(
     encoder: str = typer.Option(
         "auto", help="embeddings: 'auto', 'minilm' or 'tfidf'."
     ),
-    dim: int = typer.Option(8192, min=0, help="gradients: projection dimension."),
+    dim: str = typer.Option(
+        "auto",
+        help="gradients: projection dimension, or 'auto' (8192 on a GPU, 1024 on a "
+        "CPU).",
+    ),
     projection: str = typer.Option(
         "factored",
         help="gradients: 'factored' (per layer, both sides, never forms the "
@@ -948,15 +963,26 @@ def features(
                 context=context,
             )
         else:
+            from harp.features.components import GradientFeatures
             from harp.models.resolve import resolve_model
 
+            if dim != "auto" and not (dim.isdigit()):
+                _fail(f"--dim {dim!r} is not allowed; expected a count >= 0 or 'auto'")
+            gradients = GradientFeatures(
+                dim="auto" if dim == "auto" else int(dim),
+                projection=projection,
+                batch_size=batch_size,
+                max_length=max_length,
+            )
+            _run(gradients.check)  # bad values fail before the model loads
+            width = _run(gradients.resolved_dim, context)
             model_dir = _run(resolve_model, model, rows, context=context)
             store = _run(
                 extract_gradient_features,
                 model_dir,
                 rows,
                 out,
-                dim=dim,
+                dim=width,
                 projection=projection,
                 seed=seed,
                 batch_size=batch_size,

@@ -48,6 +48,7 @@ from harp.core.context import RunContext
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
 from harp.core.io import atomic_write_json
+from harp.core.progress import ProgressBar, format_duration
 from harp.training.config import METRIC_SPECS, EvalConfig, TrainConfig
 from harp.training.evaluate import Estimate, EvalReport
 from harp.training.utility import TrainEvalUtility
@@ -190,7 +191,7 @@ def _scores(tuned: EvalReport, base: EvalReport, primary: str) -> dict[str, Any]
 
 # -- the run -------------------------------------------------------------------------
 def _check_methods(config: BenchConfig) -> list[str]:
-    from harp.selectors import available_methods, get_selector_class
+    from harp.selectors import available_methods, get_selector_class, make_selector
     from harp.selectors.registry import route_params
 
     methods = list(config.methods) if config.methods else available_methods()
@@ -208,6 +209,9 @@ def _check_methods(config: BenchConfig) -> list[str]:
             route_params(cls, given)
         except ParameterError as exc:
             raise ParameterError(f"{where}params: {exc}") from None
+        # Values too (evals=-3, dim='x'): a bad one fails now, not after the
+        # references and the methods before it have run.
+        make_selector(method, **given).check_params()
     registered = set(available_methods())
     for method in config.params:
         if method not in registered:
@@ -283,14 +287,25 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
         for budget in config.budgets:
             jobs += [(method, budget, seed, params) for seed in config.seeds]
     rows = []
-    for i, (method, budget, seed, params) in enumerate(jobs, start=1):
-        key = row_key(suite.fingerprint, method, budget, seed, params)
+    keys = [row_key(suite.fingerprint, *job) for job in jobs]
+    # The pace of the jobs run so far says how long the rest will take (a rough
+    # guide: a HARP job costs several times a baseline's).
+    pace = ProgressBar(
+        False,
+        "bench",
+        sum(k not in done for k in keys),
+        unit="job",
+        announce_over=math.inf,
+    )
+    for i, ((method, budget, seed, params), key) in enumerate(zip(jobs, keys), 1):
         if key in done:
             log.debug("[%d/%d] %s: done already", i, len(jobs), method)
             rows.append(done[key])
             continue
         what = method if budget is None else f"{method} @ {budget}, seed {seed}"
-        log.info("[%d/%d] %s", i, len(jobs), what)
+        left = pace.remaining_seconds()
+        eta = f" (about {format_duration(left)} left)" if left and left >= 10 else ""
+        log.info("[%d/%d] %s%s", i, len(jobs), what, eta)
         if method == "base":
             row = runner.base_row(key)
         elif method in suite.references:
@@ -302,6 +317,7 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
         append_row(results_path, row)
         done[key] = row
         rows.append(row)
+        pace.advance()
     log.info("%d rows -> %s", len(rows), results_path)
     return rows
 

@@ -202,7 +202,24 @@ def check_output_path(
             raise HarpError(
                 f"{out}: the output exists already; pass --force to overwrite it"
             )
+    _check_writable_folder(out)
     return out
+
+
+def _check_writable_folder(out: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written."""
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise HarpError(
+            f"{out}: {folder} is a file, not a folder; " + _OS_ADVICE[errno.ENOTDIR]
+        )
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    raise HarpError(f"{out}: {folder} cannot be written ({_OS_ADVICE[code]})")
 
 
 #: What to do about the outside world's refusals, by errno.

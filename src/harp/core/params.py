@@ -10,6 +10,7 @@ class (:func:`validate_params`), run when the object is used, not when it is bui
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class Interval:
             return False
         if self.kind is float and not isinstance(value, numbers.Real):
             return False
+        if isinstance(value, numbers.Real) and not math.isfinite(value):
+            return False  # inf and nan are never a setting
         lo_ok = self.low is None or (
             value >= self.low if self.closed in ("both", "left") else value > self.low
         )

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from harp.core.errors import HarpError, ParameterError
+from harp.core.progress import ProgressBar
 
 __all__ = [
     "EXECUTORS",
@@ -210,9 +211,15 @@ class LocalExecutor(Executor):
         self, fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str = ""
     ) -> list:
         items = list(items)
-        if self.workers == 1 or len(items) <= 1:
-            return [self._run_here(fn, i, item, desc) for i, item in enumerate(items)]
-        return self._run_pool(fn, items, desc)
+        # No bar (the tasks may draw their own); the estimate line when it is long.
+        with _estimate(desc, len(items)) as bar:
+            if self.workers == 1 or len(items) <= 1:
+                out = []
+                for i, item in enumerate(items):
+                    out.append(self._run_here(fn, i, item, desc))
+                    bar.advance()
+                return out
+            return self._run_pool(fn, items, desc, bar)
 
     def _run_here(self, fn, index: int, item: Any, desc: str) -> Any:
         for attempt in range(self.max_retries + 1):
@@ -228,7 +235,7 @@ class LocalExecutor(Executor):
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_pool(self, fn, items: list, desc: str) -> list:
+    def _run_pool(self, fn, items: list, desc: str, bar: ProgressBar) -> list:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -261,6 +268,7 @@ class LocalExecutor(Executor):
                             other.cancel()
                         raise out.error
                     results[i] = out
+                    bar.advance()
             todo = failed
         return [results[i] for i in range(len(items))]
 
@@ -400,20 +408,26 @@ class RayExecutor(Executor):
         refs = [self._remote.remote(fn_ref, item, threads) for item in items]
         log.info("%s: %d Ray tasks", desc or "tasks", len(refs))
         results = []
-        for i, ref in enumerate(refs):
-            try:
-                out = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                self._cancel(ray, refs[i + 1 :])
-                cause = getattr(exc, "cause", None) or exc
-                raise _failure(
-                    desc, i, items[i], self.max_retries + 1, _first_line(cause)
-                ) from exc
-            if isinstance(out, _Raised):
-                self._cancel(ray, refs[i + 1 :])
-                raise out.error
-            results.append(out)
+        with _estimate(desc, len(refs)) as bar:
+            for i in range(len(refs)):
+                results.append(self._result(ray, refs, i, items, desc))
+                bar.advance()
         return results
+
+    def _result(self, ray: Any, refs: list, i: int, items: list, desc: str) -> Any:
+        """The result of task ``i``; a failure cancels the tasks after it."""
+        try:
+            out = ray.get(refs[i])
+        except ray.exceptions.RayError as exc:
+            self._cancel(ray, refs[i + 1 :])
+            cause = getattr(exc, "cause", None) or exc
+            raise _failure(
+                desc, i, items[i], self.max_retries + 1, _first_line(cause)
+            ) from exc
+        if isinstance(out, _Raised):
+            self._cancel(ray, refs[i + 1 :])
+            raise out.error
+        return out
 
     @staticmethod
     def _cancel(ray, refs) -> None:
@@ -434,6 +448,10 @@ class RayExecutor(Executor):
             ray.shutdown()
             self._started = False
             self._remote = None
+
+
+def _estimate(desc: str, total: int) -> ProgressBar:
+    return ProgressBar(False, desc or "tasks", total, unit="task")
 
 
 def _first_line(exc: Any) -> str:

@@ -11,6 +11,7 @@ so importing this package stays fast.
 """
 
 from harp.features.components import (
+    AUTO_GRADIENT_DIM,
     FEATURE_KINDS,
     FeatureComponent,
     GradientFeatures,
@@ -52,6 +53,7 @@ __all__ = [
     "ENCODERS",
     "FEATURE_KINDS",
     "FeatureComponent",
+    "AUTO_GRADIENT_DIM",
     "GradientFeatures",
     "HiddenStateFeatures",
     "TextFeatures",

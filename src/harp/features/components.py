@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harp.training.warmup import Checkpoint
 
 __all__ = [
+    "AUTO_GRADIENT_DIM",
     "FEATURE_KINDS",
     "FeatureComponent",
     "GradientFeatures",
@@ -196,6 +197,11 @@ class TextFeatures(FeatureComponent):
         return x.astype(np.float64), t.astype(np.float64)
 
 
+#: What ``GradientFeatures(dim="auto")`` projects to, by device kind.
+AUTO_GRADIENT_DIM = {"gpu": 8192, "cpu": 1024}
+_AUTO_DIM_LOGGED: set[str] = set()
+
+
 class GradientFeatures(FeatureComponent):
     """Projected per-example LoRA gradients at the checkpoints of a LESS warm-up.
 
@@ -209,8 +215,12 @@ class GradientFeatures(FeatureComponent):
 
     Parameters
     ----------
-    dim : int, default=8192
+    dim : int or "auto", default="auto"
         Random-projection dimension of the gradients (0 keeps them whole).
+        ``"auto"`` is sized to the hardware (:data:`AUTO_GRADIENT_DIM`): LESS's
+        8192 on a GPU, 1024 on a CPU, where a wider projection multiplies the cost
+        of every store for little gain on the models a CPU can run; the choice is
+        logged once.
     projection : {"factored", "rademacher", "gaussian"}, default="factored"
         ``"factored"``: every parameter block is projected on both sides before
         the per-token outer product (LoGra; the per-example gradient is never
@@ -254,11 +264,13 @@ class GradientFeatures(FeatureComponent):
     >>> features = GradientFeatures(dim=1024, n_checkpoints=1)
     >>> features.get_params()["dim"]
     1024
+    >>> GradientFeatures().resolved_dim(RunContext(device="cpu"))
+    1024
     """
 
     kind = "gradient"
     _parameter_constraints = {
-        "dim": [Interval(int, 0, None)],
+        "dim": [Options("auto"), Interval(int, 0, None)],
         "projection": [Options("factored", "rademacher", "gaussian")],
         "warmup_fraction": [Interval(float, 0.0, 1.0, closed="right")],
         "warmup_epochs": [Interval(float, 0.0, None, closed="neither")],
@@ -275,7 +287,7 @@ class GradientFeatures(FeatureComponent):
     def __init__(
         self,
         *,
-        dim: int = 8192,
+        dim: int | str = "auto",
         projection: str = "factored",
         warmup_fraction: float = 0.05,
         warmup_epochs: float = 4.0,
@@ -300,6 +312,51 @@ class GradientFeatures(FeatureComponent):
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_tokens = max_tokens
+
+    def resolved_dim(self, context: RunContext) -> int:
+        """The projection dimension on ``context``'s device (``dim="auto"`` sized)."""
+        if self.dim != "auto":
+            return int(self.dim)
+        kind = "cpu" if context.torch_device().type == "cpu" else "gpu"
+        dim = AUTO_GRADIENT_DIM[kind]
+        if kind not in _AUTO_DIM_LOGGED:
+            _AUTO_DIM_LOGGED.add(kind)
+            log.info(
+                "gradient features: dim='auto' -> %d on this %s (%s); set "
+                "features__dim (-p dim=N) to choose",
+                dim,
+                kind.upper(),
+                ", ".join(
+                    f"{v} on a {k.upper()}" for k, v in AUTO_GRADIENT_DIM.items()
+                ),
+            )
+        return dim
+
+    def announce(
+        self,
+        method: str,
+        n_pool: int,
+        gradients_per_checkpoint: int,
+        context: RunContext,
+    ) -> None:
+        """Log, before any work, what ``method`` will compute and how to make it less.
+
+        The time of each part is said once its first batches are measured (the
+        progress estimate lines); this line says up front how much there is.
+        """
+        warm_rows = max(1, round(float(self.warmup_fraction) * n_pool))
+        log.info(
+            "%s: a LoRA warm-up on %d pool rows (%g epochs, %d checkpoints), then "
+            "%d per-example gradients projected to %d dims on %s; to make it "
+            "cheaper: -p n_checkpoints=1, a smaller -p dim, or a GPU",
+            method,
+            warm_rows,
+            float(self.warmup_epochs),
+            self.n_checkpoints,
+            gradients_per_checkpoint * self.n_checkpoints,
+            self.resolved_dim(context),
+            context.device_name,
+        )
 
     def warmup(
         self, model_dir: Path, pool: ExampleSet, context: RunContext
@@ -365,7 +422,7 @@ class GradientFeatures(FeatureComponent):
             examples,
             context.cache_dir / "features",
             checkpoint=checkpoint,
-            dim=self.dim,
+            dim=self.resolved_dim(context),
             projection=self.projection,
             seed=context.int_seed("projection"),
             optimizer=optimizer,
@@ -380,7 +437,10 @@ class GradientFeatures(FeatureComponent):
         from harp.features.projection import make_projector
 
         return make_projector(
-            model, self.dim, kind=self.projection, seed=context.int_seed("projection")
+            model,
+            self.resolved_dim(context),
+            kind=self.projection,
+            seed=context.int_seed("projection"),
         )
 
     def pool_and_target(

@@ -178,7 +178,7 @@ def hidden_state_embeddings(
     try:
         with (
             torch.no_grad(),
-            ProgressBar(progress, "hidden states", len(batches)) as bar,
+            ProgressBar(progress, "hidden states", len(batches), unit="batch") as bar,
         ):
             for batch in batches:
                 input_ids, mask, _ = collate([rows[i] for i in batch], pad, device)

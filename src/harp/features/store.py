@@ -1110,7 +1110,9 @@ def fill_store(
             len(pending),
             store.n_shards,
         )
-    with ProgressBar(progress and bool(pending), "features", len(pending)) as bar:
+    with ProgressBar(
+        progress and bool(pending), "features", len(pending), unit="shard"
+    ) as bar:
         for k in pending:
             start, stop = store.shard_range(k)
             store.write_shard(k, compute_shard(k, start, stop))

@@ -141,6 +141,7 @@ def check_model_dir(path: Path, trust_remote_code: bool = False) -> dict[str, An
         raise ModelError(f"{config_path}: cannot be read as JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise ModelError(f"{config_path}: expected a JSON object")
+    _check_config_sizes(config_path, config)
     files = weight_files(path)
     if not files["safetensors"] and not files["pickle"]:
         raise ModelError(
@@ -285,6 +286,31 @@ def load_model(
     apply_thread_policy(model, context.threads)
     model.eval()
     return model, tokenizer
+
+
+#: Sizes of a config.json that must be whole numbers >= 1 where present.
+_CONFIG_SIZES = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
+
+
+def _check_config_sizes(config_path: Path, config: dict[str, Any]) -> None:
+    """Refuse sizes no model can have (transformers fails deep inside on them)."""
+    for key in _CONFIG_SIZES:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelError(
+                f"{config_path}: {key}={value!r} is not a size; expected a whole "
+                "number >= 1 (fix config.json, or save the model again)"
+            )
 
 
 def _check_weights_cover_config(path: Path, info: dict[str, Any]) -> None:

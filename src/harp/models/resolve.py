@@ -148,7 +148,8 @@ def resolve_model(
     if model is None:
         logger.info(
             "no --model given: using the built-in proxy model pretrained on the pool "
-            "(cached in %s)",
+            "(cached in %s; its first pretraining takes minutes on a CPU, longer for "
+            "long rows; --model DIR uses a model of your own instead)",
             directory,
         )
     corpus = pool

@@ -191,6 +191,21 @@ class BaseSelector(Parametrized, ABC):
 
         return resolve_model(getattr(self, "model", None), pool, context=context)
 
+    def check_params(self) -> BaseSelector:
+        """Validate every parameter now, nested components' too; return self.
+
+        :meth:`fit` does the same; a caller about to start long work (a bench) calls
+        this first, so that a bad value fails before anything runs.
+        """
+        owner = type(self).__name__
+        params = self.get_params(deep=False)
+        validate_params(owner, params, self._parameter_constraints)
+        for value in params.values():
+            check = getattr(value, "check", None)
+            if isinstance(value, Parametrized) and callable(check):
+                check()
+        return self
+
     def fit(self, pool: Any, target: Any = None) -> BaseSelector:
         """Select rows of ``pool`` (for ``target`` when the method uses one).
 
@@ -212,7 +227,7 @@ class BaseSelector(Parametrized, ABC):
         for name in fitted:
             delattr(self, name)
         owner = type(self).__name__
-        validate_params(owner, self.get_params(deep=False), self._parameter_constraints)
+        self.check_params()
         if self.context is not None and not isinstance(self.context, RunContext):
             raise ParameterError(
                 f"{owner}: context={self.context!r} is not allowed; expected a "

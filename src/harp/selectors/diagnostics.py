@@ -297,5 +297,6 @@ def diagnostics_from_dict(data: Any, *, where: str = "diagnostics") -> Diagnosti
         )
     try:
         return _KINDS[kind].from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # A hand-edited file: a list where a mapping belongs, a string for a list.
         raise HarpError(f"{where}: malformed {kind} diagnostics ({exc})") from None

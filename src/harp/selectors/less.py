@@ -34,9 +34,9 @@ class LESSSelector(GradientSelector):
         proxy model pretrained on the pool (cached).
     features : GradientFeatures or None, default=None
         How the gradients are taken; None means ``GradientFeatures()``: projection
-        to 8192 dimensions, a 4-epoch LoRA warm-up (attention projections) on 5% of
-        the pool, 4 checkpoints (LESS: one per epoch). Set one part with e.g.
-        ``features__dim=1024``.
+        to 8192 dimensions on a GPU and 1024 on a CPU (``dim="auto"``), a 4-epoch
+        LoRA warm-up (attention projections) on 5% of the pool, 4 checkpoints (LESS:
+        one per epoch). Set one part with e.g. ``features__dim=4096``.
     context : RunContext or None, default=None
         Device, dtype, cache folder (proxy, warm-ups, feature stores), progress and
         executor (see :class:`harp.core.RunContext`).
@@ -106,6 +106,7 @@ class LESSSelector(GradientSelector):
     ) -> SelectResult:
         assert target is not None  # checked by BaseSelector.fit (needs_target)
         features = self.features_for()
+        features.announce("LESS", len(pool), len(pool) + len(target), context)
         model_dir = self.model_dir(pool, context)
         checkpoints = features.warmup(model_dir, pool, context)
         by_domain = target.by_domain()
@@ -196,6 +197,7 @@ class GradNormSelector(GradientSelector):
         context: RunContext,
     ) -> SelectResult:
         features = self.features_for()
+        features.announce("grad-norm", len(pool), len(pool), context)
         model_dir = self.model_dir(pool, context)
         checkpoints = features.warmup(model_dir, pool, context)
         scores = np.zeros(len(pool), dtype=np.float64)

@@ -85,13 +85,14 @@ def _check_float(
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         value_f = float(value)
-        ok = math.isfinite(value_f) or (high == math.inf and value_f == math.inf)
+        # Never inf or nan: an infinite rate or epoch count is never meant.
+        ok = math.isfinite(value_f)
         ok = ok and (value_f > low if low_open else value_f >= low)
         ok = ok and (value_f < high if high_open else value_f <= high)
     if not ok:
         left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        allowed = f"a number in {left}{low}, {high}{right}"
+        right = ")" if high_open or high == math.inf else "]"
+        allowed = f"a finite number in {left}{low}, {high}{right}"
         if allow_none:
             allowed += " or None"
         raise ParameterError(f"{name}={value!r} is not allowed; expected {allowed}")

@@ -496,7 +496,7 @@ def response_losses(
     try:
         with (
             torch.inference_mode(),
-            ProgressBar(progress, "target loss", len(batches)) as bar,
+            ProgressBar(progress, "target loss", len(batches), unit="batch") as bar,
         ):
             for batch in batches:
                 input_ids, _, labels = collate([rows[i] for i in batch], pad, device)
@@ -639,6 +639,17 @@ def generate_greedy(
     device = model_device(model)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     limit = fit_max_length(model, max_length)
+    if limit is not None and max_new_tokens >= limit:
+        # Past the model's positions a token has no position to sit at: the answer
+        # is cut where the model's length ends, one prompt token kept.
+        logger.warning(
+            "max_new_tokens=%d does not fit the model's %d positions; generating at "
+            "most %d tokens",
+            max_new_tokens,
+            limit,
+            limit - 1,
+        )
+        max_new_tokens = limit - 1
     max_prompt = None if limit is None else max(1, limit - max_new_tokens)
     encoded = []
     n_cut = 0
@@ -660,7 +671,7 @@ def generate_greedy(
     try:
         with (
             torch.inference_mode(),
-            ProgressBar(progress, "generating", len(batches)) as bar,
+            ProgressBar(progress, "generating", len(batches), unit="batch") as bar,
         ):
             for batch in batches:
                 rows = [encoded[i] for i in batch]
