@@ -7,9 +7,14 @@ that the dequantization path runs. No network: fetching is exercised by hand.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
+import subprocess
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -28,6 +33,7 @@ from harp.models import (
     model_fingerprint,
     resolve_model,
 )
+from harp.models import gguf as gguf_module
 from harp.models.gguf import GGUF_MARKER, check_gguf_file
 
 gguf = pytest.importorskip("gguf")
@@ -77,23 +83,36 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for _, c in sorted(zip(keep, codes))]
 
 
-def write_tiny_gguf(path, seed=0):
-    """A 2-layer Llama GGUF with a BPE tokenizer; token_embd is Q8_0."""
+def write_tiny_gguf(path, seed=0, *, drop=(), header=None, rows=None):
+    """A 2-layer Llama GGUF with a BPE tokenizer; token_embd is Q8_0.
+
+    ``drop`` leaves tensors out, ``header`` overrides sizes written in the header
+    (``block_count``, ``head_count``, ``vocab_size``, ``context_length``) and
+    ``rows`` gives tensors another number of rows: files that do not hold the model
+    their header describes.
+    """
     rng = np.random.default_rng(seed)
     tokens = SPECIALS + _byte_alphabet() + ["".join(pair) for pair in MERGES]
     vocab = len(tokens)
+    sizes = {
+        "block_count": LAYERS,
+        "head_count": HEADS,
+        "vocab_size": vocab,
+        "context_length": 128,
+        **(header or {}),
+    }
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny test llama")
-    writer.add_context_length(128)
+    writer.add_context_length(sizes["context_length"])
     writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
+    writer.add_block_count(sizes["block_count"])
     writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
+    writer.add_head_count(sizes["head_count"])
     writer.add_head_count_kv(KV_HEADS)
     writer.add_rope_dimension_count(HIDDEN // HEADS)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(vocab)
+    writer.add_vocab_size(sizes["vocab_size"])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -109,6 +128,12 @@ def write_tiny_gguf(path, seed=0):
     def weight(*shape):
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
+    def add(name, array):
+        if name in (rows or {}):
+            array = np.zeros((rows[name], *array.shape[1:]), np.float32)
+        if name not in drop:
+            writer.add_tensor(name, array)
+
     embedding = weight(vocab, HIDDEN)
     q8 = gguf.GGMLQuantizationType.Q8_0
     # The writer takes the quantized blocks as bytes and derives the shape from them.
@@ -118,16 +143,16 @@ def write_tiny_gguf(path, seed=0):
     head = HIDDEN // HEADS
     for i in range(LAYERS):
         block = f"blk.{i}"
-        writer.add_tensor(f"{block}.attn_norm.weight", 1 + weight(HIDDEN))
-        writer.add_tensor(f"{block}.attn_q.weight", weight(HIDDEN, HIDDEN))
-        writer.add_tensor(f"{block}.attn_k.weight", weight(KV_HEADS * head, HIDDEN))
-        writer.add_tensor(f"{block}.attn_v.weight", weight(KV_HEADS * head, HIDDEN))
-        writer.add_tensor(f"{block}.attn_output.weight", weight(HIDDEN, HIDDEN))
-        writer.add_tensor(f"{block}.ffn_norm.weight", 1 + weight(HIDDEN))
-        writer.add_tensor(f"{block}.ffn_gate.weight", weight(FFN, HIDDEN))
-        writer.add_tensor(f"{block}.ffn_up.weight", weight(FFN, HIDDEN))
-        writer.add_tensor(f"{block}.ffn_down.weight", weight(HIDDEN, FFN))
-    writer.add_tensor("output_norm.weight", 1 + weight(HIDDEN))
+        add(f"{block}.attn_norm.weight", 1 + weight(HIDDEN))
+        add(f"{block}.attn_q.weight", weight(HIDDEN, HIDDEN))
+        add(f"{block}.attn_k.weight", weight(KV_HEADS * head, HIDDEN))
+        add(f"{block}.attn_v.weight", weight(KV_HEADS * head, HIDDEN))
+        add(f"{block}.attn_output.weight", weight(HIDDEN, HIDDEN))
+        add(f"{block}.ffn_norm.weight", 1 + weight(HIDDEN))
+        add(f"{block}.ffn_gate.weight", weight(FFN, HIDDEN))
+        add(f"{block}.ffn_up.weight", weight(FFN, HIDDEN))
+        add(f"{block}.ffn_down.weight", weight(HIDDEN, FFN))
+    add("output_norm.weight", 1 + weight(HIDDEN))
     # No output.weight: the output layer is tied to the embedding, as in SmolLM2.
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -345,3 +370,197 @@ def test_cli_errors_and_help(tmp_path):
     for command in ("convert-gguf", "fetch-model"):
         shown = runner.invoke(app, [command, "--help"])
         assert shown.exit_code == 0 and "Usage" in shown.output
+
+
+# -- files that do not hold the model their header describes -----------------------
+@pytest.mark.parametrize(
+    "options, missing",
+    [
+        ({"drop": ["blk.1.attn_q.weight"]}, "blk.1.attn_q.weight"),
+        ({"drop": ["blk.1.ffn_gate.weight"]}, "blk.1.ffn_gate.weight"),
+        ({"drop": ["blk.0.ffn_down.weight"]}, "blk.0.ffn_down.weight"),
+        ({"header": {"block_count": 5}}, "blk.2.attn_norm.weight"),
+        ({"drop": ["output_norm.weight"]}, "output_norm.weight"),
+    ],
+)
+def test_a_file_lacking_a_tensor_is_refused_naming_it(tmp_path, options, missing):
+    path = write_tiny_gguf(tmp_path / "g.gguf", **options)
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match=f"tensor {missing} is missing") as err:
+        convert_gguf(path, out)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert "not a complete model" in message
+    if missing.startswith("blk."):
+        blocks = options.get("header", {}).get("block_count", LAYERS)
+        assert f"(block_count={blocks} in the header)" in message
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g.gguf"]
+    # The cache path (any --model) refuses it the same way, leaving no folder.
+    context = RunContext(cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelError, match=f"tensor {missing} is missing"):
+        resolve_model(path, None, context=context)
+    models = context.cache_dir / "models"
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_an_absurd_block_count_is_refused_at_once_in_bounded_memory(tmp_path):
+    path = write_tiny_gguf(tmp_path / "big.gguf", header={"block_count": 10**9})
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ModelError, match="block_count=1000000000") as err:
+            convert_gguf(path, tmp_path / "out")
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 5 and peak < 100e6, (seconds, peak)
+    assert "tensor blk.2.attn_norm.weight is missing" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (
+            {"header": {"vocab_size": 10}},
+            "token_embd.weight has shape [275, 64], but llama.vocab_size=10",
+        ),
+        (
+            {"rows": {"blk.0.ffn_up.weight": FFN + 3}},
+            "blk.0.ffn_up.weight has shape [131, 64], but "
+            f"llama.feed_forward_length={FFN}",
+        ),
+        (
+            {"rows": {"blk.1.attn_q.weight": HIDDEN + 2}},
+            f"blk.1.attn_q.weight has shape [66, 64], but "
+            f"llama.attention.head_count={HEADS}",
+        ),
+        ({"header": {"head_count": 3}}, "head_count=3 is not a multiple of"),
+        ({"header": {"head_count": 0}}, "head_count=0 in the header is not a size"),
+        ({"header": {"context_length": 0}}, "context_length=0 in the header"),
+    ],
+)
+def test_header_sizes_must_match_the_tensors(tmp_path, options, expected):
+    path = write_tiny_gguf(tmp_path / "g.gguf", **options)
+    with pytest.raises(ModelError) as err:
+        convert_gguf(path, tmp_path / "out")
+    message = str(err.value)
+    assert expected in message and message.startswith(f"{path}: "), message
+    assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+def test_what_transformers_leaves_out_is_refused_without_its_load_report(
+    tmp_path, monkeypatch, capfd
+):
+    # Past harp's own check (switched off here), transformers' loading info is
+    # checked too; its multi-line LOAD REPORT never reaches the terminal.
+    monkeypatch.setattr(gguf_module, "_check_tensors", lambda path: None)
+    dropped = write_tiny_gguf(tmp_path / "drop.gguf", drop=["blk.1.attn_q.weight"])
+    with pytest.raises(ModelError, match="model.layers.1.self_attn.q_proj") as err:
+        convert_gguf(dropped, tmp_path / "a")
+    assert str(dropped) in str(err.value) and "\n" not in str(err.value)
+    shaped = write_tiny_gguf(tmp_path / "shape.gguf", rows={"blk.0.ffn_up.weight": 131})
+    with pytest.raises(ModelError, match="up_proj.weight MISMATCH") as err:
+        convert_gguf(shaped, tmp_path / "b")
+    assert "\n" not in str(err.value)
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- --force replaces only what harp converted ---------------------------------------
+def test_force_replaces_only_a_folder_harp_converted(tiny_gguf, tmp_path):
+    data = tmp_path / "pool.jsonl"
+    data.write_bytes(b'{"prompt": "keep me"}\n')
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    for target, reason in [
+        (data, "is a file, not a model folder harp converted"),
+        (folder, f"not a model folder harp converted (no {GGUF_MARKER})"),
+    ]:
+        result = runner.invoke(
+            app, ["convert-gguf", str(tiny_gguf), "--out", str(target), "--force"]
+        )
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"{target}: {reason}" in lines[0], lines
+        assert "choose another --out" in lines[0]
+        with pytest.raises(ModelError, match="refusing to replace it"):
+            convert_gguf(tiny_gguf, target, overwrite=True)
+    assert data.read_bytes() == b'{"prompt": "keep me"}\n'
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine"
+    # A folder holding the input file is not replaced either, marker or not.
+    inside = tmp_path / "inside"
+    convert_gguf(tiny_gguf, inside, dtype="fp32")
+    source = inside / "model.gguf"
+    shutil.copyfile(tiny_gguf, source)
+    with pytest.raises(ModelError, match="holds the input file model.gguf"):
+        convert_gguf(source, inside, overwrite=True)
+    assert source.read_bytes() == tiny_gguf.read_bytes()
+    # A folder harp converted is replaced, atomically (nothing left beside it).
+    convert_gguf(tiny_gguf, inside, overwrite=True)
+    assert json.loads((inside / GGUF_MARKER).read_text())["dtype"] == "bf16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "inside",
+        "pool.jsonl",
+        "precious",
+    ]
+
+
+# -- a failed write names the output folder ------------------------------------------
+class SafetensorError(Exception):
+    """Stands for safetensors' own error type (not an OSError)."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        ),
+    ],
+    ids=["oserror-without-name", "safetensors"],
+)
+def test_a_full_disk_names_the_output_folder(tiny_gguf, tmp_path, monkeypatch, error):
+    def full(model, tokenizer, directory):
+        (directory / "config.json").write_text("{")
+        raise error
+
+    monkeypatch.setattr(gguf_module, "save_model", full)
+    out = tmp_path / "full" / "m"
+    with pytest.raises(OSError) as err:
+        convert_gguf(tiny_gguf, out)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out)
+    result = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(out)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{out}: No space left on device" in lines[0], lines
+    assert "no space left on the device" in lines[0]
+    assert list((tmp_path / "full").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", ["4k", "64k"])
+def test_a_real_full_file_system_names_the_output_folder(tiny_gguf, tmp_path, size):
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("this process may not mount a tmpfs (not root)")
+    try:
+        out = point / "m"
+        result = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(out)])
+        assert result.exit_code == 2
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"{out}: No space left" in lines[0], lines
+        assert list(point.iterdir()) == []  # nothing partial left behind
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True)

@@ -1151,7 +1151,9 @@ def convert_gguf(
     ),
     dtype: str = GgufDtypeOption,
     force: bool = typer.Option(
-        False, "--force", help="Replace an existing --out folder."
+        False,
+        "--force",
+        help="Replace an existing --out folder that harp converted (never another).",
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,

@@ -303,7 +303,8 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
             rows.append(done[key])
             continue
         what = method if budget is None else f"{method} @ {budget}, seed {seed}"
-        left = pace.remaining_seconds()
+        # Two jobs at least: the base row alone (an evaluation) says little.
+        left = pace.remaining_seconds() if pace.done >= 2 else None
         eta = f" (about {format_duration(left)} left)" if left and left >= 10 else ""
         log.info("[%d/%d] %s%s", i, len(jobs), what, eta)
         if method == "base":

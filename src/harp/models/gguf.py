@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
+import re
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -205,13 +208,17 @@ def _skip_value(handle: IO[bytes], kind: int) -> None:
         _read_string(handle)
     elif kind == _ARRAY:
         item, count = struct.unpack("<IQ", _read(handle, 12))
-        if item in _SCALAR_SIZES:
-            handle.seek(_SCALAR_SIZES[item] * count, 1)
-        else:
-            for _ in range(count):
-                _skip_value(handle, item)
+        _skip_array(handle, item, count)
     else:
         raise ValueError(f"unknown metadata type {kind}")
+
+
+def _skip_array(handle: IO[bytes], item: int, count: int) -> None:
+    if item in _SCALAR_SIZES:
+        handle.seek(_SCALAR_SIZES[item] * count, 1)
+    else:  # each item is read: a corrupt count stops at the end of the file
+        for _ in range(count):
+            _skip_value(handle, item)
 
 
 def _scan_architecture(handle: IO[bytes], keys: int) -> str | None:
@@ -249,6 +256,349 @@ def gguf_fingerprint(path: str | Path, *, full: bool = False) -> str:
     check_gguf_file(path)
     entry = ["gguf", path.stat().st_size, weight_digest(path, refresh=full)]
     return sha256_hex(stable_json(entry), 32)
+
+
+# -- checking the tensors against the header ----------------------------------------
+#: struct formats of GGUF's scalar metadata types (type id -> format).
+_SCALAR_FORMATS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+_INTEGER_TYPES = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+#: Longest integer array kept from the metadata (per-layer sizes); longer ones,
+#: the tokenizer's included, are skipped.
+_MAX_KEPT_ARRAY = 1 << 16
+#: Most dimensions a tensor may have (GGML uses at most 4).
+_MAX_DIMS = 8
+#: Fewest bytes one metadata entry / one tensor description takes in a file.
+_MIN_KEY_BYTES, _MIN_TENSOR_BYTES = 12, 24
+#: Sizes in the header (``<architecture>.<key>``) that must be >= 1 when present.
+_HEADER_SIZES = (
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "vocab_size",
+)
+_BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
+#: What every block holds, by part: the layouts llama.cpp writes each part in
+#: (all tensors of one layout). A part no block of the file has is not asked for
+#: (a Mamba file has no MLP); per-layer sizes of 0 in the header drop it too.
+_BLOCK_PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "attention": (
+        ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight"),
+        ("attn_qkv.weight", "attn_output.weight"),  # fused (Phi-3, Falcon, GPT-2)
+        ("ssm_in.weight", "ssm_out.weight"),  # Mamba's mixer
+        ("shortconv.in_proj.weight", "shortconv.out_proj.weight"),  # LFM2's
+    ),
+    "MLP": (
+        ("ffn_up.weight", "ffn_down.weight"),
+        ("ffn_gate_inp.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"),
+    ),
+}
+#: Header sizes per layer whose 0 means a layer without that part (DeciLM, LFM2).
+_PART_SIZES = {
+    "attention": ("attention.head_count", "attention.head_count_kv"),
+    "MLP": ("feed_forward_length",),
+}
+#: Tensors a block needs when some block of the file has them and this block has
+#: the given part, or the given tensor: norms and gates.
+_COMPANIONS = (
+    ("attn_norm.weight", "attention"),
+    ("ffn_norm.weight", "MLP"),
+    ("ffn_gate.weight", "ffn_up.weight"),
+    ("ffn_gate_exps.weight", "ffn_up_exps.weight"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What a GGUF file's header says and which tensors (and shapes) it holds."""
+
+    #: Scalar and string entries, and short integer arrays (as tuples).
+    metadata: dict[str, Any]
+    #: Every array entry's length.
+    lengths: dict[str, int]
+    #: Tensor name -> shape, outermost dimension first (as torch writes it).
+    tensors: dict[str, tuple[int, ...]]
+
+
+def _read_layout(path: Path) -> _Layout:
+    """The metadata and tensor descriptions of a GGUF file (no tensor data read).
+
+    Memory stays bounded whatever the header says: counts are checked against the
+    file's size and every entry is read from the file.
+    """
+    size = path.stat().st_size
+    metadata: dict[str, Any] = {}
+    lengths: dict[str, int] = {}
+    tensors: dict[str, tuple[int, ...]] = {}
+    with open(path, "rb") as handle:
+        _, n_tensors, n_keys = struct.unpack("<IQQ", _read(handle, 24)[4:])
+        if n_keys * _MIN_KEY_BYTES > size or n_tensors * _MIN_TENSOR_BYTES > size:
+            raise ValueError(
+                f"{n_keys} metadata entries and {n_tensors} tensors do not fit in "
+                f"{size} bytes"
+            )
+        for _ in range(n_keys):
+            key = _read_string(handle)
+            (kind,) = struct.unpack("<I", _read(handle, 4))
+            if kind in _SCALAR_FORMATS:
+                fmt = "<" + _SCALAR_FORMATS[kind]
+                (metadata[key],) = struct.unpack(
+                    fmt, _read(handle, struct.calcsize(fmt))
+                )
+            elif kind == _STRING:
+                metadata[key] = _read_string(handle)
+            elif kind == _ARRAY:
+                item, count = struct.unpack("<IQ", _read(handle, 12))
+                lengths[key] = count
+                if (
+                    item in _INTEGER_TYPES
+                    and count <= _MAX_KEPT_ARRAY
+                    and not key.startswith("tokenizer.")
+                ):
+                    fmt = f"<{count}{_SCALAR_FORMATS[item]}"
+                    metadata[key] = struct.unpack(
+                        fmt, _read(handle, struct.calcsize(fmt))
+                    )
+                else:
+                    _skip_array(handle, item, count)
+            else:
+                raise ValueError(f"unknown metadata type {kind}")
+        for _ in range(n_tensors):
+            name = _read_string(handle)
+            (n_dims,) = struct.unpack("<I", _read(handle, 4))
+            if n_dims > _MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+            dims = struct.unpack(f"<{n_dims}Q", _read(handle, 8 * n_dims))
+            _read(handle, 12)  # the quantization type and the data offset
+            tensors[name] = tuple(reversed(dims))  # GGUF lists the innermost first
+    return _Layout(metadata, lengths, tensors)
+
+
+def _check_tensors(path: Path) -> None:
+    """Refuse a GGUF file whose tensors do not make the model its header describes.
+
+    transformers builds the model from the header and fills every tensor the file
+    lacks with random values, saying so only in a log report; an absurd
+    ``block_count`` makes it build a config (and model) of that many layers. This
+    reads only the header and tensor descriptions (milliseconds, bounded memory)
+    and names the first missing or misshapen tensor.
+
+    Raises
+    ------
+    harp.core.errors.ModelError
+        One line naming the file and the first problem.
+    """
+    try:
+        layout = _read_layout(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(
+            f"{path}: truncated or corrupt GGUF file (metadata unreadable: {exc})"
+        ) from exc
+    meta = layout.metadata
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        return  # transformers says what it cannot read
+    for key in _HEADER_SIZES:
+        value = meta.get(f"{arch}.{key}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ModelError(
+                f"{path}: {arch}.{key}={value} in the header is not a size (expected "
+                "a whole number >= 1); the file is corrupt"
+            )
+    blocks = _header_int(meta, arch, "block_count")
+    if blocks is None or "t5" in arch:
+        return  # no layer count, or an encoder-decoder (not a causal LM)
+    _check_block_names(path, layout, arch, blocks)
+    _check_shapes(path, layout, arch)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _header_int(meta: Mapping[str, Any], arch: str, key: str) -> int | None:
+    value = meta.get(f"{arch}.{key}")
+    return value if _is_int(value) else None
+
+
+def _check_block_names(path: Path, layout: _Layout, arch: str, count: int) -> None:
+    """Refuse a file lacking a tensor its ``block_count`` and layers ask for."""
+    tensors = layout.tensors
+    incomplete = "the file is truncated or not a complete model"
+    where = f"block_count={count} in the header"
+    held: dict[int, list[str]] = {}
+    for name in tensors:
+        match = _BLOCK_TENSOR.fullmatch(name)
+        if match:
+            held.setdefault(int(match[1]), []).append(match[2])
+    beyond = [i for i in held if i >= count]
+    if beyond:
+        first = min(beyond)
+        raise ModelError(
+            f"{path}: tensor blk.{first}.{held[first][0]} lies beyond the last block "
+            f"({where}); the header does not match the tensors (corrupt file)"
+        )
+    if "token_embd.weight" not in tensors:
+        raise ModelError(f"{path}: tensor token_embd.weight is missing; {incomplete}")
+    blocks = {i: set(names) for i, names in held.items()}
+    # How many blocks follow each layout: a block missing a tensor of every layout
+    # is named after the file's usual one.
+    usage = {
+        layout_: sum(all(t in have for t in layout_) for have in blocks.values())
+        for layouts in _BLOCK_PARTS.values()
+        for layout_ in layouts
+    }
+    used = {t for have in blocks.values() for t in have}
+    reference = held[min(held)] if held else ["attn_norm.weight"]
+    i = 0
+    while i < count:  # stops at the first block the file lacks: never count steps
+        have = blocks.get(i)
+        if have is None:
+            raise ModelError(
+                f"{path}: tensor blk.{i}.{reference[0]} is missing ({where}); "
+                f"{incomplete}"
+            )
+        lacking = _lacking_in_block(have, i, layout.metadata, arch, usage, used)
+        if lacking is not None:
+            raise ModelError(
+                f"{path}: tensor blk.{i}.{lacking} is missing ({where}); {incomplete}"
+            )
+        i += 1
+    if "output_norm.weight" not in tensors and "token_embd_norm.weight" not in tensors:
+        raise ModelError(f"{path}: tensor output_norm.weight is missing; {incomplete}")
+
+
+def _lacking_in_block(
+    have: set[str],
+    index: int,
+    meta: Mapping[str, Any],
+    arch: str,
+    usage: Mapping[tuple[str, ...], int],
+    used: set[str],
+) -> str | None:
+    """The first tensor (name after ``blk.N.``) block ``index`` lacks, or None."""
+    parts: dict[str, bool] = {}
+    for part, layouts in _BLOCK_PARTS.items():
+        present = any(t in have for layout_ in layouts for t in layout_)
+        parts[part] = present
+        if not any(t in used for layout_ in layouts for t in layout_):
+            continue  # no block of this file has the part (Mamba's MLP)
+        if not present and _layer_size_is_zero(meta, arch, part, index):
+            continue  # the header says this layer has none
+        best = max(layouts, key=lambda lay: (sum(t in have for t in lay), usage[lay]))
+        for tensor in best:
+            if tensor not in have:
+                return tensor
+    for tensor, trigger in _COMPANIONS:
+        needed = parts[trigger] if trigger in parts else trigger in have
+        if needed and tensor in used and tensor not in have:
+            return tensor
+    return None
+
+
+def _layer_size_is_zero(
+    meta: Mapping[str, Any], arch: str, part: str, index: int
+) -> bool:
+    for key in _PART_SIZES[part]:
+        sizes = meta.get(f"{arch}.{key}")
+        if isinstance(sizes, tuple) and index < len(sizes) and sizes[index] == 0:
+            return True
+    return False
+
+
+def _check_shapes(path: Path, layout: _Layout, arch: str) -> None:
+    """Refuse tensors whose shapes contradict the header's sizes (where cheap)."""
+    meta, tensors = layout.metadata, layout.tensors
+
+    def refuse(name: str, what: str) -> ModelError:
+        return ModelError(
+            f"{path}: tensor {name} has shape {list(tensors[name])}, but {what} in "
+            "the header; the header does not match the tensors (corrupt or edited "
+            "file)"
+        )
+
+    hidden = _header_int(meta, arch, "embedding_length")
+    heads = _header_int(meta, arch, "attention.head_count")
+    kv_heads = _header_int(meta, arch, "attention.head_count_kv")
+    ffn = _header_int(meta, arch, "feed_forward_length")
+    vocab = _header_int(meta, arch, "vocab_size")
+    vocab_key = f"{arch}.vocab_size={vocab}"
+    if vocab is None and "tokenizer.ggml.tokens" in layout.lengths:
+        vocab = layout.lengths["tokenizer.ggml.tokens"]
+        vocab_key = f"tokenizer.ggml.tokens lists {vocab} tokens"
+    embedding = tensors["token_embd.weight"]
+    if len(embedding) != 2:
+        raise refuse("token_embd.weight", "a 2-D matrix is expected")
+    if hidden is not None and embedding[1] != hidden:
+        raise refuse("token_embd.weight", f"{arch}.embedding_length={hidden}")
+    if vocab is not None and embedding[0] != vocab:
+        raise refuse("token_embd.weight", vocab_key)
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ModelError(
+            f"{path}: {arch}.attention.head_count={heads} is not a multiple of "
+            f"{arch}.attention.head_count_kv={kv_heads} in the header; the file is "
+            "corrupt"
+        )
+    for name in sorted(tensors, key=_block_order):
+        match = _BLOCK_TENSOR.fullmatch(name)
+        if match is None:
+            continue
+        kind, shape = match[2], tensors[name]
+        matrix = len(shape) == 2
+        if hidden is not None and matrix:
+            if kind in _READS_HIDDEN and shape[1] != hidden:
+                raise refuse(name, f"{arch}.embedding_length={hidden}")
+            if kind in _WRITES_HIDDEN and shape[0] != hidden:
+                raise refuse(name, f"{arch}.embedding_length={hidden}")
+        if kind == "attn_q.weight" and heads is not None and shape[0] % heads:
+            raise refuse(name, f"{arch}.attention.head_count={heads} (rows per head)")
+        if kind == "attn_k.weight" and kv_heads is not None and shape[0] % kv_heads:
+            raise refuse(
+                name, f"{arch}.attention.head_count_kv={kv_heads} (rows per head)"
+            )
+        if ffn is not None and matrix:
+            gated = f"blk.{match[1]}.ffn_gate.weight" in tensors
+            if kind == "ffn_down.weight" and shape[1] != ffn:
+                raise refuse(name, f"{arch}.feed_forward_length={ffn}")
+            # Phi-3 fuses gate and up into one ffn_up of twice the rows: only a
+            # gated block's ffn_up has exactly feed_forward_length rows.
+            if kind in ("ffn_gate.weight", "ffn_up.weight") and gated:
+                if shape[0] != ffn:
+                    raise refuse(name, f"{arch}.feed_forward_length={ffn}")
+
+
+#: Block matrices whose columns / rows are the hidden size (torch order).
+_READS_HIDDEN = frozenset(
+    {
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_v.weight",
+        "ffn_gate.weight",
+        "ffn_up.weight",
+    }
+)
+_WRITES_HIDDEN = frozenset({"attn_output.weight", "ffn_down.weight"})
+
+
+def _block_order(name: str) -> tuple[int, str]:
+    match = _BLOCK_TENSOR.fullmatch(name)
+    return (int(match[1]), match[2]) if match else (-1, name)
 
 
 # -- converting ----------------------------------------------------------------------
@@ -294,6 +644,51 @@ def _dequantize_bar(progress: bool) -> Iterator[None]:
         setattr(legacy, "tqdm", bar)
 
 
+class _LoadReports(logging.Filter):
+    """Holds back transformers' multi-line LOAD REPORT (harp says it in one line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" in message:
+            self.reports.append(message)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _held_load_reports() -> Iterator[list[str]]:
+    """Keep transformers' weight-loading reports off the terminal; yield them.
+
+    transformers logs a table of missing, unexpected or mismatched tensors as one
+    warning; harp checks the same things itself and raises one line instead.
+    """
+    target = logging.getLogger("transformers.modeling_utils")
+    keeper = _LoadReports()
+    target.addFilter(keeper)
+    try:
+        yield keeper.reports
+    finally:
+        target.removeFilter(keeper)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _report_line(reports: Sequence[str]) -> str | None:
+    """The first row of a held LOAD REPORT as one line (key, status, details)."""
+    for report in reports:
+        for line in _ANSI.sub("", report).splitlines():
+            cells = [cell.strip() for cell in line.split("|")]
+            if len(cells) < 2 or cells[0] in ("", "Key") or set(cells[0]) <= {"-", "+"}:
+                continue
+            return " ".join(cell for cell in cells if cell)
+    return None
+
+
 def _dequantize(
     path: Path, architecture: str | None, progress: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -309,13 +704,20 @@ def _dequantize(
         # Without it, newer transformers may keep the weights in packed GGUF blocks
         # (custom modules) when a kernel is installed; harp wants plain tensors.
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    loaded: Any  # a (model, loading info) pair, which transformers' stub omits
+    reports: list[str] = []
     try:
-        with quiet_transformers(progress), _dequantize_bar(progress):
-            model = AutoModelForCausalLM.from_pretrained(
+        with (
+            quiet_transformers(progress),
+            _dequantize_bar(progress),
+            _held_load_reports() as reports,
+        ):
+            loaded = AutoModelForCausalLM.from_pretrained(
                 str(path.parent),
                 gguf_file=path.name,
                 dtype=torch.float32,
                 local_files_only=True,
+                output_loading_info=True,
                 **kwargs,
             )
             tokenizer = AutoTokenizer.from_pretrained(
@@ -329,10 +731,23 @@ def _dequantize(
                 f"{arch} as a causal LM ({_one_line(exc)}); convert the original "
                 "checkpoint instead, or upgrade transformers"
             ) from exc
+        # transformers says "look at the above report", which was held back: the
+        # report's first row says what is wrong instead.
+        row = _report_line(reports)
+        cause = _one_line(exc) if row is None else _one_line(ValueError(row))
         raise ModelError(
             f"{path}: transformers {transformers.__version__} could not read "
-            f"{arch} (truncated or corrupt file?): {_one_line(exc)}"
+            f"{arch} (truncated or corrupt file?): {cause}"
         ) from exc
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers filled them with random values: a meaningless model.
+        raise ModelError(
+            f"{path}: the file lacks {len(missing)} tensor(s) that the model its "
+            f"header describes needs (e.g. {', '.join(missing[:3])}); the file is "
+            "truncated or not a complete model"
+        )
     return model, tokenizer
 
 
@@ -353,7 +768,7 @@ def _plain_copy(model: PreTrainedModel, dtype: str, path: Path) -> PreTrainedMod
     config.name_or_path = path.stem  # not the folder it happened to be read from
     torch_dtype = getattr(torch, GGUF_DTYPES[dtype])
     loaded: Any  # a (model, loading info) pair, which transformers' stub omits
-    with quiet_transformers(False):
+    with quiet_transformers(False), _held_load_reports():  # checked just below
         loaded = type(model).from_pretrained(
             None,
             config=config,
@@ -384,6 +799,55 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
+def _replaceable(out: Path, source: Path) -> None:
+    """Refuse to replace ``out`` unless it is a model folder harp converted.
+
+    ``overwrite`` (``--force``) swaps in a new conversion for an old one; it must
+    not delete a user's data file or a folder of theirs given as ``--out`` by
+    mistake.
+    """
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise ModelError(
+            f"{out}: is a file, not a model folder harp converted; refusing to "
+            "replace it; choose another --out (output folder)"
+        )
+    if not (out / GGUF_MARKER).is_file():
+        raise ModelError(
+            f"{out}: not a model folder harp converted (no {GGUF_MARKER}); refusing "
+            "to replace it; choose another --out (output folder)"
+        )
+    if source.resolve().is_relative_to(out.resolve()):
+        raise ModelError(
+            f"{out}: holds the input file {source.name}; refusing to replace it; "
+            "choose another --out (output folder)"
+        )
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write that is not an OSError (safetensors' own error)."""
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(match[1]) if match else None
+
+
+def _naming_output(exc: OSError, out: Path, tmp: Path | None) -> OSError:
+    """``exc`` naming ``out`` when it names no file or one in the temporary folder.
+
+    A write that fails on a full disk names no file, and the temporary folder is a
+    name the user never chose: the message must name the folder they asked for.
+    """
+    name = exc.filename
+    if exc.errno is None:
+        return exc
+    if name is not None:
+        if tmp is None or not isinstance(name, (str, os.PathLike)):
+            return exc
+        if not Path(os.fsdecode(name)).absolute().is_relative_to(tmp.absolute()):
+            return exc
+    return type(exc)(exc.errno, exc.strerror, str(out))
+
+
 def _convert_into(
     path: Path,
     out: Path,
@@ -394,45 +858,66 @@ def _convert_into(
     provenance: Mapping[str, Any] | None = None,
     header: dict[str, Any] | None = None,
     content: str | None = None,
+    only_replace_converted: bool = False,
 ) -> dict[str, Any]:
     """Convert ``path`` into the folder ``out`` (atomically); return its marker.
 
-    Raises FileExistsError when ``out`` appeared meanwhile and not ``overwrite``.
+    Raises FileExistsError when ``out`` appeared meanwhile and not ``overwrite``,
+    and an OSError naming ``out`` when writing fails. With
+    ``only_replace_converted``, an ``out`` that is not a converted folder when the
+    new one is swapped in is refused (it may have appeared meanwhile).
     """
+    header = check_gguf_file(path) if header is None else header
+    # Before transformers builds anything from the header (an absurd block_count
+    # would make it build a config of that many layers).
+    _check_tensors(path)
+    _require_gguf_package(path)
     import transformers
 
-    header = check_gguf_file(path) if header is None else header
-    _require_gguf_package(path)
     content = gguf_fingerprint(path) if content is None else content
     start = time.perf_counter()
     model, tokenizer = _dequantize(path, header["architecture"], progress)
     plain = _plain_copy(model, dtype, path)
     del model  # a second full copy of the weights is not needed any more
     n_params = sum(p.numel() for p in plain.parameters())
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        save_model(plain, tokenizer, tmp)
-        marker = {
-            "fingerprint": _cache_key(content, dtype),
-            "source": {
-                "name": path.name,
-                "bytes": path.stat().st_size,
-                "content": content,
-                "architecture": header["architecture"],
-            },
-            "dtype": dtype,
-            "model_type": plain.config.model_type,
-            "parameters": int(n_params),
-            "model": model_fingerprint(tmp),
-            "seconds": round(time.perf_counter() - start, 2),
-            "versions": {
-                "harp": __version__,
-                "transformers": transformers.__version__,
-                "gguf": importlib.metadata.version("gguf"),
-            },
-            **dict(provenance or {}),
-        }
-        atomic_write_json(tmp / GGUF_MARKER, marker)
-        size = _folder_bytes(tmp)
+    tmp: Path | None = None
+    try:
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            try:
+                save_model(plain, tokenizer, tmp)
+            except OSError:
+                raise
+            except Exception as exc:  # safetensors' own error on a full disk
+                code = _os_errno(exc)
+                if code is None:
+                    raise
+                raise OSError(code, os.strerror(code)) from exc
+            marker = {
+                "fingerprint": _cache_key(content, dtype),
+                "source": {
+                    "name": path.name,
+                    "bytes": path.stat().st_size,
+                    "content": content,
+                    "architecture": header["architecture"],
+                },
+                "dtype": dtype,
+                "model_type": plain.config.model_type,
+                "parameters": int(n_params),
+                "model": model_fingerprint(tmp),
+                "seconds": round(time.perf_counter() - start, 2),
+                "versions": {
+                    "harp": __version__,
+                    "transformers": transformers.__version__,
+                    "gguf": importlib.metadata.version("gguf"),
+                },
+                **dict(provenance or {}),
+            }
+            atomic_write_json(tmp / GGUF_MARKER, marker)
+            size = _folder_bytes(tmp)
+            if overwrite and only_replace_converted:
+                _replaceable(out, path)  # again: out may have changed meanwhile
+    except OSError as exc:
+        raise _naming_output(exc, out, tmp) from exc
     logger.info(
         "converted %s in %.1f s: %s, %.1fM parameters, %s, %.0f MB -> %s",
         path.name,
@@ -479,7 +964,8 @@ def convert_gguf(
         values exactly.
     overwrite : bool, default False
         Replace an existing ``out_dir`` (swapped in only once the new folder is
-        complete).
+        complete). Only a folder written by this function (one holding
+        ``harp-gguf.json``) is replaced: a file or any other folder is refused.
     progress : bool, default False
         Show transformers' progress bars.
     provenance : mapping, optional
@@ -493,9 +979,14 @@ def convert_gguf(
     Raises
     ------
     harp.core.errors.ModelError
-        When the file is missing, not GGUF, truncated or corrupt, of an
+        When the file is missing, not GGUF, truncated or corrupt, lacks a tensor
+        its header asks for (a layer of ``block_count``, an attention or MLP
+        weight) or holds one whose shape contradicts the header's sizes, is of an
         architecture transformers cannot load, when the ``gguf`` package is not
-        installed, or when ``out_dir`` exists and ``overwrite`` is False.
+        installed, or when ``out_dir`` exists and ``overwrite`` is False or it is
+        not a folder converted by harp.
+    OSError
+        When writing ``out_dir`` fails (a full disk); it names ``out_dir``.
     harp.core.errors.ParameterError
         For an unknown ``dtype``.
 
@@ -526,6 +1017,8 @@ def convert_gguf(
             f"{out}: exists already; choose another output folder or pass "
             "overwrite=True (--force) to replace it"
         )
+    if overwrite:
+        _replaceable(out, path)
     try:
         _convert_into(
             path,
@@ -535,6 +1028,7 @@ def convert_gguf(
             progress=progress,
             provenance=provenance,
             header=header,
+            only_replace_converted=True,
         )
     except FileExistsError:
         raise ModelError(
