@@ -44,23 +44,19 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Any:
     try:
         text = Path(value).read_text(encoding="utf-8")
     except OSError as exc:
-        raise typer.BadParameter(
-            f"{value}: cannot read the config file ({exc.strerror})"
-        )
+        _fail(f"{value}: cannot read the config file ({exc.strerror})")
     try:
         data = load_yaml(text, source=str(value)) or {}
     except HarpError as exc:
-        raise typer.BadParameter(str(exc))
+        _fail(str(exc))
     if not isinstance(data, dict):
-        raise typer.BadParameter(
-            f"{value}: the config must be a mapping of flag: value"
-        )
+        _fail(f"{value}: the config must be a mapping of flag: value")
     known = {p.name: p for p in ctx.command.params}
     defaults = {}
     for key, item in data.items():
         name = str(key).replace("-", "_")
         if name not in known or name == "config":
-            raise typer.BadParameter(
+            _fail(
                 f"{value}: unknown key {key!r} for 'harp {ctx.command.name}'; "
                 f"valid keys: {', '.join(sorted(k for k in known if k != 'config'))}"
             )
@@ -84,13 +80,13 @@ def _config_value(ctx: typer.Context, param: Any, item: Any, where: str) -> Any:
             item = [item]
     elif isinstance(item, (list, dict)):
         kind = "list" if isinstance(item, list) else "mapping"
-        raise typer.BadParameter(f"{where} takes one value, not a YAML {kind}")
+        _fail(f"{where} takes one value, not a YAML {kind}")
     if item is None:
         return item
     try:
         param.get_runtime_param().coerce(item, param=param, ctx=ctx)
     except typer.BadParameter as exc:
-        raise typer.BadParameter(f"{where}: {exc.message}") from None
+        _fail(f"{where}: {exc.message}")
     return item
 
 
@@ -644,7 +640,7 @@ def evaluate(
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  harp demo               # default size, about 4 minutes on 2 CPU cores\n\n"
+        "  harp demo               # default size, about 6 minutes on 2 CPU cores\n\n"
         "  harp demo --size tiny   # a one-minute smoke run\n\n"
         "  harp demo --methods random,similarity --budget 15%"
     )

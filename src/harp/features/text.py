@@ -314,12 +314,21 @@ class TextFeaturizer:
         if not texts:
             return [np.zeros((0, 1), dtype=np.float32) for _ in text_sets]
         if self.resolved_encoder == "minilm":
-            z = _embed_minilm(
-                texts,
-                batch_size=self.batch_size,
-                max_seq_length=self.max_seq_length,
-                progress=self.progress,
-                device=self.device,
+            # A sentence embedding depends on its own text only: each list is
+            # embedded (and remembered) on its own, so the pool embedded for one
+            # selector is reused by the next whatever it is paired with.
+            z = np.concatenate(
+                [
+                    _embed_minilm(
+                        [str(s) for s in t],
+                        batch_size=self.batch_size,
+                        max_seq_length=self.max_seq_length,
+                        progress=self.progress,
+                        device=self.device,
+                    ).reshape(len(t), -1)
+                    for t in text_sets
+                    if len(t)
+                ]
             )
         else:
             z = _embed_tfidf(
