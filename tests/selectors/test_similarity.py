@@ -102,3 +102,37 @@ def test_cost_and_gains(two_topics):
     assert sel.cost.rows_scored == len(pool) + len(target)
     assert np.isnan(sel.gains).all()
     assert sel.cost.wall_seconds > 0
+
+
+def test_a_second_selection_reads_the_pools_embeddings_from_the_cache(tmp_path):
+    """similarity then cluster on one pool: the sentence encoder runs once."""
+    from harp.core.context import RunContext
+    from harp.features import text as text_module
+    from harp.features.text import minilm_available
+    from harp.selectors import make_selector
+
+    if not minilm_available():
+        pytest.skip("the MiniLM encoder is not installed")
+    pool = [
+        {"prompt": f"Add {i} and {i + 1}.", "response": str(2 * i + 1)}
+        for i in range(30)
+    ]
+    target = [{"prompt": "Add 2 and 5.", "response": "7"}]
+    context = RunContext(device="cpu", cache_dir=tmp_path)
+    first = make_selector("similarity", budget=5, context=context).fit(pool, target)
+    text_module._EMBED_MEMO.clear()  # a new process: nothing remembered in memory
+    calls = []
+    real = text_module._embed_minilm_uncached
+
+    def counting(texts, **kwargs):
+        calls.append(len(texts))
+        return real(texts, **kwargs)
+
+    text_module._embed_minilm_uncached = counting
+    try:
+        again = make_selector("similarity", budget=5, context=context).fit(pool, target)
+        make_selector("cluster", budget=5, context=context).fit(pool, target)
+    finally:
+        text_module._embed_minilm_uncached = real
+    assert calls == []
+    assert list(again.selection_.indices) == list(first.selection_.indices)

@@ -141,23 +141,32 @@ class TextFeatures(FeatureComponent):
         return "cpu" if self.resolved_encoder() == "tfidf" else context.device_name
 
     def embed_sets(
-        self, text_sets: Sequence[Sequence[str]], context: RunContext
+        self, text_sets: Sequence[Sequence[str] | ExampleSet], context: RunContext
     ) -> list[np.ndarray]:
-        """Embed several lists of texts in one space (float32, unit rows).
+        """Embed several lists of texts (or example sets) in one space (float32, unit).
 
         TF-IDF fits its vocabulary and IDF on all the lists together; a sentence
-        encoder embeds each text on its own (memoised in the process).
+        encoder embeds each text on its own (memoised in the process), and an
+        example set through its cached feature store (:meth:`extract`), so the next
+        command on the same pool does not encode it again.
         """
         from harp.features.text import TextFeaturizer
 
         self.check()
+        sets = [t for t in text_sets if isinstance(t, ExampleSet)]
+        if self.resolved_encoder() != "tfidf" and len(sets) == len(text_sets):
+            return [
+                self.extract(t, context).read().astype(np.float32, copy=False)
+                for t in sets
+            ]
+        texts = [t.texts if isinstance(t, ExampleSet) else t for t in text_sets]
         featurizer = TextFeaturizer(
             encoder=self.resolved_encoder(),
             batch_size=self.batch_size,
             progress=context.progress,
             device=self.device_for(context),
         )
-        return featurizer.embed_sets(*text_sets)
+        return featurizer.embed_sets(*texts)
 
     def extract(self, examples: ExampleSet, context: RunContext) -> FeatureStore:
         """The embeddings of ``examples`` in a feature store under the context's cache.
@@ -189,12 +198,8 @@ class TextFeatures(FeatureComponent):
         TF-IDF embeds both together (one vocabulary); a sentence encoder goes
         through cached feature stores (a rerun does not encode again).
         """
-        if self.resolved_encoder() == "tfidf":
-            x, t = self.embed_sets([pool.texts, target.texts], context)
-            return np.asarray(x, np.float64), np.asarray(t, np.float64)
-        x = self.extract(pool, context).read()
-        t = self.extract(target, context).read()
-        return x.astype(np.float64), t.astype(np.float64)
+        x, t = self.embed_sets([pool, target], context)
+        return np.asarray(x, np.float64), np.asarray(t, np.float64)
 
 
 #: What ``GradientFeatures(dim="auto")`` projects to, by device kind.

@@ -208,14 +208,7 @@ class ClusterSelector(BaseSelector):
         features = self.resolved_component("features")
         self.encoder_ = features.resolved_encoder()
         use_target = self.target_weighted and target is not None
-        sets = (
-            [pool.texts]
-            if target is None or not use_target
-            else [
-                pool.texts,
-                target.texts,
-            ]
-        )
+        sets = [pool] if target is None or not use_target else [pool, target]
         embeddings = features.embed_sets(sets, context)
         x = embeddings[0]
         if self.n_clusters is None:

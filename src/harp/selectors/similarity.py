@@ -120,7 +120,7 @@ class SimilaritySelector(BaseSelector):
         assert target is not None  # checked by BaseSelector.fit (needs_target)
         features = self.resolved_component("features")
         self.encoder_ = features.resolved_encoder()
-        pool_emb, target_emb = features.embed_sets([pool.texts, target.texts], context)
+        pool_emb, target_emb = features.embed_sets([pool, target], context)
         by_domain = target.by_domain()
         self.domains_ = list(by_domain)
         centroids = np.stack(
