@@ -305,7 +305,9 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
         what = method if budget is None else f"{method} @ {budget}, seed {seed}"
         # Two jobs at least: the base row alone (an evaluation) says little.
         left = pace.remaining_seconds() if pace.done >= 2 else None
-        eta = f" (about {format_duration(left)} left)" if left and left >= 10 else ""
+        eta = ""
+        if left is not None and left >= 10:
+            eta = f" ({format_duration(left)} left at this pace)"
         log.info("[%d/%d] %s%s", i, len(jobs), what, eta)
         if method == "base":
             row = runner.base_row(key)
