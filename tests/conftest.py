@@ -39,6 +39,45 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def small_mount(tmp_path):
+    """Mount a real tmpfs (``ro`` or full) where this process may mount one.
+
+    Yields ``mount(options, size="64k") -> folder``; everything mounted is
+    unmounted afterwards. Skips where the process may not mount (not root).
+    """
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(options="rw", size="64k"):
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            [
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={size},{options}",
+                "tmpfs",
+                str(point),
+            ],
+            capture_output=True,
+        )
+        if done.returncode != 0:
+            pytest.skip("this process may not mount a tmpfs (not root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """The tiny model's shape."""

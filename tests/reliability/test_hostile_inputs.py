@@ -286,6 +286,20 @@ def test_a_line_over_the_limit_is_refused_by_its_number(tmp_path, monkeypatch, n
     assert f"{pool}:{line}" in str(info.value)
 
 
+def test_a_json_document_on_one_long_line_is_not_held_to_the_line_limit(
+    tmp_path, monkeypatch
+):
+    """A minified JSON array is one line of any length: only rows are limited."""
+    from harp.data import load_examples, loaders
+
+    monkeypatch.setattr(loaders, "MAX_LINE_BYTES", 1000)
+    pool = tmp_path / "pool.json"
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(200)]
+    pool.write_text(json.dumps(rows))
+    assert len(pool.read_bytes()) > 1000 and b"\n" not in pool.read_bytes()
+    assert len(load_examples(pool)) == 200
+
+
 def test_rows_read_one_line_at_a_time_match_the_whole_file(tmp_path):
     """Streaming keeps every row format's meaning: CRLF ends, quoted newlines, BOMs."""
     from harp.data import load_examples

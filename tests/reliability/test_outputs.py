@@ -104,33 +104,6 @@ def test_a_sidecar_that_cannot_be_written_leaves_neither_file(
     assert _select(folder_pool, out).exit_code == 0
 
 
-@pytest.fixture
-def small_mount(tmp_path):
-    """Mount a real 64 KiB tmpfs (``ro`` or full) where this process may mount one."""
-    import shutil
-    import subprocess
-
-    mounted = []
-
-    def mount(options):
-        if shutil.which("mount") is None:
-            pytest.skip("no mount command here")
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size=64k,{options}", "tmpfs", str(point)],
-            capture_output=True,
-        )
-        if done.returncode != 0:
-            pytest.skip("this process may not mount a tmpfs (not root)")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], capture_output=True)
-
-
 @pytest.mark.parametrize(
     "options, advice",
     [("rw", "no space left on the device"), ("ro", "the file system is read-only")],

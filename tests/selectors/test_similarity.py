@@ -104,7 +104,9 @@ def test_cost_and_gains(two_topics):
     assert sel.cost.wall_seconds > 0
 
 
-def test_a_second_selection_reads_the_pools_embeddings_from_the_cache(tmp_path):
+def test_a_second_selection_reads_the_pools_embeddings_from_the_cache(
+    tmp_path, monkeypatch
+):
     """similarity then cluster on one pool: the sentence encoder runs once."""
     from harp.core.context import RunContext
     from harp.features import text as text_module
@@ -128,11 +130,8 @@ def test_a_second_selection_reads_the_pools_embeddings_from_the_cache(tmp_path):
         calls.append(len(texts))
         return real(texts, **kwargs)
 
-    text_module._embed_minilm_uncached = counting
-    try:
-        again = make_selector("similarity", budget=5, context=context).fit(pool, target)
-        make_selector("cluster", budget=5, context=context).fit(pool, target)
-    finally:
-        text_module._embed_minilm_uncached = real
+    monkeypatch.setattr(text_module, "_embed_minilm_uncached", counting)
+    again = make_selector("similarity", budget=5, context=context).fit(pool, target)
+    make_selector("cluster", budget=5, context=context).fit(pool, target)
     assert calls == []
     assert list(again.selection_.indices) == list(first.selection_.indices)

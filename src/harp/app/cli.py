@@ -962,10 +962,10 @@ def features(
             from harp.features.components import GradientFeatures
             from harp.models.resolve import resolve_model
 
-            if dim != "auto" and not (dim.isdigit()):
+            if dim != "auto" and not dim.isdigit():
                 _fail(f"--dim {dim!r} is not allowed; expected a count >= 0 or 'auto'")
             gradients = GradientFeatures(
-                dim="auto" if dim == "auto" else int(dim),
+                dim=int(dim) if dim.isdigit() else "auto",
                 projection=projection,
                 batch_size=batch_size,
                 max_length=max_length,

@@ -63,14 +63,20 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
 
 
 def _naming(exc: OSError, path: Path, tmp: str | Path | None) -> OSError:
-    """``exc`` naming the output ``path`` when it names no file or the temporary one.
+    """``exc`` naming the output ``path`` when it names no file or a temporary one.
 
-    A write that fails (a full disk) carries no file name, and a temporary name is
-    one the user never chose: the message must name the file they asked for.
+    A write that fails (a full disk) carries no file name, and a temporary file or
+    folder (or a file inside it) is a name the user never chose: the message must
+    name the output they asked for. ``tmp`` None: any name is a temporary one.
     """
-    named_other = exc.filename is not None and str(exc.filename) != str(tmp)
-    if exc.errno is None or (tmp is not None and named_other):
+    if exc.errno is None:
         return exc
+    name = exc.filename
+    if name is not None and tmp is not None:
+        if not isinstance(name, (str, os.PathLike)):
+            return exc
+        if not Path(os.fsdecode(name)).absolute().is_relative_to(Path(tmp).absolute()):
+            return exc
     return type(exc)(exc.errno, exc.strerror, str(path))
 
 
@@ -140,8 +146,10 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path, tmp) from exc
         raise
 
 

@@ -135,9 +135,7 @@ class ProgressBar:
         first_at, first_done = self._first
         if self.done == first_done or now - first_at < _MEASURE_SECONDS:
             return
-        rate = self._rate(now)
-        if rate is None:
-            return
+        rate = (self.done - first_done) / (now - first_at)  # past the first step
         self.announced = True
         left = (self.total - self.done) / rate
         if now - self._start + left < self.announce_over:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harp.core.errors import DataError, ParameterError
 from harp.core.records import (
@@ -249,7 +249,7 @@ def _sniff(path: Path) -> str:
 MAX_LINE_BYTES = 256 << 20
 
 
-def _open_binary(path: Path) -> Any:
+def _open_binary(path: Path) -> IO[bytes]:
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -286,13 +286,15 @@ def _utf16_lines(path: Path, data: bytes) -> Iterator[tuple[int, str]]:
             yield lineno, piece if last else piece + "\n"
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _text_lines(path: Path, *, rows: bool = True) -> Iterator[tuple[int, str]]:
     """``(line number, line with its end)`` of a text file, read one line at a time.
 
     UTF-8 (a BOM is dropped) or UTF-16 with its BOM. Compressed files, NUL bytes (a
-    binary or sparse file), bad UTF-8 and lines over :data:`MAX_LINE_BYTES` are a
-    DataError naming the line, found without reading the rest of the file.
+    binary or sparse file), bad UTF-8 and, when the lines are ``rows``, lines over
+    :data:`MAX_LINE_BYTES` are a DataError naming the line, found without reading
+    the rest of the file.
     """
+    max_line = MAX_LINE_BYTES if rows else None
     with _open_binary(path) as handle:
         head = handle.read(1 << 16)
         _refuse_compressed(path, head[:8])
@@ -304,13 +306,13 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
         offset = handle.tell()
         lineno = 0
         while True:
-            raw = handle.readline(MAX_LINE_BYTES + 1)
+            raw = handle.readline(-1 if max_line is None else max_line + 1)
             if not raw:
                 return
             lineno += 1
-            if len(raw) > MAX_LINE_BYTES:
+            if max_line is not None and len(raw) > max_line:
                 raise DataError(
-                    f"the line is longer than {MAX_LINE_BYTES >> 20} MiB: no row is "
+                    f"the line is longer than {max_line >> 20} MiB: no row is "
                     "this long; the file is damaged or not a data file",
                     path=path,
                     line=lineno,
@@ -331,8 +333,11 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _read_text(path: Path) -> str:
-    """The whole file as text (for a JSON document), checked as :func:`_text_lines`."""
-    return "".join(line for _, line in _text_lines(path))
+    """The whole file as text (a JSON document), checked as :func:`_text_lines`.
+
+    No limit per line: a minified JSON document is one line of any length.
+    """
+    return "".join(line for _, line in _text_lines(path, rows=False))
 
 
 def _lines_of(text: str) -> Iterator[tuple[int, str]]:

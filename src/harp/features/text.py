@@ -313,6 +313,7 @@ class TextFeaturizer:
             texts.extend(str(s) for s in t)
         if not texts:
             return [np.zeros((0, 1), dtype=np.float32) for _ in text_sets]
+        bounds = np.cumsum([0, *sizes])
         if self.resolved_encoder == "minilm":
             # A sentence embedding depends on its own text only: each list is
             # embedded (and remembered) on its own, so the pool embedded for one
@@ -320,21 +321,20 @@ class TextFeaturizer:
             z = np.concatenate(
                 [
                     _embed_minilm(
-                        [str(s) for s in t],
+                        texts[start:stop],
                         batch_size=self.batch_size,
                         max_seq_length=self.max_seq_length,
                         progress=self.progress,
                         device=self.device,
-                    ).reshape(len(t), -1)
-                    for t in text_sets
-                    if len(t)
+                    )
+                    for start, stop in zip(bounds[:-1], bounds[1:])
+                    if stop > start
                 ]
             )
         else:
             z = _embed_tfidf(
                 texts, dim=self.dim, n_features=self.n_features, seed=self.seed
             )
-        bounds = np.cumsum([0, *sizes])
         return [z[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
 
 

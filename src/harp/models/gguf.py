@@ -25,7 +25,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import re
 import struct
 import time
@@ -38,6 +37,7 @@ from harp.core.errors import ModelError, ParameterError
 from harp.core.hashing import fingerprint, sha256_hex, stable_json
 from harp.core.io import atomic_directory, atomic_write_json
 from harp.models.loading import (
+    check_weights_cover,
     model_fingerprint,
     quiet_transformers,
     save_model,
@@ -116,6 +116,19 @@ def is_gguf_file(path: str | Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _header_errors(path: Path) -> Iterator[None]:
+    """A GGUF header that cannot be read becomes one ModelError naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(
+            f"{path}: truncated or corrupt GGUF file (metadata unreadable: {exc})"
+        ) from exc
+
+
 def check_gguf_file(path: str | Path) -> dict[str, Any]:
     """Raise a clear :class:`ModelError` unless ``path`` is a readable GGUF file.
 
@@ -153,31 +166,24 @@ def check_gguf_file(path: str | Path) -> dict[str, Any]:
             f"{path}: is a directory, not a GGUF file; pass the folder without the "
             ".gguf suffix, or the .gguf file inside it"
         )
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(24)
-            if head[:4] != _MAGIC:
-                raise ModelError(
-                    f"{path}: not a GGUF file (it does not start with the bytes "
-                    "'GGUF'); pass a llama.cpp .gguf model file or a Hugging Face "
-                    "model folder"
-                )
-            if len(head) < 24:
-                raise ModelError(f"{path}: truncated GGUF file (header cut short)")
-            version, tensors, keys = struct.unpack("<IQQ", head[4:])
-            if version not in _VERSIONS:
-                raise ModelError(
-                    f"{path}: GGUF version {version} is not supported (expected "
-                    f"{' or '.join(map(str, _VERSIONS))}); re-export the model with "
-                    "a recent llama.cpp"
-                )
-            architecture = _scan_architecture(handle, keys)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(
-            f"{path}: truncated or corrupt GGUF file (metadata unreadable: {exc})"
-        ) from exc
+    with _header_errors(path), open(path, "rb") as handle:
+        head = handle.read(24)
+        if head[:4] != _MAGIC:
+            raise ModelError(
+                f"{path}: not a GGUF file (it does not start with the bytes "
+                "'GGUF'); pass a llama.cpp .gguf model file or a Hugging Face "
+                "model folder"
+            )
+        if len(head) < 24:
+            raise ModelError(f"{path}: truncated GGUF file (header cut short)")
+        version, tensors, keys = struct.unpack("<IQQ", head[4:])
+        if version not in _VERSIONS:
+            raise ModelError(
+                f"{path}: GGUF version {version} is not supported (expected "
+                f"{' or '.join(map(str, _VERSIONS))}); re-export the model with "
+                "a recent llama.cpp"
+            )
+        architecture = _scan_architecture(handle, keys)
     return {
         "format": "gguf",
         "gguf_version": version,
@@ -402,14 +408,8 @@ def _check_tensors(path: Path) -> None:
     harp.core.errors.ModelError
         One line naming the file and the first problem.
     """
-    try:
+    with _header_errors(path):
         layout = _read_layout(path)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(
-            f"{path}: truncated or corrupt GGUF file (metadata unreadable: {exc})"
-        ) from exc
     meta = layout.metadata
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
@@ -740,14 +740,12 @@ def _dequantize(
             f"{arch} (truncated or corrupt file?): {cause}"
         ) from exc
     model, info = loaded
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        # transformers filled them with random values: a meaningless model.
-        raise ModelError(
-            f"{path}: the file lacks {len(missing)} tensor(s) that the model its "
-            f"header describes needs (e.g. {', '.join(missing[:3])}); the file is "
-            "truncated or not a complete model"
-        )
+    check_weights_cover(
+        path,
+        info,
+        described_by="its header",
+        fix="The file is truncated or not a complete model",
+    )
     return model, tokenizer
 
 
@@ -825,29 +823,6 @@ def _replaceable(out: Path, source: Path) -> None:
         )
 
 
-def _os_errno(exc: BaseException) -> int | None:
-    """The errno of a failed write that is not an OSError (safetensors' own error)."""
-    match = re.search(r"\(os error (\d+)\)", str(exc))
-    return int(match[1]) if match else None
-
-
-def _naming_output(exc: OSError, out: Path, tmp: Path | None) -> OSError:
-    """``exc`` naming ``out`` when it names no file or one in the temporary folder.
-
-    A write that fails on a full disk names no file, and the temporary folder is a
-    name the user never chose: the message must name the folder they asked for.
-    """
-    name = exc.filename
-    if exc.errno is None:
-        return exc
-    if name is not None:
-        if tmp is None or not isinstance(name, (str, os.PathLike)):
-            return exc
-        if not Path(os.fsdecode(name)).absolute().is_relative_to(tmp.absolute()):
-            return exc
-    return type(exc)(exc.errno, exc.strerror, str(out))
-
-
 def _convert_into(
     path: Path,
     out: Path,
@@ -880,44 +855,33 @@ def _convert_into(
     plain = _plain_copy(model, dtype, path)
     del model  # a second full copy of the weights is not needed any more
     n_params = sum(p.numel() for p in plain.parameters())
-    tmp: Path | None = None
-    try:
-        with atomic_directory(out, overwrite=overwrite) as tmp:
-            try:
-                save_model(plain, tokenizer, tmp)
-            except OSError:
-                raise
-            except Exception as exc:  # safetensors' own error on a full disk
-                code = _os_errno(exc)
-                if code is None:
-                    raise
-                raise OSError(code, os.strerror(code)) from exc
-            marker = {
-                "fingerprint": _cache_key(content, dtype),
-                "source": {
-                    "name": path.name,
-                    "bytes": path.stat().st_size,
-                    "content": content,
-                    "architecture": header["architecture"],
-                },
-                "dtype": dtype,
-                "model_type": plain.config.model_type,
-                "parameters": int(n_params),
-                "model": model_fingerprint(tmp),
-                "seconds": round(time.perf_counter() - start, 2),
-                "versions": {
-                    "harp": __version__,
-                    "transformers": transformers.__version__,
-                    "gguf": importlib.metadata.version("gguf"),
-                },
-                **dict(provenance or {}),
-            }
-            atomic_write_json(tmp / GGUF_MARKER, marker)
-            size = _folder_bytes(tmp)
-            if overwrite and only_replace_converted:
-                _replaceable(out, path)  # again: out may have changed meanwhile
-    except OSError as exc:
-        raise _naming_output(exc, out, tmp) from exc
+    # A failed write (a full disk) names ``out``, not the temporary folder.
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        save_model(plain, tokenizer, tmp)
+        marker = {
+            "fingerprint": _cache_key(content, dtype),
+            "source": {
+                "name": path.name,
+                "bytes": path.stat().st_size,
+                "content": content,
+                "architecture": header["architecture"],
+            },
+            "dtype": dtype,
+            "model_type": plain.config.model_type,
+            "parameters": int(n_params),
+            "model": model_fingerprint(tmp),
+            "seconds": round(time.perf_counter() - start, 2),
+            "versions": {
+                "harp": __version__,
+                "transformers": transformers.__version__,
+                "gguf": importlib.metadata.version("gguf"),
+            },
+            **dict(provenance or {}),
+        }
+        atomic_write_json(tmp / GGUF_MARKER, marker)
+        size = _folder_bytes(tmp)
+        if overwrite and only_replace_converted:
+            _replaceable(out, path)  # again: out may have changed meanwhile
     logger.info(
         "converted %s in %.1f s: %s, %.1fM parameters, %s, %.0f MB -> %s",
         path.name,

@@ -14,8 +14,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from harp.core.context import RunContext
 from harp.core.errors import ModelError
+from harp.core.io import atomic_directory
 from harp.nn.threads import apply_thread_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "check_model_dir",
+    "check_weights_cover",
     "is_peft",
     "load_model",
     "quiet_transformers",
@@ -49,7 +50,6 @@ LLAMA_ATTENTION_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_pro
 
 _SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-#: Files above this size are fingerprinted from samples unless ``full=True``.
 
 
 @contextlib.contextmanager
@@ -278,7 +278,7 @@ def load_model(
             f"{path}: transformers could not load the model "
             f"(model_type {config.get('model_type')!r}): {exc}"
         ) from exc
-    _check_weights_cover_config(path, info)
+    check_weights_cover(path, info)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     _ensure_pad_token(model, tokenizer, path)
     if device.type != "cpu":
@@ -313,19 +313,36 @@ def _check_config_sizes(config_path: Path, config: dict[str, Any]) -> None:
             )
 
 
-def _check_weights_cover_config(path: Path, info: dict[str, Any]) -> None:
-    """Refuse a model whose weights miss tensors its config asks for.
+def check_weights_cover(
+    path: Path,
+    info: dict[str, Any],
+    *,
+    described_by: str = "config.json",
+    fix: str = "Fix config.json (layer count, sizes) to match the weights, or save "
+    "the model again",
+) -> None:
+    """Refuse a model whose weights miss tensors its description asks for.
 
     transformers fills them with random values and says so in a log line; a
     selection made with such a model is silently meaningless.
+
+    Parameters
+    ----------
+    path : Path
+        The model folder or file, for the message.
+    info : dict
+        transformers' loading info (``output_loading_info=True``).
+    described_by : str, default "config.json"
+        What asked for the tensors (a GGUF file's header).
+    fix : str
+        What the user should do.
     """
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise ModelError(
-            f"{path}: the weight files lack {len(missing)} tensor(s) that config.json "
+            f"{path}: the weights lack {len(missing)} tensor(s) that {described_by} "
             f"asks for (e.g. {', '.join(missing[:3])}); transformers would fill them "
-            "with random values. Fix config.json (layer count, sizes) to match the "
-            "weights, or save the model again"
+            f"with random values. {fix}"
         )
     unexpected = sorted(info.get("unexpected_keys") or ())
     if unexpected:
@@ -415,22 +432,31 @@ def save_model(
     if directory.exists():
         if not directory.is_dir():
             raise ModelError(f"{directory}: exists and is not a directory")
-        with quiet_transformers(False):
-            model.save_pretrained(str(directory))
-        tokenizer.save_pretrained(str(directory))
+        _save_files(model, tokenizer, directory)
         return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    with atomic_directory(directory) as tmp:
+        _save_files(model, tokenizer, tmp)
+    return directory
+
+
+def _save_files(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Write the weights and the tokenizer into ``folder``; a full disk is an OSError.
+
+    safetensors reports a failed write as its own error carrying "(os error N)";
+    it becomes the OSError it is, so harp's boundary says it in one line.
+    """
     try:
         with quiet_transformers(False):
-            model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is not
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+    except OSError:
         raise
-    return directory
+    except Exception as exc:
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if match is None:
+            raise
+        code = int(match[1])
+        raise OSError(code, os.strerror(code), str(folder)) from exc
 
 
 def is_peft(model: Any) -> bool:

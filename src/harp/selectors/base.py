@@ -201,9 +201,8 @@ class BaseSelector(Parametrized, ABC):
         params = self.get_params(deep=False)
         validate_params(owner, params, self._parameter_constraints)
         for value in params.values():
-            check = getattr(value, "check", None)
-            if isinstance(value, Parametrized) and callable(check):
-                check()
+            if isinstance(value, Parametrized) and hasattr(value, "check"):
+                value.check()  # a component (features=...) checks its own values
         return self
 
     def fit(self, pool: Any, target: Any = None) -> BaseSelector:
