@@ -12,7 +12,8 @@ up as CPU time.
     python benchmarks/demo_busy.py --size tiny --compare   # also torch's own threads
 
 ``--compare`` adds the same two runs with ``HARP_THREADS=torch`` (harp's thread
-policy off: what harp did before it had one), side by side.
+policy off: what harp did before it had one), side by side; ``--workers auto,1``
+runs the demo with its worker pool and without (every finetune in one process).
 
 Issue 17's targets: the demo's CPU time beside the jobs within 1.5x of the quiet
 run's; wall under 5 minutes quiet and under 10 minutes beside one job per core.
@@ -33,12 +34,15 @@ from pathlib import Path
 HOG = "while True: pass"
 
 
-def run_demo(size: str, out: Path, threads: str | None) -> dict[str, float]:
+def run_demo(
+    size: str, out: Path, threads: str | None, workers: str = "auto"
+) -> dict[str, float]:
     """Wall and CPU seconds of one ``harp demo`` from an empty folder."""
     env = dict(os.environ)
     if threads is not None:
         env["HARP_THREADS"] = threads
     command = [sys.executable, "-m", "harp.app.cli", "demo", "--size", size]
+    command += ["--workers", workers]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
@@ -67,10 +71,18 @@ def main() -> None:
     parser.add_argument(
         "--compare", action="store_true", help="also with HARP_THREADS=torch"
     )
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="comma-separated --workers values of the demo to run side by side, "
+        "e.g. auto,1 (1: every finetune in the demo's own process)",
+    )
     args = parser.parse_args()
-    policies = {"harp's thread policy": None}
-    if args.compare:
-        policies["torch's own threads"] = "torch"
+    policies: dict[str, tuple[str | None, str]] = {}
+    for workers in args.workers.split(","):
+        policies[f"--workers {workers}"] = (None, workers)
+        if args.compare:
+            policies[f"--workers {workers}, torch's threads"] = ("torch", workers)
     result: dict[str, object] = {
         "size": args.size,
         "cores": os.cpu_count(),
@@ -80,13 +92,15 @@ def main() -> None:
     print(f"{'':44}{'wall':>8}{'CPU':>8}")
     with tempfile.TemporaryDirectory() as temporary:
         scratch = args.keep or temporary
-        for name, threads in policies.items():
-            quiet = run_demo(args.size, Path(scratch) / f"quiet-{threads}", threads)
+        for name, (threads, workers) in policies.items():
+            tag = f"{threads}-{workers}"
+            folder = Path(scratch)
+            quiet = run_demo(args.size, folder / f"quiet-{tag}", threads, workers)
             hogs = [
                 subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)
             ]
             try:
-                busy = run_demo(args.size, Path(scratch) / f"busy-{threads}", threads)
+                busy = run_demo(args.size, folder / f"busy-{tag}", threads, workers)
             finally:
                 for hog in hogs:
                     hog.kill()

@@ -113,3 +113,10 @@ def test_demo_rejects_unknown_size_and_method(tmp_path):
         app, ["demo", "--size", "tiny", "--methods", "magic", "--out", str(tmp_path)]
     )
     assert bad_method.exit_code == 2 and "unknown method 'magic'" in bad_method.output
+    for bad in ("none", "0", "-2"):
+        result = runner.invoke(
+            app, ["demo", "--size", "tiny", "--workers", bad, "--out", str(tmp_path)]
+        )
+        assert result.exit_code == 2
+        assert "expected a count >= 1 or 'auto'" in result.output
+    assert not any(tmp_path.iterdir())  # refused before any work

@@ -163,6 +163,31 @@ def test_rerun_does_no_new_work(tiny_bench):
     assert _snapshot(cfg.out_dir) == before
 
 
+def test_finetunes_side_by_side_on_workers_give_the_same_rows(
+    tiny_bench, tmp_path, caplog
+):
+    """The bench's finetunes mapped over two worker processes: the same table."""
+    from harp.core.context import RunContext
+    from harp.execution import LocalExecutor
+
+    cfg, rows = tiny_bench
+    out = tmp_path / "pooled"
+    with (
+        LocalExecutor(workers=2) as executor,
+        caplog.at_level(logging.INFO, logger="harp.bench.harness"),
+    ):
+        pooled = run_bench(_tiny(out), RunContext(executor=executor))
+    assert caplog.text.count("finetuning and scoring 5 selections on 2 local work") == 2
+
+    def table(found):
+        return [
+            (r.key, r.method, r.seed, r.n_selected, r.score_average, r.metrics)
+            for r in found
+        ]
+
+    assert table(pooled) == table(rows)
+
+
 def test_a_torn_last_line_is_dropped_and_the_row_redone(tiny_bench, tmp_path, caplog):
     cfg, rows = tiny_bench
     out = tmp_path / "copy"

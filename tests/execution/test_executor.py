@@ -45,6 +45,10 @@ class Flaky:
         return -x
 
 
+def worker_pid(_):
+    return os.getpid()
+
+
 def die_once(job):
     """Kill this worker process the first time ``job`` runs (a marker file says)."""
     marker, x = job
@@ -114,6 +118,27 @@ def test_process_pool_retries_a_killed_worker(tmp_path):
     # The dead worker breaks the pool: the first item still running is reported.
     with pytest.raises(HarpError, match=r"item \d \(.*\) failed after 1 attempt"):
         LocalExecutor(workers=2).map(die_once, jobs)
+
+
+def test_process_pool_is_kept_across_maps_until_shutdown(tmp_path):
+    """HARP's rounds and a bench's finetunes reuse the workers (torch imported once)."""
+    with LocalExecutor(workers=2) as ex:
+        first = set(ex.map(worker_pid, range(6)))
+        assert set(ex.map(worker_pid, range(6))) <= first and os.getpid() not in first
+        with pytest.raises(DataError):  # a task's error leaves the pool usable
+            ex.map(harp_error, [0, 1, 2, 3])
+        assert ex.map(square, [3, 4]) == [9, 16]
+        marker = str(tmp_path / "died")
+        with pytest.raises(HarpError, match="failed after 1 attempt"):
+            ex.map(die_once, [(marker, x) for x in range(3)])
+        # The killed worker broke that pool: the next map starts a new one.
+        assert ex.map(die_once, [(marker, x) for x in range(3)]) == [100, 101, 102]
+        ex.shutdown()
+        assert not first & set(ex.map(worker_pid, range(4)))
+        # One task runs here: a worker would give it fewer threads than this process.
+        assert ex.runs_here(1) and not ex.runs_here(2)
+        assert ex.map(worker_pid, [0]) == [os.getpid()]
+    assert LocalExecutor().runs_here(5)
 
 
 def test_bad_arguments_are_parameter_errors():

@@ -69,7 +69,7 @@ def demo_config(
     ----------
     size : {"default", "tiny"}, default "default"
         ``default``: a 2000-row pool, 200 target rows per domain, a 1000-step proxy
-        (about 6 minutes on 2 CPU cores); ``tiny``: a one-minute smoke run.
+        (about 5.5 minutes on 2 CPU cores); ``tiny``: a one-minute smoke run.
     out_dir : str or Path, default "harp-runs/demo"
         Folder of the data, the proxy, the cache and the results.
     seed : int, default 0

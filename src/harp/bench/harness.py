@@ -1,14 +1,16 @@
 """``harp bench``: every method × budget × seed, one fixed finetuning recipe, one table.
 
-For each combination the harness selects from the suite's pool, finetunes the suite's
-base model on the selection with the suite's one :class:`~harp.training.TrainConfig`
-(through :class:`~harp.training.TrainEvalUtility`, the train-and-score utility every
-part of harp shares), scores the target per domain and appends one
-:class:`~harp.bench.rows.BenchRow` to ``results.jsonl``. Reference rows (the base
-model, full data and, on the skills suite, the known-helpful rows) put the numbers in
-context. A row is appended only once it is complete; a rerun skips every row whose
-key is already there, so an interrupted bench resumes. ``harp demo`` is a preset of
-this harness (:mod:`harp.bench.demo`).
+For each combination the harness selects from the suite's pool; then it finetunes the
+suite's base model on every selection with the suite's one
+:class:`~harp.training.TrainConfig` (through :class:`~harp.training.TrainEvalUtility`,
+the train-and-score utility every part of harp shares; side by side on the run
+context's executor when it has worker processes), scores the target per domain and
+appends one :class:`~harp.bench.rows.BenchRow` per combination to ``results.jsonl``.
+Reference rows (the base model, full data and, on the skills suite, the known-helpful
+rows) put the numbers in context. A row is appended only once it is complete; a rerun
+skips every row whose key is already there and reuses the saved selections and
+cached finetunes of the others, so an interrupted bench resumes. ``harp demo`` is a
+preset of this harness (:mod:`harp.bench.demo`).
 
 Layout of the output folder::
 
@@ -48,7 +50,6 @@ from harp.core.context import RunContext
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
 from harp.core.io import atomic_write_json
-from harp.core.progress import ProgressBar, format_duration
 from harp.training.config import METRIC_SPECS, EvalConfig, TrainConfig
 from harp.training.evaluate import Estimate, EvalReport
 from harp.training.utility import TrainEvalUtility
@@ -259,6 +260,13 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
         cache_dir=out_dir / "cache", seed=config.seed
     )
     context.check()  # a missing GPU fails here, before any data is made
+    executor = context.executor
+    if executor is not None and not executor.runs_here(executor.n_workers):
+        log.info(
+            "finetunes and HARP's leaf calls run on %d %s worker processes",
+            executor.n_workers,
+            executor.name,
+        )
     suite = prepare_suite(config, context=context)
     results_path = out_dir / RESULTS_FILE
     repair_tail(results_path)
@@ -286,43 +294,74 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
         params = dict(config.params.get(method, {}))
         for budget in config.budgets:
             jobs += [(method, budget, seed, params) for seed in config.seeds]
-    rows = []
     keys = [row_key(suite.fingerprint, *job) for job in jobs]
-    # The pace of the jobs run so far says how long the rest will take (a rough
-    # guide: a HARP job costs several times a baseline's).
-    pace = ProgressBar(
-        False,
-        "bench",
-        sum(k not in done for k in keys),
-        unit="job",
-        announce_over=math.inf,
+    todo = [(job, key) for job, key in zip(jobs, keys) if key not in done]
+    if len(todo) < len(jobs):
+        log.info("%d of %d rows done already", len(jobs) - len(todo), len(jobs))
+    n_select = sum(
+        job[0] != "base" and job[0] not in suite.references for job, _ in todo
     )
-    for i, ((method, budget, seed, params), key) in enumerate(zip(jobs, keys), 1):
-        if key in done:
-            log.debug("[%d/%d] %s: done already", i, len(jobs), method)
-            rows.append(done[key])
-            continue
-        what = method if budget is None else f"{method} @ {budget}, seed {seed}"
-        # Two jobs at least: the base row alone (an evaluation) says little.
-        left = pace.remaining_seconds() if pace.done >= 2 else None
-        eta = ""
-        if left is not None and left >= 10:
-            eta = f" ({format_duration(left)} left at this pace)"
-        log.info("[%d/%d] %s%s", i, len(jobs), what, eta)
+    # First every selection, one after another (each selector spreads its own work:
+    # HARP's calls run on the context's executor), then every finetune of the rows
+    # at once, so the executor's workers finetune side by side. A crash in between
+    # loses nothing: selections are saved as they are made, finetunes cached.
+    planned: list[_Planned] = []
+    for job, key in todo:
+        method, budget, seed, params = job
         if method == "base":
-            row = runner.base_row(key)
+            planned.append(_Planned(key, "base", "base", None, None, {}, _NO_ROWS))
         elif method in suite.references:
             assert seed is not None
-            row = runner.reference_row(key, method, seed)
+            planned.append(runner.reference_plan(key, method, seed))
         else:
             assert seed is not None
-            row = runner.method_row(key, method, budget, seed, params)
+            log.info(
+                "[%d/%d] selecting: %s @ %s, seed %d",
+                sum(p.kind == "method" for p in planned) + 1,
+                n_select,
+                method,
+                budget,
+                seed,
+            )
+            planned.append(runner.method_plan(key, method, budget, seed, params))
+    runner.finetune(planned)
+    for plan in planned:
+        row = runner.row(plan)
         append_row(results_path, row)
-        done[key] = row
-        rows.append(row)
-        pace.advance()
+        done[plan.key] = row
+    rows = [done[key] for key in keys]
     log.info("%d rows -> %s", len(rows), results_path)
     return rows
+
+
+#: The rows of the base model's row: none.
+_NO_ROWS = np.array([], dtype=np.int64)
+
+
+class _Planned:
+    """A row waiting for its finetune: what was selected, and the facts so far."""
+
+    def __init__(
+        self,
+        key: str,
+        kind: str,
+        method: str,
+        budget: Any,
+        seed: int | None,
+        params: dict[str, Any],
+        indices: np.ndarray,
+        **facts: Any,
+    ) -> None:
+        self.key = key
+        self.kind = kind
+        self.method = method
+        self.budget = budget
+        self.seed = seed
+        self.params = params
+        self.indices = indices
+        self.facts = facts
+        self.tuned: EvalReport | None = None
+        self.seconds = 0.0
 
 
 class _Runner:
@@ -361,14 +400,37 @@ class _Runner:
         """The base model's report (independent of the recipe's seed)."""
         return self.utility(self.config.seed).base_report
 
-    def _finetune(self, indices: np.ndarray, seed: int) -> tuple[EvalReport, float]:
-        """Finetune on the pool rows at ``indices``; ``(report, seconds)`` (cached)."""
-        if len(indices) == 0:
-            # An empty selection (HARP when no leaf is expected to help) trains
-            # nothing: the model is the base model.
-            return self.base_report, 0.0
-        result = self.utility(seed).call(self.suite.pool.subset(indices))
-        return result.report, result.seconds
+    def finetune(self, planned: list[_Planned]) -> None:
+        """Finetune on every planned row's selection and score it (cached).
+
+        The finetunes of one recipe seed go to the context's executor together (a
+        pool of workers runs them side by side); an empty selection (HARP when no
+        leaf is expected to help) trains nothing and scores as the base model.
+        """
+        for plan in planned:
+            if not len(plan.indices):
+                plan.tuned, plan.seconds = self.base_report, 0.0
+        seeds = sorted({p.seed for p in planned if p.tuned is None}, key=str)
+        for seed in seeds:
+            group = [p for p in planned if p.tuned is None and p.seed == seed]
+            assert seed is not None
+            utility = self.utility(seed)
+            subsets = [self.suite.pool.subset(p.indices) for p in group]
+            cached = sum(utility.is_cached(rows) for rows in subsets)
+            executor = self.context.executor
+            where = ""
+            if executor is not None and not executor.runs_here(len(group) - cached):
+                where = f" on {executor.n_workers} {executor.name} workers"
+            if len(group) > cached:
+                log.info(
+                    "finetuning and scoring %d selection%s%s",
+                    len(group) - cached,
+                    "s" if len(group) - cached != 1 else "",
+                    where,
+                )
+            results = utility.map(subsets, executor, desc="bench finetunes")
+            for plan, result in zip(group, results):
+                plan.tuned, plan.seconds = result.report, result.seconds
 
     def _row(
         self,
@@ -409,30 +471,15 @@ class _Runner:
         )
 
     # -- rows -------------------------------------------------------------------------
-    def base_row(self, key: str) -> BenchRow:
-        base = self.base_report
-        return self._row(
-            key, "base", "base", None, None, {}, np.array([], np.int64), base
-        )
-
-    def reference_row(self, key: str, name: str, seed: int) -> BenchRow:
+    def reference_plan(self, key: str, name: str, seed: int) -> _Planned:
+        """A reference row (the suite's known rows at 100%), before its finetune."""
         indices = np.asarray(self.suite.references[name], dtype=np.int64)
-        tuned, seconds = self._finetune(indices, seed)
-        return self._row(
-            key,
-            "reference",
-            name,
-            "100%",
-            seed,
-            {},
-            indices,
-            tuned,
-            train_eval_seconds=seconds,
-        )
+        return _Planned(key, "reference", name, "100%", seed, {}, indices)
 
-    def method_row(
+    def method_plan(
         self, key: str, method: str, budget: Any, seed: int, params: dict[str, Any]
-    ) -> BenchRow:
+    ) -> _Planned:
+        """Select with ``method`` (or read the saved selection); the row's plan."""
         from harp.core.selection import Selection
 
         sel_path = self.out_dir / "selections" / f"{key}.json"
@@ -452,18 +499,15 @@ class _Runner:
         if selection is None:
             selection, memory = self._select(method, budget, seed, params, diag_path)
             selection.save(sel_path, extra={"bench": memory})
-        indices = np.asarray(selection.indices, dtype=np.int64)
-        tuned, seconds = self._finetune(indices, seed)
         cost = selection.cost
-        return self._row(
+        return _Planned(
             key,
             "method",
             method,
             budget,
             seed,
             params,
-            indices,
-            tuned,
+            np.asarray(selection.indices, dtype=np.int64),
             budget_rows=int(selection.budget),
             select_seconds=cost.wall_seconds,
             train_eval_calls=cost.train_eval_calls,
@@ -477,7 +521,26 @@ class _Runner:
                 str(diag_path.relative_to(self.out_dir)) if diag_path.exists() else None
             ),
             selection_fingerprint=selection.fingerprint,
-            train_eval_seconds=seconds,
+        )
+
+    def row(self, plan: _Planned) -> BenchRow:
+        """The finished row of a plan whose finetune has run."""
+        if plan.kind == "base":
+            return self._row(
+                plan.key, "base", "base", None, None, {}, plan.indices, self.base_report
+            )
+        assert plan.tuned is not None
+        return self._row(
+            plan.key,
+            plan.kind,
+            plan.method,
+            plan.budget,
+            plan.seed,
+            plan.params,
+            plan.indices,
+            plan.tuned,
+            **plan.facts,
+            train_eval_seconds=plan.seconds,
         )
 
     def _select(

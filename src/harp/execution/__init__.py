@@ -5,10 +5,20 @@ See :mod:`harp.execution.executor`. Ray is imported only by :class:`RayExecutor`
 
 from harp.execution.executor import (
     EXECUTORS,
+    MAX_AUTO_WORKERS,
     Executor,
     LocalExecutor,
     RayExecutor,
+    auto_workers,
     make_executor,
 )
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "MAX_AUTO_WORKERS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "auto_workers",
+    "make_executor",
+]

@@ -33,6 +33,7 @@ from harp.core.artifact import JsonCache
 from harp.core.context import RunContext
 from harp.core.errors import NumericalError, ParameterError
 from harp.core.hashing import fingerprint, stable_json
+from harp.core.progress import ProgressBar
 from harp.core.records import ExampleSet
 from harp.training.config import EvalConfig, TrainConfig
 from harp.training.evaluate import (
@@ -322,14 +323,15 @@ class TrainEvalUtility:
         """Answer several calls; the uncached ones run as tasks of ``executor``.
 
         Cached subsets are read here; the others are mapped over ``executor`` (a
-        :class:`harp.execution.Executor`; None runs them here, one after another),
+        :class:`harp.execution.Executor`; None, or one that would run them in this
+        process, runs them here, one after another, on the model loaded here),
         each task writing its result to the shared cache. Results come back in
         input order and are counted as if run here, so the outcome never depends on
         where the calls ran.
         """
         todo = [i for i, rows in enumerate(subsets) if not self.is_cached(rows)]
         ran: dict[int, CallResult] = {}
-        if todo and executor is not None:
+        if todo and executor is not None and not executor.runs_here(len(todo)):
             self.base_report  # noqa: B018 - scored once here, not once per task
             results = executor.map(
                 functools.partial(_run_call, self._for_worker()),
@@ -338,17 +340,21 @@ class TrainEvalUtility:
             )
             ran = dict(zip(todo, results))
         out = []
-        for i, rows in enumerate(subsets):
-            if i not in ran:
-                out.append(self.call(rows))
-                continue
-            result = ran[i]
-            if result.cached:  # another process measured it meanwhile
-                self.hits += 1
-            else:
-                self.calls += 1
-                self.seconds += result.seconds
-            out.append(result)
+        here = set(todo) - set(ran)  # run below, with the estimate an executor gives
+        with ProgressBar(False, desc, len(here), unit="call") as bar:
+            for i, rows in enumerate(subsets):
+                if i not in ran:
+                    out.append(self.call(rows))
+                    if i in here:
+                        bar.advance()
+                    continue
+                result = ran[i]
+                if result.cached:  # another process measured it meanwhile
+                    self.hits += 1
+                else:
+                    self.calls += 1
+                    self.seconds += result.seconds
+                out.append(result)
         return out
 
     def finetuned_losses(
