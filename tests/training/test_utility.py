@@ -158,3 +158,30 @@ def test_bad_arguments(tiny_dir, tmp_path):
         _utility(tiny_dir, tmp_path, evaluation="loss")
     with pytest.raises(ParameterError, match="target is empty"):
         TrainEvalUtility(tiny_dir, ExampleSet(()))
+
+
+def test_a_worker_loads_the_base_once_for_its_calls(tiny_dir, tmp_path, monkeypatch):
+    """A kept pool's worker reuses its base: the same scores, one load."""
+    import harp.models.loading as loading
+    from harp.training import utility as utility_module
+
+    expected = [
+        _utility(tiny_dir, tmp_path / "here", cache=False)(s).scores
+        for s in (_rows(4), _rows(6))
+    ]
+    loads = []
+    real = loading.load_model
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", counting)
+    monkeypatch.setattr(utility_module, "_WORKER_BASE", {})
+    shipped = _utility(tiny_dir, tmp_path / "w", cache=False)._for_worker()
+    got = [
+        utility_module._run_call(copy, rows).report.scores
+        for copy, rows in ((shipped, _rows(4)), (shipped._for_worker(), _rows(6)))
+    ]
+    assert got == expected
+    assert len(loads) == 1

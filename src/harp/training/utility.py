@@ -73,13 +73,33 @@ class CallResult:
     key: str
 
 
+#: A worker's loaded base model by what it was loaded from: kept for the worker's
+#: next call on the same model (a LoRA call leaves the base as it found it), so a
+#: kept pool of workers loads the model once, not once per call.
+_WORKER_BASE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
 def _run_call(utility: TrainEvalUtility, rows: ExampleSet) -> CallResult:
     """One call in a worker (a task of :meth:`TrainEvalUtility.map`).
 
     It runs on a copy of the utility, so a worker's counters never change the
     driver's: the driver counts the call from the result.
     """
-    return utility.call(rows)
+    context = utility.context
+    key = (
+        str(utility.model_dir),
+        context.device_name,
+        context.dtype_name,
+        utility.trust_remote_code,
+        context.allow_pickle,
+    )
+    utility._loaded = _WORKER_BASE.get(key)
+    try:
+        return utility.call(rows)
+    finally:
+        _WORKER_BASE.clear()  # one model per worker: the memory of one
+        if utility._loaded is not None:  # None after a failed call: reload
+            _WORKER_BASE[key] = utility._loaded
 
 
 class TrainEvalUtility:
