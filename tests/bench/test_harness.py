@@ -430,3 +430,30 @@ def test_row_key_follows_every_setting_defaults_included(monkeypatch):
     assert row_key("suite", "harp-c", "10%", 0, {}) != key
     # Reference rows keep their plain params.
     assert method_settings("full data", {}) == {}
+
+
+def test_a_sample_larger_than_its_file_says_so(tmp_path, caplog):
+    from harp.bench.suites import _draw_files
+
+    def write(name, n, offset=0):
+        rows = [
+            {"prompt": f"q{i}", "response": f"a{i}", "domain": "d"}
+            for i in range(offset, offset + n)
+        ]
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("pool.jsonl", 12)
+    write("target.jsonl", 4, offset=100)
+    suite = _yaml(
+        tmp_path,
+        "kind: files\ndata_root: .\n"
+        "pool: [{path: pool.jsonl, sample: 50}]\n"
+        "target: [{path: target.jsonl, sample: 3}]\n",
+    )
+    with caplog.at_level(logging.WARNING, logger="harp.bench.suites"):
+        pool, target, *_ = _draw_files(load_suite(suite, out_dir=tmp_path / "out"))
+    assert len(pool) == 12 and len(target) == 3
+    assert "pool[0]: sample: 50 asked for, but the entry has 12 usable rows" in (
+        caplog.text
+    )
+    assert "target[0]" not in caplog.text  # 3 of 4 rows: as asked

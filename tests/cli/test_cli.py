@@ -357,3 +357,25 @@ def test_device_and_dtype_flags_are_checked(tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     assert "on cpu" in ok.output
+
+
+@pytest.mark.parametrize(
+    "kind, flags, named",
+    [
+        ("gradients", ["--encoder", "tfidf"], "--encoder only applies to --kind emb"),
+        ("embeddings", ["--dim", "64"], "--dim only applies to --kind gradients"),
+        (
+            "embeddings",
+            ["--model", "proxy", "--max-length", "64"],
+            "--model, --max-length only apply to --kind gradients; drop them",
+        ),
+    ],
+)
+def test_features_refuses_a_flag_of_the_other_kind(tmp_path, kind, flags, named):
+    pool = _pool(tmp_path)
+    out = tmp_path / "store"
+    args = ["features", "--data", str(pool), "--out", str(out), "--kind", kind]
+    result = runner.invoke(app, [*args, *flags])
+    assert result.exit_code == 2, result.output
+    assert named in " ".join(result.output.split())
+    assert not out.exists()

@@ -968,6 +968,24 @@ def features(
 
     if kind not in ("embeddings", "gradients"):
         _fail(f"--kind {kind!r} is not allowed; expected 'embeddings' or 'gradients'")
+    # A flag of the other kind would be ignored: say so instead of silently.
+    other_kind = {
+        "embeddings": {
+            "--model": model is not None,
+            "--dim": dim != "auto",
+            "--projection": projection != "factored",
+            "--max-length": max_length != 256,
+        },
+        "gradients": {"--encoder": encoder != "auto"},
+    }[kind]
+    given = [flag for flag, set_here in other_kind.items() if set_here]
+    if given:
+        other = "gradients" if kind == "embeddings" else "embeddings"
+        _fail(
+            f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
+            f"--kind {other}; drop {'it' if len(given) == 1 else 'them'} or use "
+            f"--kind {other}"
+        )
     rows = _run(
         load_examples, data, prompt_field=prompt_field, response_field=response_field
     )

@@ -835,6 +835,20 @@ def _quotas(total: int, weights: list[float]) -> list[int]:
     return [int(b) for b in base]
 
 
+def _warn_short(what: str, sample: int | None, drawn: int) -> None:
+    """Say so when an entry's ``sample: N`` found fewer usable rows than N."""
+    if sample is not None and drawn < sample:
+        log.warning(
+            "%s: sample: %d asked for, but the entry has %d usable rows (after "
+            "dropping malformed rows and holding the target's prompts out of the "
+            "pool); using those %d",
+            what,
+            sample,
+            drawn,
+            drawn,
+        )
+
+
 def _draw_entry(
     entry: dict[str, Any],
     quota: int | None,
@@ -1042,7 +1056,7 @@ def _draw_files(config: BenchConfig) -> tuple[Any, Any, np.ndarray, Path, dict]:
     target_rows: list[dict[str, Any]] = []
     for i, (entry, paths) in enumerate(zip(entries["target"], files["target"])):
         quota = entry.get("sample", config.target_rows)
-        target_rows += _draw_entry(
+        drawn = _draw_entry(
             entry,
             quota,
             paths,
@@ -1052,6 +1066,8 @@ def _draw_files(config: BenchConfig) -> tuple[Any, Any, np.ndarray, Path, dict]:
             set(),
             need_options=multiple_choice,
         )
+        _warn_short(f"{where}: target[{i}]", entry.get("sample"), len(drawn))
+        target_rows += drawn
     held_out = {r["prompt"] for r in target_rows}
 
     fixed = [e.get("sample") for e in entries["pool"]]
@@ -1084,6 +1100,7 @@ def _draw_files(config: BenchConfig) -> tuple[Any, Any, np.ndarray, Path, dict]:
             held_out = held_out | {r["prompt"] for r in rows}
         if quota is not None and fixed[i] is None:
             carry = quota - len(rows)
+        _warn_short(f"{where}: pool[{i}]", fixed[i], len(rows))
         counts[str(entry["path"])] = len(rows)
         pool_rows += rows
     if not pool_rows:
