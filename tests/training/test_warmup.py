@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -162,16 +163,18 @@ def test_other_run_in_same_dir_is_refused(run, tiny_dir):
         )
 
 
-def test_overwrite_and_few_steps(tiny_dir, tmp_path):
-    first = warmup(
-        tiny_dir,
-        _pool(8),
-        tmp_path,
-        fraction=0.5,
-        config=TrainConfig(steps=2, batch_size=2, lora_r=2),
-        context=RunContext(seed=0),
-    )
+def test_overwrite_and_few_steps(tiny_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="harp.training.warmup"):
+        first = warmup(
+            tiny_dir,
+            _pool(8),
+            tmp_path,
+            fraction=0.5,
+            config=TrainConfig(steps=2, batch_size=2, lora_r=2),
+            context=RunContext(seed=0),
+        )
     assert [c.step for c in first.checkpoints] == [1, 2]  # fewer steps than 4
+    assert "4 checkpoints asked for, but the run has 2 optimiser steps" in caplog.text
     second = warmup(
         tiny_dir,
         _pool(8),

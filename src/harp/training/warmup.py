@@ -554,6 +554,15 @@ def _run(
         if info.step == 1:
             trained_ids.update(info.row_ids)
             save_at.update(checkpoint_steps(info.total, n_checkpoints))
+            if len(save_at) < n_checkpoints:
+                logger.warning(
+                    "warm-up: %d checkpoints asked for, but the run has %d "
+                    "optimiser steps: saving %d (more rows, epochs or steps give "
+                    "more)",
+                    n_checkpoints,
+                    info.total,
+                    len(save_at),
+                )
         segment_lrs.append(info.lr)
         segment_losses.append(info.loss)
         if info.step in save_at:
