@@ -115,3 +115,17 @@ def test_a_torn_manifest_is_rebuilt_not_refused_forever(tiny_dir, tmp_path, pool
     manifest.write_text(manifest.read_text()[:40])
     again = extract_gradient_features(tiny_dir, rows, tmp_path, dim=16, shard_rows=4)
     np.testing.assert_array_equal(again.read(), reference)
+
+
+def test_a_dim_beyond_what_the_model_gives_is_said_not_cut_silently(
+    tiny_dir, tmp_path, pool, caplog
+):
+    import logging
+
+    rows = pool.subset(range(4))
+    with caplog.at_level(logging.WARNING, logger="harp.features.extract"):
+        store = extract_gradient_features(tiny_dir, rows, tmp_path, dim=10**7)
+    assert "dim=10000000 asked for, but the factored projection of this model " in (
+        " ".join(caplog.text.split())
+    )
+    assert f"gives at most {store.dim} features" in " ".join(caplog.text.split())

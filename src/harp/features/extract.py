@@ -608,6 +608,18 @@ def _gradient_parts(
         )
     else:
         log.info("%d trainable gradient coordinates -> %d features", in_dim, width)
+    if projector is not None and width < 0.75 * dim:
+        # Not rounding: the model's blocks cannot give that many (a factored block
+        # has at most its matrix's entries). Say so rather than cut silently.
+        log.warning(
+            "dim=%d asked for, but the %s projection of this model gives at most "
+            "%d features (its %d gradient coordinates); using %d",
+            dim,
+            projection,
+            width,
+            in_dim,
+            width,
+        )
     return {
         "model": model,
         "tokenizer": tokenizer,
