@@ -83,13 +83,13 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for _, c in sorted(zip(keep, codes))]
 
 
-def write_tiny_gguf(path, seed=0, *, drop=(), header=None, rows=None):
+def write_tiny_gguf(path, seed=0, *, drop=(), header=None, rows=None, poison=None):
     """A 2-layer Llama GGUF with a BPE tokenizer; token_embd is Q8_0.
 
     ``drop`` leaves tensors out, ``header`` overrides sizes written in the header
     (``block_count``, ``head_count``, ``vocab_size``, ``context_length``) and
     ``rows`` gives tensors another number of rows: files that do not hold the model
-    their header describes.
+    their header describes; ``poison`` sets the first value of the named tensors.
     """
     rng = np.random.default_rng(seed)
     tokens = SPECIALS + _byte_alphabet() + ["".join(pair) for pair in MERGES]
@@ -131,6 +131,8 @@ def write_tiny_gguf(path, seed=0, *, drop=(), header=None, rows=None):
     def add(name, array):
         if name in (rows or {}):
             array = np.zeros((rows[name], *array.shape[1:]), np.float32)
+        if name in (poison or {}):
+            array.flat[0] = poison[name]
         if name not in drop:
             writer.add_tensor(name, array)
 
@@ -556,3 +558,22 @@ def test_a_real_full_file_system_names_the_output_folder(tiny_gguf, small_mount,
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{out}: No space left" in lines[0], lines
     assert list(point.iterdir()) == []  # nothing partial left behind
+
+
+@pytest.mark.parametrize(
+    "value, dtype, expected",
+    [
+        (
+            float("nan"),
+            "bf16",
+            r"bad.gguf: 1 of the 8192 values of model.layers.1.mlp.up_proj.weight ",
+        ),
+        (1e6, "fp16", r"to fp16: the file is damaged or its values overflow fp16"),
+    ],
+)
+def test_weights_that_are_not_finite_are_refused(tmp_path, value, dtype, expected):
+    path = write_tiny_gguf(tmp_path / "bad.gguf", poison={"blk.1.ffn_up.weight": value})
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match=expected):
+        convert_gguf(path, out, dtype=dtype)
+    assert not out.exists()

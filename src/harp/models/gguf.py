@@ -793,6 +793,23 @@ def _plain_copy(model: PreTrainedModel, dtype: str, path: Path) -> PreTrainedMod
     return fresh
 
 
+def _check_finite(model: PreTrainedModel, path: Path, dtype: str) -> None:
+    """Refuse weights that are NaN or infinite (a damaged file, or fp16 overflow)."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            fits = "" if dtype != "fp16" else " or its values overflow fp16 (use bf16)"
+            raise ModelError(
+                f"{path}: {bad} of the {tensor.numel()} values of {name} are NaN or "
+                f"infinite after dequantizing to {dtype}: the file is damaged{fits}; "
+                "nothing was written"
+            )
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -854,6 +871,7 @@ def _convert_into(
     model, tokenizer = _dequantize(path, header["architecture"], progress)
     plain = _plain_copy(model, dtype, path)
     del model  # a second full copy of the weights is not needed any more
+    _check_finite(plain, path, dtype)
     n_params = sum(p.numel() for p in plain.parameters())
     # A failed write (a full disk) names ``out``, not the temporary folder.
     with atomic_directory(out, overwrite=overwrite) as tmp:
