@@ -49,6 +49,13 @@ def worker_pid(_):
     return os.getpid()
 
 
+def sleep_then_pid(seconds):
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def die_once(job):
     """Kill this worker process the first time ``job`` runs (a marker file says)."""
     marker, x = job
@@ -139,6 +146,34 @@ def test_process_pool_is_kept_across_maps_until_shutdown(tmp_path):
         assert ex.runs_here(1) and not ex.runs_here(2)
         assert ex.map(worker_pid, [0]) == [os.getpid()]
     assert LocalExecutor().runs_here(5)
+
+
+def test_an_interrupt_stops_the_running_tasks_at_once():
+    """Ctrl-C while workers finetune: the map stops now, not after the tasks."""
+    import signal
+    import threading
+    import time
+
+    ex = LocalExecutor(workers=2)
+    workers = set(ex.map(worker_pid, range(4)))
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ex.map(sleep_then_pid, [60, 60, 60])
+    assert time.monotonic() - start < 15
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_running(p) for p in workers)
+    assert ex.map(square, [2, 3]) == [4, 9]  # a new pool for the next map
+    ex.shutdown()
+
+
+def _running(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def test_bad_arguments_are_parameter_errors():

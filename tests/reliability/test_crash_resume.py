@@ -34,6 +34,26 @@ def _numbers(out: Path) -> dict:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            found.append(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent reaps it
+
+
 def test_killed_demo_resumes_without_redoing_finished_steps(tmp_path):
     reference = tmp_path / "uninterrupted"
     assert _run(reference).returncode == 0
@@ -52,8 +72,14 @@ def test_killed_demo_resumes_without_redoing_finished_steps(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the demo finished before it could be killed"
+    workers = _children(proc.pid)  # the demo's finetuning pool
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # Its worker processes end with it, not left waiting for work forever.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert workers and not any(_alive(pid) for pid in workers)
     assert not (out / "results.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.json")}
     assert finished

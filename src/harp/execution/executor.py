@@ -71,6 +71,43 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+#: In a pool worker: whether a task is running now, and the pool's stop event.
+_WORKER_STATE: dict[str, Any] = {"running": False, "stop": None}
+
+
+def _init_worker(stop: Any) -> None:
+    """Pool worker initializer: follow the parent's end, and its interrupts.
+
+    A pool worker waits on a queue it also holds the writing end of, so it never
+    sees its parent die: a killed ``harp demo`` would leave its workers waiting
+    forever. A daemon thread watches the parent's sentinel instead. An interrupt
+    (Ctrl-C reaches the whole process group) stops the task running, and is
+    ignored by a worker waiting for one (which would die printing a traceback);
+    once the pool is stopping, tasks still queued are skipped.
+    """
+    import multiprocessing
+    import signal
+    import threading
+    from multiprocessing.connection import wait
+
+    _WORKER_STATE["stop"] = stop
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if _WORKER_STATE["running"]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - not a child process
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="harp-parent-watch", daemon=True).start()
+
+
 class _Raised:
     """A HarpError caught inside a worker, returned so that nothing retries it."""
 
@@ -80,11 +117,17 @@ class _Raised:
 
 def _call(fn: Callable[[Any], Any], item: Any, threads: int | None) -> Any:
     """What a worker runs: set its threads, call ``fn``, hand back harp's errors."""
+    stop = _WORKER_STATE["stop"]
+    if stop is not None and stop.is_set():  # queued before the pool was stopped
+        return _Raised(HarpError("stopped before it started"))
     _set_threads(threads)
+    _WORKER_STATE["running"] = True
     try:
         out = fn(item)
     except HarpError as exc:
         return _Raised(exc)
+    finally:
+        _WORKER_STATE["running"] = False
     torch = sys.modules.get("torch")  # imported by fn: hold it to the same threads
     if threads and torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -208,10 +251,11 @@ class LocalExecutor(Executor):
         self.max_retries = max_retries
         self.threads_per_task = threads_per_task
         self._pool: Any = None
+        self._stop: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy elsewhere starts its own workers.
-        return {**self.__dict__, "_pool": None}
+        return {**self.__dict__, "_pool": None, "_stop": None}
 
     def _worker_pool(self) -> Any:
         """The process pool, started on first use and kept for the next maps."""
@@ -219,9 +263,13 @@ class LocalExecutor(Executor):
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
+            context = multiprocessing.get_context("spawn")
+            self._stop = context.Event()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(self._stop,),
             )
         return self._pool
 
@@ -229,6 +277,26 @@ class LocalExecutor(Executor):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _interrupt_pool(self) -> None:
+        """Interrupt the running tasks (as Ctrl-C in a terminal does), then stop."""
+        import signal
+
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        self._stop.set()  # tasks already handed to the workers' queue are skipped
+        # The stdlib's pool has no public way to reach its workers before 3.14. A
+        # worker turns the interrupt into its task's error and exits cleanly when
+        # the pool shuts down (killing it instead would leak its queues).
+        processes = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGINT)
+                except OSError:  # it ended meanwhile
+                    pass
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def shutdown(self) -> None:
         """Stop the worker processes (a later :meth:`map` starts new ones)."""
@@ -304,11 +372,16 @@ class LocalExecutor(Executor):
                         raise out.error
                     results[i] = out
                     bar.advance()
-            except BaseException:
+            except Exception:
                 # The run stops here: nothing of this map is left queued for the
                 # next one (tasks already running finish in their workers).
                 for other in futures.values():
                     other.cancel()
+                raise
+            except BaseException:
+                # Ctrl-C (or an exit): stop the running tasks too, now, rather
+                # than wait for each to finish its finetune.
+                self._interrupt_pool()
                 raise
             todo = failed
         return [results[i] for i in range(len(items))]
