@@ -177,7 +177,9 @@ def test_a_worker_loads_the_base_once_for_its_calls(tiny_dir, tmp_path, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loading, "load_model", counting)
-    monkeypatch.setattr(utility_module, "_WORKER_BASE", {})
+    from harp.execution import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "_WORKER_MODEL", {})
     shipped = _utility(tiny_dir, tmp_path / "w", cache=False)._for_worker()
     got = [
         utility_module._run_call(copy, rows).report.scores

@@ -6,8 +6,10 @@ No selection logic lives here. Every flag can also come from ``--config FILE.yam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -323,8 +325,9 @@ def _executor_from_flags(
     )
 
 
-def _bench_context(context: Any, workers: str) -> Any:
-    """``context`` with the local worker pool ``--workers`` asks for (or none)."""
+@contextlib.contextmanager
+def _with_workers(context: Any, workers: str) -> Iterator[Any]:
+    """``context`` with the local worker pool ``--workers`` asks for, stopped after."""
     from harp.execution import auto_workers, make_executor
 
     text = str(workers).strip().lower()
@@ -335,8 +338,10 @@ def _bench_context(context: Any, workers: str) -> Any:
     else:
         _fail(f"--workers {workers!r} is not allowed; expected a count >= 1 or 'auto'")
     if count == 1:
-        return context
-    return context.replace(executor=make_executor("local", workers=count))
+        yield context
+        return
+    with make_executor("local", workers=count) as executor:
+        yield context.replace(executor=executor)
 
 
 def _version_callback(value: bool) -> None:
@@ -713,12 +718,8 @@ def demo(
         budget=budget or "10%",
     )
     _narrate("harp.bench.harness", "harp.bench.suites", "harp.models.proxy")
-    context = _bench_context(context, workers)
-    try:
-        result = _run(run_demo, cfg, context)
-    finally:
-        if context.executor is not None:
-            context.executor.shutdown()
+    with _with_workers(context, workers) as run_context:
+        result = _run(run_demo, cfg, run_context)
     from rich.console import Console
 
     console = Console(emoji=False)
@@ -858,12 +859,8 @@ def bench(
         "harp.models.proxy",
         "harp.models.resolve",
     )
-    context = _bench_context(_context(device, dtype), workers)
-    try:
-        rows = _run(run_bench, cfg, context)
-    finally:
-        if context.executor is not None:
-            context.executor.shutdown()
+    with _with_workers(_context(device, dtype), workers) as run_context:
+        rows = _run(run_bench, cfg, run_context)
     typer.echo(
         f"{len(rows)} rows -> {out / 'results.jsonl'}; tables and plots: "
         f"harp report {out}"

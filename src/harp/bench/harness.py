@@ -30,6 +30,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -338,30 +339,20 @@ def run_bench(config: BenchConfig, context: RunContext | None = None) -> list[Be
 _NO_ROWS = np.array([], dtype=np.int64)
 
 
+@dataclass
 class _Planned:
     """A row waiting for its finetune: what was selected, and the facts so far."""
 
-    def __init__(
-        self,
-        key: str,
-        kind: str,
-        method: str,
-        budget: Any,
-        seed: int | None,
-        params: dict[str, Any],
-        indices: np.ndarray,
-        **facts: Any,
-    ) -> None:
-        self.key = key
-        self.kind = kind
-        self.method = method
-        self.budget = budget
-        self.seed = seed
-        self.params = params
-        self.indices = indices
-        self.facts = facts
-        self.tuned: EvalReport | None = None
-        self.seconds = 0.0
+    key: str
+    kind: str
+    method: str
+    budget: Any
+    seed: int | None
+    params: dict[str, Any]
+    indices: np.ndarray
+    facts: dict[str, Any] = field(default_factory=dict)
+    tuned: EvalReport | None = None
+    seconds: float = 0.0
 
 
 class _Runner:
@@ -432,44 +423,6 @@ class _Runner:
             for plan, result in zip(group, results):
                 plan.tuned, plan.seconds = result.report, result.seconds
 
-    def _row(
-        self,
-        key: str,
-        kind: str,
-        method: str,
-        budget: Any,
-        seed: int | None,
-        params: dict[str, Any],
-        indices: np.ndarray,
-        tuned: EvalReport,
-        **facts: Any,
-    ) -> BenchRow:
-        suite = self.suite
-        mask = suite.harmful_mask
-        harmful = None
-        if mask is not None and kind != "base":
-            harmful = float(mask[indices].mean()) if len(indices) else 0.0
-        return BenchRow(
-            key=key,
-            suite=suite.name,
-            suite_fingerprint=suite.fingerprint,
-            kind=kind,
-            method=method,
-            budget=None if budget is None else str(budget),
-            seed=seed,
-            params=jsonable(params),
-            n_pool=len(suite.pool),
-            n_selected=int(len(indices)),
-            data_fraction=len(indices) / len(suite.pool),
-            harmful_fraction=harmful,
-            score_name=SCORE_NAMES[self.primary],
-            primary_metric=self.primary,
-            harp_version=__version__,
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **jsonable(_scores(tuned, self.base_report, self.primary)),
-            **facts,
-        )
-
     # -- rows -------------------------------------------------------------------------
     def reference_plan(self, key: str, name: str, seed: int) -> _Planned:
         """A reference row (the suite's known rows at 100%), before its finetune."""
@@ -508,39 +461,59 @@ class _Runner:
             seed,
             params,
             np.asarray(selection.indices, dtype=np.int64),
-            budget_rows=int(selection.budget),
-            select_seconds=cost.wall_seconds,
-            train_eval_calls=cost.train_eval_calls,
-            gradient_passes=cost.gradient_passes,
-            rows_scored=cost.rows_scored,
-            device=cost.device,
-            peak_rss_mb=memory.get("peak_rss_mb"),
-            rss_before_mb=memory.get("rss_before_mb"),
-            selection_file=str(sel_path.relative_to(self.out_dir)),
-            diagnostics_file=(
-                str(diag_path.relative_to(self.out_dir)) if diag_path.exists() else None
+            facts=dict(
+                budget_rows=int(selection.budget),
+                select_seconds=cost.wall_seconds,
+                train_eval_calls=cost.train_eval_calls,
+                gradient_passes=cost.gradient_passes,
+                rows_scored=cost.rows_scored,
+                device=cost.device,
+                peak_rss_mb=memory.get("peak_rss_mb"),
+                rss_before_mb=memory.get("rss_before_mb"),
+                selection_file=str(sel_path.relative_to(self.out_dir)),
+                diagnostics_file=(
+                    str(diag_path.relative_to(self.out_dir))
+                    if diag_path.exists()
+                    else None
+                ),
+                selection_fingerprint=selection.fingerprint,
             ),
-            selection_fingerprint=selection.fingerprint,
         )
 
     def row(self, plan: _Planned) -> BenchRow:
-        """The finished row of a plan whose finetune has run."""
-        if plan.kind == "base":
-            return self._row(
-                plan.key, "base", "base", None, None, {}, plan.indices, self.base_report
-            )
-        assert plan.tuned is not None
-        return self._row(
-            plan.key,
-            plan.kind,
-            plan.method,
-            plan.budget,
-            plan.seed,
-            plan.params,
-            plan.indices,
-            plan.tuned,
-            **plan.facts,
-            train_eval_seconds=plan.seconds,
+        """The finished row of a plan whose finetune has run (the base's: none)."""
+        suite = self.suite
+        tuned = self.base_report if plan.kind == "base" else plan.tuned
+        assert tuned is not None
+        facts = dict(plan.facts)
+        harmful = None
+        if plan.kind != "base":
+            facts["train_eval_seconds"] = plan.seconds
+            if suite.harmful_mask is not None:
+                harmful = (
+                    float(suite.harmful_mask[plan.indices].mean())
+                    if len(plan.indices)
+                    else 0.0
+                )
+        return BenchRow(
+            key=plan.key,
+            suite=suite.name,
+            suite_fingerprint=suite.fingerprint,
+            kind=plan.kind,
+            method=plan.method,
+            budget=None if plan.budget is None else str(plan.budget),
+            seed=plan.seed,
+            params=jsonable(plan.params),
+            n_pool=len(suite.pool),
+            n_selected=int(len(plan.indices)),
+            data_fraction=len(plan.indices) / len(suite.pool),
+            harmful_fraction=harmful,
+            score_name=SCORE_NAMES[self.primary],
+            primary_metric=self.primary,
+            harp_version=__version__,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **jsonable(_scores(tuned, self.base_report, self.primary)),
+            **facts,
         )
 
     def _select(

@@ -28,7 +28,15 @@ from harp.core.errors import ParameterError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DEVICES", "DTYPES", "STREAMS", "RunContext", "resolve_seed"]
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "RESOLVED_DTYPES",
+    "STREAMS",
+    "RunContext",
+    "resolve_seed",
+    "torch_dtype_named",
+]
 
 #: Device names a context accepts (``cuda:N`` picks the N-th visible GPU).
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -52,6 +60,15 @@ STREAMS = (
 
 _CUDA = re.compile(r"^cuda(:(\d+))?$")
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+#: The dtype names a resolved policy can take.
+RESOLVED_DTYPES = tuple(_DTYPE_NAMES)
+
+
+def torch_dtype_named(name: str) -> torch.dtype:
+    """The torch dtype of a resolved dtype name (``"fp32"``, ``"bf16"``, ``"fp16"``)."""
+    import torch
+
+    return getattr(torch, _DTYPE_NAMES[name])
 
 
 def _cpu_computes_bf16() -> bool:
@@ -282,9 +299,7 @@ class RunContext:
 
     def torch_dtype(self) -> torch.dtype:
         """The parameter dtype of models in this run (the policy resolved)."""
-        import torch
-
-        return getattr(torch, _DTYPE_NAMES[self.dtype_name])
+        return torch_dtype_named(self.dtype_name)
 
     @property
     def dtype_name(self) -> str:

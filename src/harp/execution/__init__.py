@@ -10,7 +10,9 @@ from harp.execution.executor import (
     LocalExecutor,
     RayExecutor,
     auto_workers,
+    forget_worker_cached,
     make_executor,
+    worker_cached,
 )
 
 __all__ = [
@@ -20,5 +22,7 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "auto_workers",
+    "forget_worker_cached",
     "make_executor",
+    "worker_cached",
 ]

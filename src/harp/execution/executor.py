@@ -36,7 +36,9 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "auto_workers",
+    "forget_worker_cached",
     "make_executor",
+    "worker_cached",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,31 @@ def _set_threads(threads: int | None) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+#: The last model (or encoder) this worker process built, by what it was built from.
+_WORKER_MODEL: dict[str, Any] = {}
+
+
+def worker_cached(key: str, build: Callable[[], Any]) -> Any:
+    """``build()``, kept in this process for the next task with the same ``key``.
+
+    A task of an executor (a feature shard, a train-evaluate call) loads its model
+    from a folder; a worker keeps the last one, so a kept pool loads each model
+    once, not once per task. One model per process: building another frees the
+    last one first.
+    """
+    if _WORKER_MODEL.get("key") != key:
+        _WORKER_MODEL.clear()
+        _WORKER_MODEL["value"] = build()
+        _WORKER_MODEL["key"] = key
+    return _WORKER_MODEL["value"]
+
+
+def forget_worker_cached(key: str) -> None:
+    """Drop what :func:`worker_cached` keeps for ``key`` (it may be damaged)."""
+    if _WORKER_MODEL.get("key") == key:
+        _WORKER_MODEL.clear()
 
 
 #: In a pool worker: whether a task is running now, and the pool's stop event.

@@ -21,6 +21,7 @@ from harp.core.context import RunContext
 from harp.core.errors import HarpError, ParameterError
 from harp.core.hashing import fingerprint
 from harp.core.records import ExampleSet
+from harp.execution import worker_cached
 from harp.features.store import FeatureStore, estimate_store_bytes, format_bytes
 
 __all__ = [
@@ -562,9 +563,6 @@ def _complete_store(
 # own shard files, and returns a small marker. The model is loaded from its folder
 # once per worker process and kept for the next shard of the same spec.
 
-#: The last model (or encoder) a worker built, by what it was built from.
-_WORKER_MODEL: dict[str, Any] = {}
-
 
 def _gradient_parts(
     *,
@@ -659,14 +657,6 @@ def _gradient_block(
     return block
 
 
-def _worker_cached(key: str, build: Callable[[], Any]) -> Any:
-    if _WORKER_MODEL.get("key") != key:
-        _WORKER_MODEL.clear()  # one model per worker: free the last one first
-        _WORKER_MODEL["value"] = build()
-        _WORKER_MODEL["key"] = key
-    return _WORKER_MODEL["value"]
-
-
 def _writable_store(directory: str):
     """Reopen an existing (incomplete) store for writing, from what is on disk."""
     from harp.features.store import FeatureStore
@@ -694,7 +684,7 @@ def _gradient_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     checkpoint = model["checkpoint"]
     where = None if checkpoint is None else [str(checkpoint.path), checkpoint.step]
     key = stable_json({**model, "checkpoint": where})
-    parts = _worker_cached(key, lambda: _gradient_parts(**model))
+    parts = worker_cached(key, lambda: _gradient_parts(**model))
     block = _gradient_block(
         parts,
         job["rows"],
@@ -715,7 +705,7 @@ def _embedding_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     if store.is_done(k):
         return {"shard": k, "computed": False}
     device = job["context"].device_name
-    featurizer = _worker_cached(
+    featurizer = worker_cached(
         f"embed:{job['encoder']}:{job['batch_size']}:{device}:{job['precision']}",
         lambda: TextFeaturizer(
             encoder=job["encoder"],
@@ -738,7 +728,7 @@ def _hidden_shard_task(job: dict[str, Any]) -> dict[str, Any]:
     if store.is_done(k):
         return {"shard": k, "computed": False}
     context = job["context"]
-    model, tokenizer = _worker_cached(
+    model, tokenizer = worker_cached(
         f"hidden:{job['base_dir']}:{context.device_name}:{context.dtype_name}",
         lambda: load_model(job["base_dir"], context=context),
     )

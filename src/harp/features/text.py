@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from harp.core.context import RESOLVED_DTYPES, torch_dtype_named
 from harp.core.errors import ModelError, ParameterError
 from harp.core.hashing import sha256_hex, stable_json
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 ENCODERS = ("auto", "minilm", "tfidf")
 
 #: Compute dtypes of the sentence encoder (``TextFeaturizer.precision``).
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = RESOLVED_DTYPES
 
 #: Loaded sentence-transformers models, keyed by (model directory, device).
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -126,9 +127,6 @@ def _load_minilm(device: str = "cpu") -> Any:
         return _MODELS[key]
 
 
-#: Autocast dtypes of the sentence encoder by precision name.
-_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-
 #: Recent MiniLM results by content hash: several selectors of one run (the demo, a
 #: bench) embed the same pool, and the encoder is by far their slowest part on a CPU.
 _EMBED_MEMO: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -179,7 +177,7 @@ def _embed_minilm_uncached(
     # Weights stay fp32; matrix products run in ``precision`` (autocast).
     autocast = torch.autocast(
         torch.device(device).type,
-        dtype=getattr(torch, _AUTOCAST_DTYPES.get(precision, "float32")),
+        dtype=torch_dtype_named(precision),
         enabled=precision != "fp32",
     )
     with _MODELS_LOCK, autocast:

@@ -35,6 +35,7 @@ from harp.core.errors import NumericalError, ParameterError
 from harp.core.hashing import fingerprint, stable_json
 from harp.core.progress import ProgressBar
 from harp.core.records import ExampleSet
+from harp.execution import forget_worker_cached, worker_cached
 from harp.training.config import EvalConfig, TrainConfig
 from harp.training.evaluate import (
     EvalReport,
@@ -73,33 +74,25 @@ class CallResult:
     key: str
 
 
-#: A worker's loaded base model by what it was loaded from: kept for the worker's
-#: next call on the same model (a LoRA call leaves the base as it found it), so a
-#: kept pool of workers loads the model once, not once per call.
-_WORKER_BASE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-
-
 def _run_call(utility: TrainEvalUtility, rows: ExampleSet) -> CallResult:
     """One call in a worker (a task of :meth:`TrainEvalUtility.map`).
 
     It runs on a copy of the utility, so a worker's counters never change the
-    driver's: the driver counts the call from the result.
+    driver's: the driver counts the call from the result. The worker keeps the
+    loaded base for its next call (a LoRA call leaves the base as it found it).
     """
     context = utility.context
     key = (
-        str(utility.model_dir),
-        context.device_name,
-        context.dtype_name,
-        utility.trust_remote_code,
-        context.allow_pickle,
+        f"train-eval:{utility.model_dir}:{context.device_name}:{context.dtype_name}:"
+        f"{utility.trust_remote_code}:{context.allow_pickle}"
     )
-    utility._loaded = _WORKER_BASE.get(key)
+    if utility.train_config.method == "lora":  # full finetuning loads fresh copies
+        utility._loaded = worker_cached(key, utility._load_base)
     try:
         return utility.call(rows)
     finally:
-        _WORKER_BASE.clear()  # one model per worker: the memory of one
-        if utility._loaded is not None:  # None after a failed call: reload
-            _WORKER_BASE[key] = utility._loaded
+        if utility._loaded is None:  # a failed call: the base may be damaged
+            forget_worker_cached(key)
 
 
 class TrainEvalUtility:
@@ -212,16 +205,19 @@ class TrainEvalUtility:
         return self.cache is not None and self.key(rows) in self.cache
 
     # -- the model -------------------------------------------------------------------
+    def _load_base(self) -> tuple[Any, Any]:
+        from harp.models.loading import load_model
+
+        return load_model(
+            self.model_dir,
+            context=self.context,
+            trust_remote_code=self.trust_remote_code,
+        )
+
     def _model(self) -> tuple[Any, Any]:
         """The base model and tokenizer, loaded once per process."""
         if self._loaded is None:
-            from harp.models.loading import load_model
-
-            self._loaded = load_model(
-                self.model_dir,
-                context=self.context,
-                trust_remote_code=self.trust_remote_code,
-            )
+            self._loaded = self._load_base()
         return self._loaded
 
     def _finetuned(self, rows: ExampleSet, description: str) -> tuple[Any, Any, Any]:
@@ -231,7 +227,6 @@ class TrainEvalUtility:
         (the base weights never change); full finetuning trains a fresh copy loaded
         from the folder.
         """
-        from harp.models.loading import load_model
         from harp.training.finetune import finetune
 
         if self.train_config.method == "lora":
@@ -251,11 +246,7 @@ class TrainEvalUtility:
                 raise
             return tuned, tokenizer, tuned.unload
 
-        model, tokenizer = load_model(
-            self.model_dir,
-            context=self.context,
-            trust_remote_code=self.trust_remote_code,
-        )
+        model, tokenizer = self._load_base()  # a fresh copy: full finetuning
         tuned = finetune(
             model,
             tokenizer,
