@@ -18,8 +18,10 @@ every linear layer, rows of 256 tokens, and measures in one process:
    bf16 storage: seconds, and the ratio to ``n·k·D`` multiply-adds at the GEMM rate
    of the engine's dtype measured here;
 6. **a HARP leaf evaluation** (100 rows, 3 epochs, batch 8, the loss of 200 target
-   rows) through ``TrainEvalUtility``, and **a round of 16 leaves**, one after
-   another and over local worker processes sharing the GPU.
+   rows) through ``TrainEvalUtility``, and **a round of 16 leaves**: one after
+   another, with the adapters trained together in one batched forward
+   (``adapters_at_once``, 8 by default on a GPU; the target losses compared with
+   the ones in turn), and over local worker processes sharing the GPU.
 
 Run on a GPU machine from the source tree (no install, no internet)::
 
@@ -89,6 +91,7 @@ SIZES = {
         target_rows=20,
         round_leaves=4,
         workers=2,
+        adapters_at_once=4,
     ),
 }
 
@@ -270,9 +273,12 @@ def logdet_compare(size: dict[str, Any], device: Any) -> dict[str, float]:
 
 
 def leaf_calls(
-    folder: Path, size: dict[str, Any], context: Any, rounds: int
+    folder: Path, size: dict[str, Any], context: Any, rounds: int, workers: bool
 ) -> dict[str, float]:
-    """One HARP leaf evaluation and one round of ``rounds`` leaves, via the utility."""
+    """One HARP leaf evaluation and one round of ``rounds`` leaves, via the utility:
+    in turn, with the adapters trained together (the default on a GPU) and, unless
+    skipped, over worker processes sharing the device."""
+    from harp.core.context import GPU_ADAPTERS_AT_ONCE
     from harp.execution import LocalExecutor
     from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
@@ -289,26 +295,44 @@ def leaf_calls(
         _examples(size["leaf_rows"], size["tokens"], seed=10 + i)
         for i in range(rounds + 1)
     ]
-    utility = TrainEvalUtility(folder, target, recipe, scoring, context=context)
-    utility.base_report  # noqa: B018 - loads the model, scores the base once
+
+    def utility(**changes: Any) -> Any:
+        fresh = context.replace(cache_dir=Path(tempfile.mkdtemp()), **changes)
+        made = TrainEvalUtility(folder, target, recipe, scoring, context=fresh)
+        made.base_report  # noqa: B018 - loads the model, scores the base once
+        return made
+
+    in_turn = utility(adapters_at_once=1)
     start = time.perf_counter()
-    utility(leaves[0])
+    in_turn(leaves[0])
     one = time.perf_counter() - start
     start = time.perf_counter()
-    utility.map(leaves[1:])
+    expected = in_turn.map(leaves[1:])
     sequential = time.perf_counter() - start
-    fresh = context.replace(cache_dir=Path(tempfile.mkdtemp()))
-    parallel_utility = TrainEvalUtility(folder, target, recipe, scoring, context=fresh)
-    parallel_utility.base_report  # noqa: B018
+    together = size.get("adapters_at_once", GPU_ADAPTERS_AT_ONCE)
+    stacked_utility = utility(adapters_at_once=together)
     start = time.perf_counter()
-    with LocalExecutor(workers=size["workers"], threads_per_task=2) as executor:
-        parallel_utility.map(leaves[1:], executor)
-    parallel = time.perf_counter() - start
-    return {
+    stacked = stacked_utility.map(leaves[1:])
+    stacked_seconds = time.perf_counter() - start
+    differences = [
+        abs(a.report.average("loss").mean - b.report.average("loss").mean)
+        / abs(b.report.average("loss").mean)
+        for a, b in zip(stacked, expected)
+    ]
+    out = {
         "leaf_seconds": one,
         "round_sequential_seconds": sequential,
-        "round_workers_seconds": parallel,
+        "round_stacked_seconds": stacked_seconds,
+        "adapters_at_once": float(together),
+        "stacked_max_rel_diff": max(differences),
     }
+    if workers:
+        pooled = utility(adapters_at_once=1)
+        start = time.perf_counter()
+        with LocalExecutor(workers=size["workers"], threads_per_task=2) as executor:
+            pooled.map(leaves[1:], executor)
+        out["round_workers_seconds"] = time.perf_counter() - start
+    return out
 
 
 def main() -> None:
@@ -319,7 +343,8 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to skip (loop, dense, logdet, compare, leaves)",
+        help="comma-separated parts to skip (loop, dense, logdet, compare, leaves, "
+        "workers: the round over worker processes)",
     )
     parser.add_argument(
         "--leaves", type=int, default=None, help="leaves in the round (default 16)"
@@ -436,7 +461,10 @@ def main() -> None:
         lambda: logdet(size, device, "bf16" if device.type == "cuda" else "fp32"),
     )
     part("compare", lambda: logdet_compare(size, device))
-    part("leaves", lambda: leaf_calls(folder, size, context, rounds))
+    part(
+        "leaves",
+        lambda: leaf_calls(folder, size, context, rounds, "workers" not in skip),
+    )
     _print(results, size)
     print(f"numbers -> {out}")
     if results["failed"]:
@@ -517,11 +545,21 @@ def _print(r: dict[str, Any], size: dict[str, Any]) -> None:
                 "",
             ),
             (
-                f"  the same, {size['workers']} worker processes",
-                f"{lv['round_workers_seconds']:.1f} s",
-                f"{lv['round_sequential_seconds'] / lv['round_workers_seconds']:.2f}x",
+                f"  the same, {lv['adapters_at_once']:.0f} adapters trained at once",
+                f"{lv['round_stacked_seconds']:.1f} s",
+                f"{lv['round_sequential_seconds'] / lv['round_stacked_seconds']:.2f}x;"
+                f" target loss rel. diff {lv['stacked_max_rel_diff']:.1e}",
             ),
         ]
+        if "round_workers_seconds" in lv:
+            pooled = lv["round_workers_seconds"]
+            lines.append(
+                (
+                    f"  in turn, over {size['workers']} worker processes",
+                    f"{pooled:.1f} s",
+                    f"{lv['round_sequential_seconds'] / pooled:.2f}x",
+                )
+            )
     width = max((len(a) for a, _, _ in lines), default=0)
     print()
     for a, b, c in lines:

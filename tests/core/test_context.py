@@ -100,3 +100,14 @@ def test_encoder_dtype_follows_an_explicit_dtype_and_the_cpu(monkeypatch):
     assert RunContext(device="cpu").encoder_dtype_name == "bf16"
     # Models stay fp32 on a CPU whatever the encoder computes in.
     assert RunContext(device="cpu").dtype_name == "fp32"
+
+
+def test_adapters_at_once_is_one_on_the_cpu_unless_given():
+    from harp.core.context import GPU_ADAPTERS_AT_ONCE
+
+    assert RunContext(device="cpu").adapters_at_once_count == 1
+    assert RunContext(device="cpu", adapters_at_once=4).adapters_at_once_count == 4
+    assert GPU_ADAPTERS_AT_ONCE > 1
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ParameterError, match="adapters_at_once="):
+            RunContext(adapters_at_once=bad)

@@ -119,6 +119,67 @@ def test_map_over_an_executor_equals_calls_here(tiny_dir, tmp_path):
     assert (pooled.calls, pooled.hits) == (3, 1)
 
 
+def _stacking(tiny_dir, cache_dir, together):
+    return TrainEvalUtility(
+        tiny_dir,
+        _rows(6, offset=8),
+        TrainConfig(epochs=2, batch_size=4, lr=1e-2),
+        EvalConfig(metrics=("loss",)),
+        context=RunContext(cache_dir=cache_dir, adapters_at_once=together),
+    )
+
+
+def test_map_trains_adapters_together_as_calls_one_at_a_time(tiny_dir, tmp_path):
+    subsets = [_rows(4), _rows(5, offset=4), _rows(8), _rows(3, offset=2)]
+    alone = _stacking(tiny_dir, tmp_path / "alone", 1)
+    expected = [alone(s).average("loss").mean for s in subsets]
+    together = _stacking(tiny_dir, tmp_path / "together", 3)
+    together(subsets[1])  # cached before the map
+    results = together.map([*subsets, subsets[0]])  # the first asked twice
+    got = [r.report.average("loss").mean for r in results]
+    assert got == pytest.approx([*expected, expected[0]], rel=1e-4)
+    assert [r.cached for r in results] == [False, True, False, False, True]
+    assert (together.calls, together.hits) == (4, 2)
+    # Three uncached calls, at most three at a time: one stack of 3.
+    assert [r.report.meta.get("trained_with") for r in results[:4]] == [3, None, 3, 3]
+    # Each result is in the cache under its own key, as a call would put it.
+    again = _stacking(tiny_dir, tmp_path / "together", 1)
+    assert [again(s).average("loss").mean for s in subsets] == got[:4]
+    assert again.calls == 0
+    # The base model is left without hooks or adapters.
+    base, _ = together._model()
+    assert not any(m._forward_hooks for m in base.modules())
+
+
+def test_out_of_memory_halves_the_adapters_trained_together(
+    tiny_dir, tmp_path, monkeypatch, caplog
+):
+    import importlib
+
+    finetune_module = importlib.import_module("harp.training.finetune")
+    real = finetune_module.finetune_stacked
+    sizes = []
+
+    def finetune_stacked(model, tokenizer, trains, *args, **kwargs):
+        sizes.append(len(trains))
+        if len(trains) > 2:  # this device holds two adapters at most
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return real(model, tokenizer, trains, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune_stacked", finetune_stacked)
+    subsets = [_rows(4), _rows(5, offset=4), _rows(8), _rows(3, offset=2)]
+    utility = _stacking(tiny_dir, tmp_path / "a", 4)
+    with caplog.at_level("WARNING"):
+        results = utility.map(subsets)
+    assert sizes == [4, 2, 2]
+    assert "out of memory training 4 adapters at once; 2 at a time" in caplog.text
+    alone = _stacking(tiny_dir, tmp_path / "b", 1)
+    expected = [alone(s).average("loss").mean for s in subsets]
+    assert [r.report.average("loss").mean for r in results] == pytest.approx(
+        expected, rel=1e-4
+    )
+
+
 def test_full_finetuning_loads_a_fresh_copy(tiny_dir, tmp_path):
     full = TrainConfig(method="full", steps=2, batch_size=4, lr=1e-3)
     utility = _utility(tiny_dir, tmp_path, train=full, cache=False)

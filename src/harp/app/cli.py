@@ -207,6 +207,14 @@ BenchWorkersOption = typer.Option(
     "side: a count, or 'auto': one per CPU core (at most 8) on the CPU, 1 on a GPU. "
     "1 runs everything in this process.",
 )
+AdaptersAtOnceOption = typer.Option(
+    None,
+    "--adapters-at-once",
+    min=1,
+    help="LoRA finetunes (HARP's leaf calls, a bench's finetunes) trained together "
+    "in one batched forward, in this process. Default: 8 on a GPU, 1 on the CPU. "
+    "Halved automatically when the GPU runs out of memory.",
+)
 RayAddressOption = typer.Option(
     None,
     "--ray-address",
@@ -257,6 +265,7 @@ def _context(
     on_ray: bool = False,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    adapters_at_once: Optional[int] = None,
 ):
     """The run context the flags ask for, checked now: one line if it cannot be."""
     from harp.core.context import RunContext
@@ -288,6 +297,7 @@ def _context(
         executor=executor,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        adapters_at_once=adapters_at_once,
     )
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
@@ -431,6 +441,7 @@ def select(
     workers: Optional[int] = WorkersOption,
     ray_address: Optional[str] = RayAddressOption,
     gpus_per_task: float = GpusPerTaskOption,
+    adapters_at_once: Optional[int] = AdaptersAtOnceOption,
     prompt_field: Optional[str] = typer.Option(
         None, help="Field holding the prompt, for schemas harp does not recognise."
     ),
@@ -498,6 +509,7 @@ def select(
         on_ray=executor == "ray",
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        adapters_at_once=adapters_at_once,
     )
     run_on = _executor_from_flags(executor, workers, ray_address, gpus_per_task)
     if run_on is not None and not selector_class.uses_model:
@@ -692,6 +704,7 @@ def demo(
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     workers: str = BenchWorkersOption,
+    adapters_at_once: Optional[int] = AdaptersAtOnceOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -708,7 +721,7 @@ def demo(
     method_list = (
         None if methods is None else [m.strip() for m in methods.split(",") if m]
     )
-    context = _context(device, dtype)
+    context = _context(device, dtype, adapters_at_once=adapters_at_once)
     cfg = _run(
         demo_config,
         size,
@@ -808,6 +821,7 @@ def bench(
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     workers: str = BenchWorkersOption,
+    adapters_at_once: Optional[int] = AdaptersAtOnceOption,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -859,7 +873,8 @@ def bench(
         "harp.models.proxy",
         "harp.models.resolve",
     )
-    with _with_workers(_context(device, dtype), workers) as run_context:
+    context = _context(device, dtype, adapters_at_once=adapters_at_once)
+    with _with_workers(context, workers) as run_context:
         rows = _run(run_bench, cfg, run_context)
     typer.echo(
         f"{len(rows)} rows -> {out / 'results.jsonl'}; tables and plots: "

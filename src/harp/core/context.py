@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEVICES",
     "DTYPES",
+    "GPU_ADAPTERS_AT_ONCE",
     "RESOLVED_DTYPES",
     "STREAMS",
     "RunContext",
@@ -57,6 +58,9 @@ STREAMS = (
     "tree",  # HARP: k-means of the node / parent / leaf hierarchy
     "warmup",  # the LESS warm-up: its row sample and its training
 )
+
+#: LoRA finetunes trained together on a GPU by default (``adapters_at_once=None``).
+GPU_ADAPTERS_AT_ONCE = 8
 
 _CUDA = re.compile(r"^cuda(:(\d+))?$")
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -148,6 +152,13 @@ class RunContext:
         models under 20M parameters (too small to split, and a second thread only
         waits beside other jobs), torch's default for larger ones
         (:mod:`harp.nn.threads`).
+    adapters_at_once : int or None, default None
+        How many LoRA finetunes of one recipe a train-and-score utility trains
+        together, in one batched forward (HARP's leaf calls; see
+        :func:`harp.training.finetune_stacked`). None: :data:`GPU_ADAPTERS_AT_ONCE`
+        on a GPU, where one small finetune leaves the device idle, and 1 on a CPU,
+        which is busy already. Halved automatically when the device runs out of
+        memory. Results are the same up to floating-point rounding.
 
     Examples
     --------
@@ -169,6 +180,7 @@ class RunContext:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     threads: int | None = None
+    adapters_at_once: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not (
@@ -192,6 +204,15 @@ class RunContext:
         ):
             raise ParameterError(
                 f"threads={self.threads!r} is not allowed; expected None or an int >= 1"
+            )
+        if self.adapters_at_once is not None and (
+            isinstance(self.adapters_at_once, bool)
+            or not isinstance(self.adapters_at_once, int)
+            or self.adapters_at_once < 1
+        ):
+            raise ParameterError(
+                f"adapters_at_once={self.adapters_at_once!r} is not allowed; "
+                "expected None or an int >= 1"
             )
         for name in ("progress", "trust_remote_code", "allow_pickle"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -328,6 +349,14 @@ class RunContext:
         if self.dtype != "auto" or self.torch_device().type == "cuda":
             return self.dtype_name
         return "bf16" if _cpu_computes_bf16() else "fp32"
+
+    @property
+    def adapters_at_once_count(self) -> int:
+        """How many LoRA finetunes train together here (``adapters_at_once``
+        resolved for this device)."""
+        if self.adapters_at_once is not None:
+            return self.adapters_at_once
+        return GPU_ADAPTERS_AT_ONCE if self.torch_device().type == "cuda" else 1
 
     def check(self) -> RunContext:
         """Resolve the device and dtype now (fail early, before any work); self."""

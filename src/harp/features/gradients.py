@@ -47,6 +47,7 @@ from harp.nn.encode import (
     model_device,
     pad_token_id,
 )
+from harp.nn.loop import is_out_of_memory
 from harp.nn.loss import row_losses
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -691,7 +692,7 @@ def _estimate_max_tokens(
     try:
         compute(rows, encoded)
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         return None
     peak = torch.cuda.max_memory_allocated(device) - before
@@ -712,14 +713,6 @@ def _estimate_max_tokens(
     return max(budget, max_length)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
 def _halving_on_oom(
     compute: Any, rows: list[int], encoded: Encoded, examples: Any, device: Any
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -731,7 +724,7 @@ def _halving_on_oom(
         yield rows, compute(rows, encoded)
         return
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

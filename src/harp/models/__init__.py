@@ -19,6 +19,7 @@ from harp.models.loading import (
     model_fingerprint,
     quiet_transformers,
     save_model,
+    stacked_lora,
 )
 from harp.models.proxy import (
     ProxyConfig,
@@ -54,4 +55,5 @@ __all__ = [
     "quiet_transformers",
     "resolve_model",
     "save_model",
+    "stacked_lora",
 ]

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from harp.nn.stacked import StackedAdapters
+
 __all__ = [
     "check_model_dir",
     "check_weights_cover",
@@ -38,6 +40,7 @@ __all__ = [
     "load_tokenizer",
     "save_model",
     "attach_lora",
+    "stacked_lora",
     "model_fingerprint",
     "weight_files",
     "LLAMA_ATTENTION_MODULES",
@@ -562,6 +565,68 @@ def attach_lora(
             f"cannot attach LoRA to {type(model).__name__} with target_modules="
             f"{target_modules!r}: {exc}"
         ) from exc
+
+
+def stacked_lora(
+    model: PreTrainedModel,
+    count: int,
+    *,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    target_modules: list[str] | tuple[str, ...] | str | None = None,
+) -> StackedAdapters:
+    """``count`` fresh LoRA adapters on ``model``, to train in one batched forward.
+
+    Each adapter starts exactly where :func:`attach_lora` with the same arguments and
+    the same RNG state would start (peft attaches one, its initial weights are read,
+    and it is removed again), and the layers adapted are the ones peft adapts. The
+    adapters attach by hooks (:class:`harp.nn.StackedAdapters`): the model's
+    modules are untouched, and ``remove()`` restores it.
+
+    Raises
+    ------
+    harp.core.errors.ModelError
+        When peft cannot find the target modules, or adapts a layer that is not a
+        plain linear layer (stacked adapters support ``torch.nn.Linear`` only).
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    from harp.nn.stacked import StackedAdapters
+
+    if is_peft(model):
+        raise ModelError("stacked adapters need a base model, not a PeftModel")
+    peft_model = attach_lora(
+        model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules
+    )
+    initial: dict[Any, tuple[Any, Any]] = {}
+    scaling = float(alpha) / int(r)
+    unsupported = None
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        if (
+            not isinstance(base, torch.nn.Linear)
+            or getattr(module, "fan_in_fan_out", False)
+            or module.lora_variant
+        ):
+            unsupported = f"{name} ({type(base).__name__})"
+            break
+        a_layer: Any = module.lora_A["default"]
+        b_layer: Any = module.lora_B["default"]
+        initial[base] = (
+            a_layer.weight.detach().clone(),
+            b_layer.weight.detach().clone(),
+        )
+        scaling = float(module.scaling["default"])
+    peft_model.unload()  # the same modules as before, without the adapter
+    if unsupported is not None:
+        raise ModelError(
+            f"stacked adapters adapt linear layers only; peft adapts {unsupported}"
+        )
+    return StackedAdapters(initial, count=count, scaling=scaling, dropout=dropout)
 
 
 def weight_digest(path: Path, *, refresh: bool = False) -> str:

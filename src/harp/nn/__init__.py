@@ -2,7 +2,8 @@
 
 One prompt template and encoder (:mod:`harp.nn.encode`), one loss
 (:mod:`harp.nn.loss`), one training loop with a single-step API
-(:mod:`harp.nn.loop`). Tensors are created on the device of the model that reads
+(:mod:`harp.nn.loop`), and several LoRA adapters trained in one batched forward
+(:mod:`harp.nn.stacked`). Tensors are created on the device of the model that reads
 them. torch is imported inside functions only.
 """
 
@@ -22,14 +23,26 @@ from harp.nn.encode import (
     pad_token_id,
     seeded,
 )
-from harp.nn.loop import LR_SCHEDULES, Trainer, TrainStep, batch_stream, train_loop
+from harp.nn.loop import (
+    LR_SCHEDULES,
+    StackedRun,
+    Trainer,
+    TrainStep,
+    batch_stream,
+    is_out_of_memory,
+    train_loop,
+    train_stacked,
+)
 from harp.nn.loss import causal_lm_loss, row_losses, token_losses
+from harp.nn.stacked import StackedAdapters
 
 __all__ = [
     "EncodedRows",
     "IGNORE_INDEX",
     "LR_SCHEDULES",
     "RESPONSE_MARKER",
+    "StackedAdapters",
+    "StackedRun",
     "TrainStep",
     "Trainer",
     "batch_stream",
@@ -40,6 +53,7 @@ __all__ = [
     "fit_max_length",
     "format_example",
     "format_prompt",
+    "is_out_of_memory",
     "length_batches",
     "model_device",
     "model_max_length",
@@ -48,4 +62,5 @@ __all__ = [
     "seeded",
     "token_losses",
     "train_loop",
+    "train_stacked",
 ]

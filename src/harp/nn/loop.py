@@ -20,7 +20,16 @@ from harp.core.progress import ProgressBar
 from harp.nn.encode import collate, model_device
 from harp.nn.loss import causal_lm_loss
 
-__all__ = ["LR_SCHEDULES", "TrainStep", "Trainer", "batch_stream", "train_loop"]
+__all__ = [
+    "LR_SCHEDULES",
+    "StackedRun",
+    "TrainStep",
+    "Trainer",
+    "batch_stream",
+    "is_out_of_memory",
+    "train_loop",
+    "train_stacked",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +130,9 @@ class Trainer:
         Gradient-norm clipping threshold.
     description : str, default "training"
         Name of the run in error messages.
+    params : sequence of torch.Tensor or None, default None
+        The tensors to optimise (None: the model's trainable parameters). Stacked
+        adapters give each adapter's trainer its own (:func:`train_stacked`).
 
     Examples
     --------
@@ -146,6 +158,7 @@ class Trainer:
         weight_decay: float = 0.0,
         max_grad_norm: float | None = None,
         description: str = "training",
+        params: Sequence[Any] | None = None,
     ) -> None:
         import torch
 
@@ -155,7 +168,11 @@ class Trainer:
                 + ", ".join(LR_SCHEDULES)
             )
         self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = (
+            [p for p in model.parameters() if p.requires_grad]
+            if params is None
+            else list(params)
+        )
         if not self.params:
             raise ParameterError("the model has no trainable parameters")
         self.pad_id = int(pad_id)
@@ -193,8 +210,6 @@ class Trainer:
         NumericalError
             When the loss is NaN or infinite (naming the batch's ids).
         """
-        import torch
-
         was_training = bool(self.model.training)
         self.model.train()
         try:
@@ -204,25 +219,36 @@ class Trainer:
             logits = self.model(input_ids=input_ids, use_cache=False).logits
             loss = causal_lm_loss(logits, labels)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                total = "" if self.steps is None else f"/{self.steps}"
-                raise NumericalError(
-                    f"{self.description}: the loss became {value} at step "
-                    f"{self.steps_done + 1}{total}; the batch held example ids "
-                    f"{list(row_ids)}. Lower the learning rate, check the model "
-                    "weights, or drop those rows"
-                )
+            self.check_loss(value, row_ids)
             loss.backward()
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.update()
         finally:
             if not was_training:
                 self.model.eval()
-        self.steps_done += 1
         return value
+
+    def check_loss(self, value: float, row_ids: Sequence[str]) -> None:
+        """Raise :class:`NumericalError` (naming the batch) when ``value`` is not
+        finite."""
+        if not math.isfinite(value):
+            total = "" if self.steps is None else f"/{self.steps}"
+            raise NumericalError(
+                f"{self.description}: the loss became {value} at step "
+                f"{self.steps_done + 1}{total}; the batch held example ids "
+                f"{list(row_ids)}. Lower the learning rate, check the model "
+                "weights, or drop those rows"
+            )
+
+    def update(self) -> None:
+        """Apply the gradients in ``params``: clip, AdamW, schedule, clear; one step."""
+        import torch
+
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
 
 
 def train_loop(
@@ -301,3 +327,142 @@ def train_loop(
         "%s: %d steps, loss %.4f -> %.4f", description, steps, losses[0], losses[-1]
     )
     return losses
+
+
+@dataclass(frozen=True)
+class StackedRun:
+    """One adapter's run in :func:`train_stacked`: its rows and its steps.
+
+    Attributes
+    ----------
+    rows : sequence of (input_ids, labels)
+        Its encoded training rows.
+    row_ids : sequence of str
+        Their ids (named when a loss is not finite).
+    steps : int
+        Its optimiser steps (its own schedule's length).
+    """
+
+    rows: Rows
+    row_ids: Sequence[str]
+    steps: int
+
+
+def train_stacked(
+    model: Any,
+    adapters: Any,
+    runs: Sequence[StackedRun],
+    *,
+    pad_id: int,
+    batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    schedule: str,
+    weight_decay: float,
+    max_grad_norm: float | None,
+    seed: int,
+    progress: bool,
+    description: str,
+) -> list[list[float]]:
+    """:func:`train_loop` for K adapters at once, in one forward per step.
+
+    Adapter ``k`` of ``adapters`` (a :class:`harp.nn.stacked.StackedAdapters`)
+    trains on ``runs[k]`` exactly as :func:`train_loop` would train a single
+    adapter: the same seeded batches, its own AdamW, schedule, clipping and step
+    count. Each step stacks the current batch of every adapter still running, one
+    group of rows per adapter (groups shorter than the longest are filled with rows
+    that carry no loss); the loss is the sum of the adapters' own batch losses, so
+    each adapter's gradient is its own. The results equal K single runs up to
+    floating-point rounding (one adapter: bit for bit): the stacked batch is padded
+    to its longest row, which changes the rounding of the others. A long run at a
+    high learning rate can amplify such differences, as it amplifies a change of
+    device (harp's tiny proxy at 150 steps of lr 3e-3 moves its target loss by
+    ~0.5 when its initial adapter is perturbed by 1e-7).
+
+    Returns
+    -------
+    list of list of float
+        Every adapter's loss at each of its steps.
+    """
+    import torch
+
+    from harp.nn.encode import IGNORE_INDEX
+
+    if len(runs) != adapters.count:
+        raise ParameterError(
+            f"{len(runs)} runs for {adapters.count} adapters; give one run each"
+        )
+    for run in runs:
+        if not run.rows:
+            raise ParameterError("no training rows left (all were empty or truncated)")
+    trainers = [
+        Trainer(
+            model,
+            pad_id=pad_id,
+            lr=lr,
+            steps=run.steps,
+            warmup_ratio=warmup_ratio,
+            schedule=schedule,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            description=f"{description} (adapter {k})",
+            params=adapters.parameters(k),
+        )
+        for k, run in enumerate(runs)
+    ]
+    streams = [
+        batch_stream(
+            len(run.rows),
+            batch_size,
+            run.steps,
+            torch.Generator().manual_seed(int(seed)),
+        )
+        for run in runs
+    ]
+    filler = ([int(pad_id)], [IGNORE_INDEX])  # a row that carries no loss
+    device = model_device(model)
+    losses: list[list[float]] = [[] for _ in runs]
+    longest = max(run.steps for run in runs)
+    model.train()
+    try:
+        with ProgressBar(progress, description, longest) as bar:
+            for step in range(longest):
+                active = [k for k, run in enumerate(runs) if step < run.steps]
+                batches = [next(streams[k]) for k in active]
+                width = max(len(batch) for batch in batches)
+                rows: list[tuple[Sequence[int], Sequence[int]]] = []
+                for k, batch in zip(active, batches):
+                    rows += [runs[k].rows[i] for i in batch]
+                    rows += [filler] * (width - len(batch))
+                input_ids, _, labels = collate(rows, pad_id, device)
+                adapters.train_groups(active)
+                # Right padding needs no attention mask (see Trainer.step).
+                logits = model(input_ids=input_ids, use_cache=False).logits
+                group_losses = [
+                    causal_lm_loss(
+                        logits[g * width : (g + 1) * width],
+                        labels[g * width : (g + 1) * width],
+                    )
+                    for g in range(len(active))
+                ]
+                stacked = torch.stack(group_losses)
+                values = stacked.detach().tolist()  # one device sync per step
+                for k, batch, value in zip(active, batches, values):
+                    trainers[k].check_loss(value, [runs[k].row_ids[i] for i in batch])
+                    losses[k].append(value)
+                stacked.sum().backward()
+                for k in active:
+                    trainers[k].update()
+                bar.advance()
+    finally:
+        model.eval()
+    return losses
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (CUDA or another backend)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )

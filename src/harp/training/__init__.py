@@ -20,7 +20,7 @@ from harp.training.evaluate import (
     normalize_answer,
     response_losses,
 )
-from harp.training.finetune import finetune
+from harp.training.finetune import finetune, finetune_stacked
 from harp.training.utility import CallResult, TrainEvalUtility, evaluate_subset
 from harp.training.warmup import Checkpoint, WarmupResult, warmup
 
@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_subset",
     "extract_answer",
     "finetune",
+    "finetune_stacked",
     "format_example",
     "format_prompt",
     "generate_greedy",

@@ -9,7 +9,7 @@ defined once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from harp.nn.encode import (
     pad_token_id,
     seeded,
 )
-from harp.nn.loop import TrainStep, train_loop
+from harp.nn.loop import StackedRun, TrainStep, train_loop, train_stacked
 from harp.training.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from harp.core.context import RunContext
     from harp.core.records import ExampleSet
+    from harp.nn.stacked import StackedAdapters
 
-__all__ = ["finetune"]
+__all__ = ["finetune", "finetune_stacked"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,119 @@ def finetune(
     if len(train) == 0:
         raise ParameterError("train is empty; finetuning needs at least one row")
 
+    run = _encoded_run(model, tokenizer, train, config)
+
+    with seeded(config.seed, model_device(model)):
+        if config.method == "lora":
+            if not is_peft(model):
+                model = attach_lora(
+                    model,
+                    r=config.lora_r,
+                    alpha=config.lora_alpha,
+                    dropout=config.lora_dropout,
+                    target_modules=config.lora_target_modules,
+                )
+        else:
+            for param in model.parameters():
+                param.requires_grad_(True)
+        train_loop(
+            model,
+            run.rows,
+            run.row_ids,
+            steps=run.steps,
+            **_loop_settings(config, tokenizer, progress),
+            description=description or f"finetuning ({config.method})",
+            on_step=on_step,
+        )
+    return model
+
+
+def finetune_stacked(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    trains: Sequence[ExampleSet],
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = False,
+    description: str | None = None,
+) -> StackedAdapters:
+    """LoRA-finetune one adapter per set of ``trains``, all in one batched forward.
+
+    Adapter ``k`` is what :func:`finetune` would train on ``trains[k]`` with the same
+    ``config`` (the same initial adapter, batches, optimiser and schedule; equal up
+    to floating-point rounding, bit for bit for a single set), but the K runs share
+    each forward pass of the base model (:func:`harp.nn.train_stacked`): on a GPU a
+    small model's K finetunes cost little more than one.
+
+    The adapters are hooked onto ``model`` itself, whose weights never change:
+    score adapter ``k`` with ``adapters.use(k)`` and the model as usual, and call
+    ``adapters.remove()`` when done.
+
+    Raises
+    ------
+    harp.core.errors.ParameterError
+        When ``config.method`` is not ``"lora"``, a set is empty or loses every row
+        to truncation.
+    harp.core.errors.ModelError
+        When a layer peft would adapt is not a linear layer.
+    """
+    from harp.models.loading import stacked_lora
+
+    config = TrainConfig() if config is None else config
+    if config.method != "lora":
+        raise ParameterError(
+            f"stacked finetuning trains LoRA adapters; method={config.method!r}"
+        )
+    if not trains:
+        raise ParameterError("trains is empty; give at least one set of rows")
+    for train in trains:
+        if len(train) == 0:
+            raise ParameterError("a training set is empty; each needs a row")
+    runs = [_encoded_run(model, tokenizer, train, config) for train in trains]
+    with seeded(config.seed, model_device(model)):
+        adapters = stacked_lora(
+            model,
+            len(runs),
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
+        try:
+            train_stacked(
+                model,
+                adapters,
+                runs,
+                **_loop_settings(config, tokenizer, progress),
+                description=description or f"finetuning {len(runs)} adapters (lora)",
+            )
+        except BaseException:
+            adapters.remove()
+            raise
+    return adapters
+
+
+def _loop_settings(
+    config: TrainConfig, tokenizer: Any, progress: bool
+) -> dict[str, Any]:
+    """The training loop's settings from a recipe (one adapter or many)."""
+    return dict(
+        pad_id=pad_token_id(tokenizer),
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_ratio=config.warmup_ratio,
+        schedule=config.schedule,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        progress=progress,
+    )
+
+
+def _encoded_run(
+    model: Any, tokenizer: Any, train: ExampleSet, config: TrainConfig
+) -> StackedRun:
+    """``train`` encoded for the loop, with the rows it lost logged; its steps."""
     enc = encode_examples(
         tokenizer, train, max_length=fit_max_length(model, config.max_length)
     )
@@ -142,37 +256,8 @@ def finetune(
             config.max_length,
         )
     rows = list(zip(enc.input_ids, enc.labels))
-    row_ids = [train[i].id for i in enc.indices]
-    steps = config.total_steps(len(rows))
-
-    with seeded(config.seed, model_device(model)):
-        if config.method == "lora":
-            if not is_peft(model):
-                model = attach_lora(
-                    model,
-                    r=config.lora_r,
-                    alpha=config.lora_alpha,
-                    dropout=config.lora_dropout,
-                    target_modules=config.lora_target_modules,
-                )
-        else:
-            for param in model.parameters():
-                param.requires_grad_(True)
-        train_loop(
-            model,
-            rows,
-            row_ids,
-            pad_id=pad_token_id(tokenizer),
-            steps=steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            warmup_ratio=config.warmup_ratio,
-            schedule=config.schedule,
-            weight_decay=config.weight_decay,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
-            progress=progress,
-            description=description or f"finetuning ({config.method})",
-            on_step=on_step,
-        )
-    return model
+    return StackedRun(
+        rows=rows,
+        row_ids=[train[i].id for i in enc.indices],
+        steps=config.total_steps(len(rows)),
+    )

@@ -305,7 +305,12 @@ class TrainEvalUtility:
                 release()
             report.meta["train_seconds"] = train_seconds
             report.meta["train_rows"] = len(rows)
-        seconds = time.perf_counter() - start
+        return self._record(key, rows, report, time.perf_counter() - start)
+
+    def _record(
+        self, key: str, rows: ExampleSet, report: EvalReport, seconds: float
+    ) -> CallResult:
+        """Count a call that ran here and keep its result in the cache."""
         if len(rows):
             self.calls += 1
             self.seconds += seconds
@@ -319,6 +324,66 @@ class TrainEvalUtility:
                 },
             )
         return CallResult(report, seconds, False, key)
+
+    def _calls_stacked(self, subsets: Sequence[ExampleSet]) -> list[CallResult]:
+        """Uncached LoRA calls trained together (:func:`finetune_stacked`), each
+        then scored on its own; halved when the device runs out of memory.
+
+        A call's ``seconds`` is its share of the joint training plus its scoring.
+        """
+        from harp.nn.loop import is_out_of_memory
+        from harp.training.finetune import finetune_stacked
+
+        if len(subsets) == 1:
+            return [self.call(subsets[0])]
+        base, tokenizer = self._model()
+        start = time.perf_counter()
+        try:
+            adapters = finetune_stacked(
+                base,
+                tokenizer,
+                subsets,
+                self.train_config,
+                progress=self.context.progress,
+                description=f"finetuning {len(subsets)} adapters at once (lora)",
+            )
+        except BaseException as exc:
+            if not is_out_of_memory(exc):
+                self._loaded = None  # peft may have left the base half changed
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(subsets) // 2
+            log.warning(
+                "out of memory training %d adapters at once; %d at a time instead "
+                "(set adapters_at_once to choose)",
+                len(subsets),
+                half,
+            )
+            return self._calls_stacked(subsets[:half]) + self._calls_stacked(
+                subsets[half:]
+            )
+        share = (time.perf_counter() - start) / len(subsets)
+        out = []
+        with adapters:
+            for k, rows in enumerate(subsets):
+                adapters.use(k)
+                scored = time.perf_counter()
+                report = evaluate(
+                    base,
+                    tokenizer,
+                    self.target,
+                    self.eval_config,
+                    progress=self.context.progress,
+                )
+                report.meta["train_seconds"] = share
+                report.meta["train_rows"] = len(rows)
+                report.meta["trained_with"] = len(subsets)
+                seconds = share + time.perf_counter() - scored
+                out.append(self._record(self.key(rows), rows, report, seconds))
+        return out
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
         """The target report after finetuning on ``rows`` (the base's for no rows)."""
@@ -350,15 +415,30 @@ class TrainEvalUtility:
                 desc=desc,
             )
             ran = dict(zip(todo, results))
-        out = []
-        here = set(todo) - set(ran)  # run below, with the estimate an executor gives
+        here, keys = [], set()
+        for i in todo:  # a subset asked twice runs once; the second reads the cache
+            key = self.key(subsets[i])
+            if i not in ran and key not in keys:
+                keys.add(key)
+                here.append(i)
+        together = self.context.adapters_at_once_count
+        if self.train_config.method != "lora":
+            together = 1  # full finetuning trains whole copies
+        made: dict[int, CallResult] = {}
+        # Run here, with the estimate an executor gives, `together` calls at a time.
         with ProgressBar(False, desc, len(here), unit="call") as bar:
-            for i, rows in enumerate(subsets):
-                if i not in ran:
-                    out.append(self.call(rows))
-                    if i in here:
-                        bar.advance()
-                    continue
+            for first in range(0, len(here), together):
+                chunk = here[first : first + together]
+                results = self._calls_stacked([subsets[i] for i in chunk])
+                made.update(zip(chunk, results))
+                bar.advance(len(chunk))
+        out = []
+        for i, rows in enumerate(subsets):
+            if i in made:
+                out.append(made[i])
+            elif i not in ran:
+                out.append(self.call(rows))  # cached
+            else:
                 result = ran[i]
                 if result.cached:  # another process measured it meanwhile
                     self.hits += 1

@@ -1,0 +1,155 @@
+"""Several LoRA adapters trained in one batched forward equal the single finetunes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harp.core.errors import ModelError, NumericalError, ParameterError
+from harp.data import ExampleSet
+from harp.models import load_model, stacked_lora
+from harp.training import (
+    EvalConfig,
+    TrainConfig,
+    evaluate,
+    finetune,
+    finetune_stacked,
+)
+
+WORDS = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
+
+
+def _rows(n, *, offset=0, domain="rev"):
+    words = (WORDS * 8)[offset : offset + n]
+    return ExampleSet.from_records(
+        [
+            {
+                "prompt": f"rev: {w}" + "x" * (i % 3),
+                "response": w[::-1],
+                "domain": domain,
+            }
+            for i, w in enumerate(words)
+        ]
+    )
+
+
+def _lora_weights(tuned):
+    """Adapter weights of a peft model in parameter order: [A, B] per layer."""
+    return [p.detach().clone() for n, p in tuned.named_parameters() if "lora_" in n]
+
+
+def _single(tiny_dir, rows, config):
+    base, tok = load_model(tiny_dir)
+    tuned = finetune(base, tok, rows, config)
+    return _lora_weights(tuned), tuned, tok
+
+
+CONFIG = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=3, max_grad_norm=1.0)
+
+
+def test_one_stacked_adapter_is_the_single_finetune_bit_for_bit(tiny_dir):
+    rows = _rows(10)
+    expected, _, _ = _single(tiny_dir, rows, CONFIG)
+    base, tok = load_model(tiny_dir)
+    adapters = finetune_stacked(base, tok, [rows], CONFIG)
+    got = [t.detach() for t in adapters.parameters(0)]
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_stacked_adapters_equal_their_single_finetunes(tiny_dir):
+    # Different sizes: different step counts (one set is smaller than a batch).
+    sets = [_rows(10), _rows(3, offset=2), _rows(7, offset=5)]
+    base, tok = load_model(tiny_dir)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    adapters = finetune_stacked(base, tok, sets, CONFIG)
+    for k, rows in enumerate(sets):
+        expected, _, _ = _single(tiny_dir, rows, CONFIG)
+        got = [t.detach() for t in adapters.parameters(k)]
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # The adapters differ from each other: each learned its own rows.
+    assert not torch.equal(adapters.parameters(0)[1], adapters.parameters(1)[1])
+    adapters.remove()
+    after = dict(base.named_parameters())
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_stacked_adapter_scores_as_its_single_finetune(tiny_dir):
+    sets = [_rows(8), _rows(8, offset=4)]
+    target = _rows(6, offset=9, domain="t")
+    evaluation = EvalConfig(metrics=("loss",))
+    base, tok = load_model(tiny_dir)
+    untouched = evaluate(base, tok, target, evaluation).average("loss").mean
+    with finetune_stacked(base, tok, sets, CONFIG) as adapters:
+        stacked = []
+        for k in range(len(sets)):
+            adapters.use(k)
+            stacked.append(evaluate(base, tok, target, evaluation).average("loss").mean)
+    for k, rows in enumerate(sets):
+        _, tuned, tok1 = _single(tiny_dir, rows, CONFIG)
+        single = evaluate(tuned, tok1, target, evaluation).average("loss").mean
+        assert stacked[k] == pytest.approx(single, rel=1e-4)
+    # Removed: the base scores as before.
+    assert evaluate(base, tok, target, evaluation).average("loss").mean == untouched
+
+
+def test_stacked_groups_see_only_their_own_adapter():
+    from harp.nn import StackedAdapters
+
+    layer = torch.nn.Linear(4, 3)
+    a = torch.randn(2, 4)
+    adapters = StackedAdapters({layer: (a, torch.zeros(3, 2))}, count=2, scaling=0.5)
+    with torch.no_grad():
+        adapters.parameters(1)[1].fill_(1.0)  # adapter 1's B: ones; adapter 0's: 0
+    x = torch.randn(4, 5, 4)
+    plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    adapters.train_groups([0, 1])
+    out = layer(x)
+    torch.testing.assert_close(out[:2], plain[:2])
+    delta = (x[2:] @ a.T) @ torch.ones(3, 2).T * 0.5
+    torch.testing.assert_close(out[2:], plain[2:] + delta)
+    adapters.use(1)
+    torch.testing.assert_close(layer(x), plain + (x @ a.T) @ torch.ones(3, 2).T * 0.5)
+    with pytest.raises(ParameterError, match="equal groups"):
+        adapters.train_groups([0, 1])
+        layer(torch.randn(3, 5, 4))
+    with pytest.raises(ParameterError, match="does not exist"):
+        adapters.use(2)
+    adapters.remove()
+    torch.testing.assert_close(layer(x), plain)
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
+def test_stacked_finetuning_refuses_what_it_cannot_do(tiny_dir):
+    base, tok = load_model(tiny_dir)
+    with pytest.raises(ParameterError, match="LoRA"):
+        finetune_stacked(base, tok, [_rows(4)], TrainConfig(method="full", steps=1))
+    with pytest.raises(ParameterError, match="empty"):
+        finetune_stacked(base, tok, [_rows(4), ExampleSet(())], CONFIG)
+    with pytest.raises(ParameterError, match="at least one"):
+        finetune_stacked(base, tok, [], CONFIG)
+    with pytest.raises(ModelError, match="linear layers only"):
+        stacked_lora(base, 2, r=2, alpha=4, target_modules=("embed_tokens",))
+    # A refusal leaves no hook behind: the base still computes what it did.
+    ids = torch.tensor([tok("rev: abcd")["input_ids"]])
+    fresh, _ = load_model(tiny_dir)
+    torch.testing.assert_close(base(input_ids=ids).logits, fresh(input_ids=ids).logits)
+
+
+def test_a_nan_loss_names_the_adapter_and_its_rows_and_removes_the_hooks(tiny_dir):
+    base, tok = load_model(tiny_dir)
+    layer = base.model.layers[0].self_attn.q_proj
+    poison = tok.convert_tokens_to_ids("z")
+
+    def nan_where_poisoned(module, args, out):  # the output layer stays finite
+        return out.masked_fill((args[0] == poison)[..., None], float("nan"))
+
+    base.model.embed_tokens.register_forward_hook(nan_where_poisoned)
+    poisoned = ExampleSet.from_records(
+        [{"prompt": "zzz", "response": "zz", "domain": "rev", "id": "bad-row"}]
+    )
+    with pytest.raises(NumericalError, match=r"adapter 1\).*bad-row"):
+        finetune_stacked(base, tok, [_rows(4), poisoned], CONFIG)
+    assert not layer._forward_hooks  # nothing left attached
