@@ -40,6 +40,9 @@ def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
     assert numbers["device"] == "cpu" and numbers["grads_ex_s"] > 0
     assert numbers["logdet"]["picks"] > 0
     assert numbers["leaves"]["leaf_seconds"] > 0
+    # The round with its adapters trained together scores as the calls in turn.
+    assert numbers["leaves"]["adapters_at_once"] > 1
+    assert numbers["leaves"]["stacked_max_rel_diff"] < 1e-3
     assert numbers["failed"] == {}
     # The torch engine on the same data as numpy's: the same picks.
     assert numbers["compare"]["same_position_picks"] > 0.99

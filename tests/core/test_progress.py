@@ -78,3 +78,13 @@ def test_remaining_seconds_follows_the_pace(clock):
 )
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_fast_units_read_as_whole_numbers(clock, caplog):
+    caplog.set_level(logging.INFO, logger="harp.core.progress")
+    with ProgressBar(False, "encoding texts", 320_000, unit="token") as bar:
+        for _ in range(200):
+            clock.now += 0.26  # 1,600 tokens a batch: 6,154 tokens/s
+            bar.advance(1600)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "6,150 tokens/s on this machine" in line and "e+" not in line

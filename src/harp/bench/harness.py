@@ -410,8 +410,11 @@ class _Runner:
             cached = sum(utility.is_cached(rows) for rows in subsets)
             executor = self.context.executor
             where = ""
+            together = self.context.adapters_at_once_count
             if executor is not None and not executor.runs_here(len(group) - cached):
                 where = f" on {executor.n_workers} {executor.name} workers"
+            elif together > 1 and utility.train_config.method == "lora":
+                where = f", up to {together} adapters trained at once"
             if len(group) > cached:
                 log.info(
                     "finetuning and scoring %d selection%s%s",

@@ -197,23 +197,14 @@ class RunContext:
             )
         object.__setattr__(self, "seed", resolve_seed(self.seed))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
-        if self.threads is not None and (
-            isinstance(self.threads, bool)
-            or not isinstance(self.threads, int)
-            or self.threads < 1
-        ):
-            raise ParameterError(
-                f"threads={self.threads!r} is not allowed; expected None or an int >= 1"
-            )
-        if self.adapters_at_once is not None and (
-            isinstance(self.adapters_at_once, bool)
-            or not isinstance(self.adapters_at_once, int)
-            or self.adapters_at_once < 1
-        ):
-            raise ParameterError(
-                f"adapters_at_once={self.adapters_at_once!r} is not allowed; "
-                "expected None or an int >= 1"
-            )
+        for name in ("threads", "adapters_at_once"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ParameterError(
+                    f"{name}={value!r} is not allowed; expected None or an int >= 1"
+                )
         for name in ("progress", "trust_remote_code", "allow_pickle"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ParameterError(

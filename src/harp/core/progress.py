@@ -10,6 +10,7 @@ calls will take minutes, from this machine's own pace, not from a guess.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from types import TracebackType
 from typing import Any
@@ -143,9 +144,12 @@ class ProgressBar:
         units = self.unit + (
             "es" if self.unit.endswith(("s", "ch", "sh", "x")) else "s"
         )
-        per = (
-            f"{1 / rate:.1f} s per {self.unit}" if rate < 1 else f"{rate:.3g} {units}/s"
-        )
+        if rate < 1:
+            per = f"{1 / rate:.1f} s per {self.unit}"
+        elif rate < 1000:
+            per = f"{rate:.3g} {units}/s"
+        else:  # "7,690 tokens/s", not "7.69e+03"
+            per = f"{round(rate, -int(math.log10(rate)) + 2):,.0f} {units}/s"
         log.info(
             "%s: about %s more (%d of %d %s done, %s on this machine)",
             self.description,

@@ -177,12 +177,15 @@ class _MiniLM:
             order[start : start + batch_size]
             for start in range(0, len(order), batch_size)
         ]
+        # Progress in padded tokens: the longest batches come first, so a count of
+        # batches would extrapolate their pace to the short ones.
+        work = [len(batch) * lengths[batch[0]] for batch in batches]
         with (
-            ProgressBar(progress, "encoding texts", len(batches)) as bar,
+            ProgressBar(progress, "encoding texts", sum(work), unit="token") as bar,
             torch.inference_mode(),
             autocast,
         ):
-            for batch in batches:
+            for batch, tokens in zip(batches, work):
                 encoded = self.tokenizer(
                     [texts[i] for i in batch],
                     padding=True,
@@ -194,7 +197,7 @@ class _MiniLM:
                 mask = encoded["attention_mask"].unsqueeze(-1).to(states.dtype)
                 pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
                 out[batch] = F.normalize(pooled, p=2, dim=1).cpu().numpy()
-                bar.advance()
+                bar.advance(tokens)
         return out
 
 
