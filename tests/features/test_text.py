@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import harp.features.text as text_mod
-from harp.core.errors import ParameterError
+from harp.core.errors import ModelError, ParameterError
 from harp.features import (
     TextFeaturizer,
     embed_texts,
@@ -193,3 +194,29 @@ def test_minilm_in_bf16_is_the_fp32_embedding_to_four_nines(minilm):
     np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
     assert np.min(np.sum(full * half, axis=1)) > 0.9999
     assert not np.array_equal(full, half)  # bf16 really ran (and is remembered apart)
+
+
+def test_minilm_is_the_sentence_transformers_pipeline(minilm):
+    # harp runs the bundled model itself (no sentence-transformers import, batches
+    # of similar token counts); the embeddings must be the library's own.
+    from sentence_transformers import SentenceTransformer
+
+    texts = [*DOCS, "  spaces around  ", "", "word " * 400, "x"]
+    reference = SentenceTransformer(
+        str(Path(minilm.model.name_or_path)), device="cpu"
+    ).encode(texts, batch_size=3, convert_to_numpy=True, normalize_embeddings=True)
+    ours = TextFeaturizer(encoder="minilm", precision="fp32", batch_size=3).embed(texts)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_a_minilm_folder_pooled_otherwise_is_refused(minilm, tmp_path):
+    source = Path(minilm.model.name_or_path)
+    for item in source.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    (tmp_path / "1_Pooling").unlink()
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}'
+    )
+    with pytest.raises(ModelError, match="not the mean-pooled, normalised MiniLM"):
+        text_mod._MiniLM.load(str(tmp_path), "cpu")

@@ -153,3 +153,38 @@ def test_a_nan_loss_names_the_adapter_and_its_rows_and_removes_the_hooks(tiny_di
     with pytest.raises(NumericalError, match=r"adapter 1\).*bad-row"):
         finetune_stacked(base, tok, [_rows(4), poisoned], CONFIG)
     assert not layer._forward_hooks  # nothing left attached
+
+
+def test_only_the_adapters_get_gradients_even_on_a_trainable_base(tiny_dir):
+    from harp.nn import StackedRun, encode_examples, pad_token_id, train_stacked
+
+    base, tok = load_model(tiny_dir)
+    adapters = stacked_lora(base, 2, r=4, alpha=8)
+    for p in base.parameters():  # a base its owner left trainable
+        p.requires_grad_(True)
+    runs = []
+    for rows in (_rows(6), _rows(5, offset=3)):
+        enc = encode_examples(tok, rows, max_length=64)
+        pairs = list(zip(enc.input_ids, enc.labels))
+        runs.append(StackedRun(pairs, [rows[i].id for i in enc.indices], steps=2))
+    with adapters:
+        train_stacked(
+            base,
+            adapters,
+            runs,
+            pad_id=pad_token_id(tok),
+            batch_size=4,
+            lr=1e-2,
+            warmup_ratio=0.0,
+            schedule="constant",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=0,
+            progress=False,
+            description="stacked",
+        )
+        assert all(p.grad is None for p in base.parameters())
+        assert all(
+            not torch.equal(b, torch.zeros_like(b))
+            for b in adapters.parameters(1)[1::2]
+        )

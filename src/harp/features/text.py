@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,10 +122,11 @@ class _MiniLM:
 
         from harp.models.loading import quiet_transformers
 
-        modules = json.loads(open(os.path.join(path, "modules.json")).read())
+        folder = Path(path)
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
         kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
         pooling = json.loads(
-            open(os.path.join(path, "1_Pooling", "config.json")).read()
+            (folder / "1_Pooling" / "config.json").read_text(encoding="utf-8")
         )
         modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
         if kinds != ["Transformer", "Pooling", "Normalize"] or modes != [

@@ -450,7 +450,10 @@ def train_stacked(
                 for k, batch, value in zip(active, batches, values):
                     trainers[k].check_loss(value, [runs[k].row_ids[i] for i in batch])
                     losses[k].append(value)
-                stacked.sum().backward()
+                # Gradients of the adapters only, whatever the base's requires_grad.
+                stacked.sum().backward(
+                    inputs=[p for k in active for p in adapters.parameters(k)]
+                )
                 for k in active:
                     trainers[k].update()
                 bar.advance()
