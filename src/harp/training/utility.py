@@ -258,6 +258,16 @@ class TrainEvalUtility:
         return tuned, tokenizer, lambda: None
 
     # -- scores -----------------------------------------------------------------------
+    def _score(self, model: Any, tokenizer: Any) -> EvalReport:
+        """The target report of ``model`` as it is now."""
+        return evaluate(
+            model,
+            tokenizer,
+            self.target,
+            self.eval_config,
+            progress=self.context.progress,
+        )
+
     @property
     def base_report(self) -> EvalReport:
         """The report of the untouched base model (computed once, cached)."""
@@ -281,26 +291,14 @@ class TrainEvalUtility:
         start = time.perf_counter()
         if len(rows) == 0:
             model, tokenizer = self._model()
-            report = evaluate(
-                model,
-                tokenizer,
-                self.target,
-                self.eval_config,
-                progress=self.context.progress,
-            )
+            report = self._score(model, tokenizer)
         else:
             tuned, tokenizer, release = self._finetuned(
                 rows, f"finetuning ({self.train_config.method})"
             )
             train_seconds = time.perf_counter() - start
             try:
-                report = evaluate(
-                    tuned,
-                    tokenizer,
-                    self.target,
-                    self.eval_config,
-                    progress=self.context.progress,
-                )
+                report = self._score(tuned, tokenizer)
             finally:
                 release()
             report.meta["train_seconds"] = train_seconds
@@ -371,13 +369,7 @@ class TrainEvalUtility:
             for k, rows in enumerate(subsets):
                 adapters.use(k)
                 scored = time.perf_counter()
-                report = evaluate(
-                    base,
-                    tokenizer,
-                    self.target,
-                    self.eval_config,
-                    progress=self.context.progress,
-                )
+                report = self._score(base, tokenizer)
                 report.meta["train_seconds"] = share
                 report.meta["train_rows"] = len(rows)
                 report.meta["trained_with"] = len(subsets)
