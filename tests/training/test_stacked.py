@@ -188,3 +188,27 @@ def test_only_the_adapters_get_gradients_even_on_a_trainable_base(tiny_dir):
             not torch.equal(b, torch.zeros_like(b))
             for b in adapters.parameters(1)[1::2]
         )
+
+
+def test_in_bf16_a_stacked_adapter_scores_as_its_single_finetune(tiny_dir):
+    # bf16 weights (a GPU's default): the stacked batch's other rows change the
+    # rounding of the base's activations by a bf16 ulp, so the adapters agree to
+    # bf16 precision (weights within a few %), and their target loss closely.
+    from harp.core.context import RunContext
+
+    bf16 = RunContext(device="cpu", dtype="bf16")
+    target = _rows(6, offset=9, domain="t")
+    evaluation = EvalConfig(metrics=("loss",))
+    base, tok = load_model(tiny_dir, context=bf16)
+    with finetune_stacked(base, tok, [_rows(10), _rows(3, offset=2)], CONFIG) as ad:
+        ad.use(0)
+        stacked = evaluate(base, tok, target, evaluation).average("loss").mean
+        weights = [p.detach() for p in ad.parameters(0)]
+    alone, tok = load_model(tiny_dir, context=bf16)
+    tuned = finetune(alone, tok, _rows(10), CONFIG)
+    single = evaluate(tuned, tok, target, evaluation).average("loss").mean
+    assert stacked == pytest.approx(single, rel=1e-3)
+    expected = _lora_weights(tuned)
+    assert all(w.dtype == torch.float32 for w in weights)  # fp32 adapters
+    for a, b in zip(weights, expected):
+        assert float((a - b).norm()) <= 0.2 * float(b.norm()) + 1e-6

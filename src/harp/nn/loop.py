@@ -374,10 +374,12 @@ def train_stacked(
     that carry no loss); the loss is the sum of the adapters' own batch losses, so
     each adapter's gradient is its own. The results equal K single runs up to
     floating-point rounding (one adapter: bit for bit): the stacked batch is padded
-    to its longest row, which changes the rounding of the others. A long run at a
-    high learning rate can amplify such differences, as it amplifies a change of
-    device (harp's tiny proxy at 150 steps of lr 3e-3 moves its target loss by
-    ~0.5 when its initial adapter is perturbed by 1e-7).
+    to its longest row, which changes the rounding of the others (in bf16 weights
+    by a bf16 ulp of the activations: adapter weights agree within a few percent,
+    target losses to ~1e-4). AdamW's first, sign-like step and a long run at a high
+    learning rate amplify such differences, as they amplify a change of device
+    (harp's tiny proxy at 150 steps of lr 3e-3 moves its target loss by ~0.5 when
+    its initial adapter is perturbed by 1e-7).
 
     Returns
     -------
