@@ -547,7 +547,8 @@ def _print(r: dict[str, Any], size: dict[str, Any]) -> None:
             (
                 f"  the same, {lv['adapters_at_once']:.0f} adapters trained at once",
                 f"{lv['round_stacked_seconds']:.1f} s",
-                f"{lv['round_sequential_seconds'] / lv['round_stacked_seconds']:.2f}x;"
+                f"{lv['round_sequential_seconds'] / lv['round_stacked_seconds']:.2f}x,"
+                f" {lv['round_stacked_seconds'] / n:.1f} s per leaf;"
                 f" target loss rel. diff {lv['stacked_max_rel_diff']:.1e}",
             ),
         ]
