@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,56 @@ def test_in_bf16_a_stacked_adapter_scores_as_its_single_finetune(tiny_dir):
     assert all(w.dtype == torch.float32 for w in weights)  # fp32 adapters
     for a, b in zip(weights, expected):
         assert float((a - b).norm()) <= 0.2 * float(b.norm()) + 1e-6
+
+
+def test_stacked_scoring_equals_scoring_each_adapter_alone(tiny_dir):
+    from harp.training import evaluate_stacked
+
+    target = ExampleSet.from_records(
+        [
+            {
+                "prompt": "rev: abcd",
+                "response": "dcba",
+                "domain": "t",
+                "options": ["dcba", "abcd", "bacd"],
+            },
+            {
+                "prompt": "rev: dabc",
+                "response": "cbad",
+                "domain": "t",
+                "options": ["cbad", "dabc"],
+            },
+            {
+                "prompt": "rev: cadb",
+                "response": "bdac",
+                "domain": "u",
+                "options": ["bdac", "cadb", "x", "dd"],
+            },
+        ]
+    )
+    metrics = ("loss", "option_logprob", "option_accuracy", "exact_match")
+    # batch_size 6 over 3 adapters: two rows per adapter per forward pass.
+    config = EvalConfig(metrics=metrics, batch_size=6, max_new_tokens=5)
+    base, tok = load_model(tiny_dir)
+    with finetune_stacked(
+        base, tok, [_rows(8), _rows(5, offset=3), _rows(3)], CONFIG
+    ) as ad:
+        together = evaluate_stacked(base, ad, tok, target, config)
+        alone = []
+        for k in range(3):
+            ad.use(k)
+            alone.append(evaluate(base, tok, target, config))
+    assert len(together) == 3
+    for a, b in zip(together, alone):
+        for domain in ("t", "u"):
+            for metric in metrics:
+                np.testing.assert_allclose(
+                    a.item_values(domain, metric),
+                    b.item_values(domain, metric),
+                    rtol=1e-5,
+                    atol=1e-6,
+                )
+        assert a.predictions == b.predictions
+    # The adapters were told apart: their target losses differ.
+    losses = [r.average("loss").mean for r in together]
+    assert len(set(losses)) == 3

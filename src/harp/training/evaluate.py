@@ -44,6 +44,7 @@ __all__ = [
     "Estimate",
     "EvalReport",
     "evaluate",
+    "evaluate_stacked",
     "response_losses",
     "option_logprobs",
     "check_target_metrics",
@@ -480,19 +481,53 @@ def response_losses(
     numpy.ndarray
         One value per example; NaN for rows whose response did not fit at all.
     """
+    return _scored_rows(
+        model,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        add_eos=add_eos,
+        reduction=reduction,
+        adapters=None,
+    )[0]
+
+
+def _scored_rows(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet | Sequence[Any],
+    *,
+    batch_size: int,
+    max_length: int | None,
+    progress: bool,
+    add_eos: bool,
+    reduction: str,
+    adapters: Any,
+) -> np.ndarray:
+    """:func:`response_losses` under one model, or under every adapter of a stack
+    (a :class:`harp.nn.StackedAdapters`) at once: ``(K, n)``, ``K = 1`` without.
+
+    With a stack each forward pass holds every adapter's copy of the same rows, one
+    group per adapter, ``batch_size`` rows in all.
+    """
     import torch
 
     if reduction not in ("mean", "sum"):
         raise ParameterError(f"reduction={reduction!r}: expected 'mean' or 'sum'")
+    copies = 1 if adapters is None else int(adapters.count)
     limit = fit_max_length(model, max_length) or 1_000_000
     enc = encode_examples(tokenizer, examples, max_length=limit, add_eos=add_eos)
-    out = np.full(len(examples), np.nan, dtype=np.float64)
+    out = np.full((copies, len(examples)), np.nan, dtype=np.float64)
     rows = list(zip(enc.input_ids, enc.labels))
-    batches = length_batches([len(r[0]) for r in rows], batch_size)
+    batches = length_batches([len(r[0]) for r in rows], max(1, batch_size // copies))
     pad = pad_token_id(tokenizer)
     device = model_device(model)
     was_training = model.training
     model.eval()
+    if adapters is not None:
+        adapters.train_groups(range(copies))
     try:
         with (
             torch.inference_mode(),
@@ -500,15 +535,20 @@ def response_losses(
         ):
             for batch in batches:
                 input_ids, _, labels = collate([rows[i] for i in batch], pad, device)
+                if copies > 1:  # adapter-major: one group of these rows per adapter
+                    input_ids = input_ids.repeat(copies, 1)
+                    labels = labels.repeat(copies, 1)
                 logits = model(input_ids=input_ids, use_cache=False).logits
                 if reduction == "mean":
-                    nll = row_losses(logits, labels).cpu()
+                    nll = row_losses(logits, labels)
                 else:
-                    nll = token_losses(logits, labels)[0].sum(dim=1).cpu()
-                for j, i in enumerate(batch):
-                    out[enc.indices[i]] = float(nll[j])
+                    nll = token_losses(logits, labels)[0].sum(dim=1)
+                values = nll.view(copies, len(batch)).cpu().numpy()
+                out[:, [enc.indices[i] for i in batch]] = values
                 bar.advance()
     finally:
+        if adapters is not None:
+            adapters.use(0)
         if was_training:
             model.train()
     return out
@@ -550,12 +590,34 @@ def option_logprobs(
         Per row, the normalised log-probability of each option (NaN where an option
         did not fit in ``max_length``).
     """
+    return _stacked_option_logprobs(
+        model,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        adapters=None,
+    )[0]
+
+
+def _stacked_option_logprobs(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: ExampleSet | Sequence[Any],
+    *,
+    batch_size: int,
+    max_length: int | None,
+    progress: bool,
+    adapters: Any,
+) -> list[list[np.ndarray]]:
+    """:func:`option_logprobs` under one model or every adapter of a stack."""
     pairs = [
         Example(f"{e.id}/{j}", e.prompt, option)
         for e in examples
         for j, option in enumerate(e.options)
     ]
-    sums = -response_losses(
+    sums = -_scored_rows(
         model,
         tokenizer,
         pairs,
@@ -564,7 +626,15 @@ def option_logprobs(
         progress=progress,
         add_eos=False,
         reduction="sum",
+        adapters=adapters,
     )
+    return [_normalised_options(row_sums, examples) for row_sums in sums]
+
+
+def _normalised_options(
+    sums: np.ndarray, examples: ExampleSet | Sequence[Any]
+) -> list[np.ndarray]:
+    """Each row's option scores as a log-softmax over its options."""
     out: list[np.ndarray] = [np.empty(0) for _ in range(len(examples))]
     start = 0
     for i, e in enumerate(examples):
@@ -842,6 +912,42 @@ def evaluate(
     harp.core.errors.ParameterError
         When ``target`` is empty or ``config`` is not an :class:`EvalConfig`.
     """
+    config = _checked_config(config, target)
+    return _evaluate(model, tokenizer, target, config, progress, adapters=None)[0]
+
+
+def evaluate_stacked(
+    model: Any,
+    adapters: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    target: ExampleSet,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = False,
+) -> list[EvalReport]:
+    """:func:`evaluate` for every adapter of a stack, in order.
+
+    The forward-only metrics (``loss``, ``option_logprob``, ``option_accuracy``)
+    score all adapters in the same forward passes, one group of the target's rows
+    per adapter (``config.batch_size`` rows in all per pass), as
+    :func:`harp.nn.train_stacked` trains them; ``exact_match`` decodes adapter by
+    adapter. Each report equals :func:`evaluate` of that adapter alone up to
+    floating-point rounding; a metric's ``*_seconds`` is the adapter's share.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The base model carrying the stack's hooks.
+    adapters : harp.nn.StackedAdapters
+        The stack (left applying adapter 0 to every row).
+    tokenizer, target, config, progress
+        As in :func:`evaluate`.
+    """
+    config = _checked_config(config, target)
+    return _evaluate(model, tokenizer, target, config, progress, adapters=adapters)
+
+
+def _checked_config(config: EvalConfig | None, target: ExampleSet) -> EvalConfig:
     config = EvalConfig() if config is None else config
     if not isinstance(config, EvalConfig):
         raise ParameterError(
@@ -850,56 +956,99 @@ def evaluate(
     if len(target) == 0:
         raise ParameterError("target is empty; evaluation needs at least one row")
     check_target_metrics(target, config.metrics)
-    meta: dict[str, Any] = {"n_items": len(target)}
-    per_metric: dict[str, np.ndarray] = {}
-    predictions: list[str] = []
+    return config
+
+
+def _evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    target: ExampleSet,
+    config: EvalConfig,
+    progress: bool,
+    *,
+    adapters: Any,
+) -> list[EvalReport]:
+    """The reports of one model, or of every adapter of a stack."""
+    copies = 1 if adapters is None else int(adapters.count)
+    metas: list[dict[str, Any]] = [{"n_items": len(target)} for _ in range(copies)]
+    per_metric: list[dict[str, np.ndarray]] = [{} for _ in range(copies)]
+    predictions: list[list[str]] = [[] for _ in range(copies)]
     if "loss" in config.metrics:
         start = time.perf_counter()
-        losses = response_losses(
+        losses = _scored_rows(
             model,
             tokenizer,
             target,
             batch_size=config.batch_size,
             max_length=config.max_length,
             progress=progress,
+            add_eos=True,
+            reduction="mean",
+            adapters=adapters,
         )
-        meta["loss_seconds"] = time.perf_counter() - start
-        per_metric["loss"] = losses
+        share = (time.perf_counter() - start) / copies
+        for k in range(copies):
+            metas[k]["loss_seconds"] = share
+            per_metric[k]["loss"] = losses[k]
     if {"option_accuracy", "option_logprob"} & set(config.metrics):
         start = time.perf_counter()
-        logprobs = option_logprobs(
+        stacked = _stacked_option_logprobs(
             model,
             tokenizer,
             target,
             batch_size=config.batch_size,
             max_length=config.max_length,
             progress=progress,
+            adapters=adapters,
         )
-        per_metric["option_logprob"], per_metric["option_accuracy"] = _option_metrics(
-            logprobs, target
-        )
-        meta["option_seconds"] = time.perf_counter() - start
+        share = (time.perf_counter() - start) / copies
+        for k, logprobs in enumerate(stacked):
+            gold, correct = _option_metrics(logprobs, target)
+            per_metric[k]["option_logprob"] = gold
+            per_metric[k]["option_accuracy"] = correct
+            metas[k]["option_seconds"] = share
     if "exact_match" in config.metrics:
-        start = time.perf_counter()
         max_new = config.max_new_tokens
         if max_new is None:
             enc = tokenizer([e.response for e in target], add_special_tokens=False)
             max_new = max(len(ids) for ids in enc["input_ids"]) + 2
-        meta["max_new_tokens"] = max_new
-        predictions = generate_greedy(
-            model,
-            tokenizer,
-            [format_prompt(e.prompt) for e in target],
-            max_new_tokens=max_new,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-            progress=progress,
-        )
-        per_metric["exact_match"] = np.array(
-            [float(is_correct(p, e.response)) for p, e in zip(predictions, target)]
-        )
-        meta["generate_seconds"] = time.perf_counter() - start
+        for k in range(copies):
+            if adapters is not None:
+                adapters.use(k)
+            start = time.perf_counter()
+            metas[k]["max_new_tokens"] = max_new
+            predictions[k] = generate_greedy(
+                model,
+                tokenizer,
+                [format_prompt(e.prompt) for e in target],
+                max_new_tokens=max_new,
+                batch_size=config.batch_size,
+                max_length=config.max_length,
+                progress=progress,
+            )
+            per_metric[k]["exact_match"] = np.array(
+                [
+                    float(is_correct(p, e.response))
+                    for p, e in zip(predictions[k], target)
+                ]
+            )
+            metas[k]["generate_seconds"] = time.perf_counter() - start
+        if adapters is not None:
+            adapters.use(0)
+    return [
+        _report(target, config, per_metric[k], predictions[k], metas[k])
+        for k in range(copies)
+    ]
 
+
+def _report(
+    target: ExampleSet,
+    config: EvalConfig,
+    per_metric: dict[str, np.ndarray],
+    predictions: list[str],
+    meta: dict[str, Any],
+) -> EvalReport:
+    """Per-domain estimates (and items, ids, predictions) of per-item values."""
     scores: dict[str, dict[str, Estimate]] = {}
     items: dict[str, dict[str, np.ndarray]] = {}
     ids: dict[str, tuple[str, ...]] = {}

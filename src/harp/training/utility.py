@@ -41,6 +41,7 @@ from harp.training.evaluate import (
     EvalReport,
     check_target_metrics,
     evaluate,
+    evaluate_stacked,
     response_losses,
 )
 
@@ -324,10 +325,11 @@ class TrainEvalUtility:
         return CallResult(report, seconds, False, key)
 
     def _calls_stacked(self, subsets: Sequence[ExampleSet]) -> list[CallResult]:
-        """Uncached LoRA calls trained together (:func:`finetune_stacked`), each
-        then scored on its own; halved when the device runs out of memory.
+        """Uncached LoRA calls trained together (:func:`finetune_stacked`); halved
+        when the device runs out of memory.
 
-        A call's ``seconds`` is its share of the joint training plus its scoring.
+        The adapters are scored together too (:func:`evaluate_stacked`); a call's
+        ``seconds`` is its share of the joint training and scoring.
         """
         from harp.nn.loop import is_out_of_memory
         from harp.training.finetune import finetune_stacked
@@ -363,18 +365,25 @@ class TrainEvalUtility:
             return self._calls_stacked(subsets[:half]) + self._calls_stacked(
                 subsets[half:]
             )
-        share = (time.perf_counter() - start) / len(subsets)
-        out = []
+        train_share = (time.perf_counter() - start) / len(subsets)
         with adapters:
-            for k, rows in enumerate(subsets):
-                adapters.use(k)
-                scored = time.perf_counter()
-                report = self._score(base, tokenizer)
-                report.meta["train_seconds"] = share
-                report.meta["train_rows"] = len(rows)
-                report.meta["trained_with"] = len(subsets)
-                seconds = share + time.perf_counter() - scored
-                out.append(self._record(self.key(rows), rows, report, seconds))
+            scored = time.perf_counter()
+            reports = evaluate_stacked(
+                base,
+                adapters,
+                tokenizer,
+                self.target,
+                self.eval_config,
+                progress=self.context.progress,
+            )
+            score_share = (time.perf_counter() - scored) / len(subsets)
+        out = []
+        for rows, report in zip(subsets, reports):
+            report.meta["train_seconds"] = train_share
+            report.meta["train_rows"] = len(rows)
+            report.meta["trained_with"] = len(subsets)
+            seconds = train_share + score_share
+            out.append(self._record(self.key(rows), rows, report, seconds))
         return out
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
