@@ -161,12 +161,9 @@ class _MiniLM:
 
         from harp.core.progress import ProgressBar
 
-        lengths = [
-            len(ids)
-            for ids in self.tokenizer(
-                list(texts), truncation=True, max_length=max_seq_length
-            )["input_ids"]
-        ]
+        # Tokenised once: to sort by length, then padded batch by batch.
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=max_seq_length)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
         order = np.argsort(-np.asarray(lengths), kind="stable")
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         # Weights stay fp32; matrix products run in ``precision`` (autocast).
@@ -187,19 +184,16 @@ class _MiniLM:
             torch.inference_mode(),
             autocast,
         ):
-            for batch, tokens in zip(batches, work):
-                encoded = self.tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_seq_length,
+            for batch, size in zip(batches, work):
+                encoded = self.tokenizer.pad(
+                    {name: [tokens[name][i] for i in batch] for name in tokens},
                     return_tensors="pt",
                 ).to(self.device)
                 states = self.model(**encoded).last_hidden_state.float()
                 mask = encoded["attention_mask"].unsqueeze(-1).to(states.dtype)
                 pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
                 out[batch] = F.normalize(pooled, p=2, dim=1).cpu().numpy()
-                bar.advance(tokens)
+                bar.advance(size)
         return out
 
 

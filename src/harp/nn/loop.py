@@ -13,12 +13,15 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harp.core.errors import NumericalError, ParameterError
 from harp.core.progress import ProgressBar
 from harp.nn.encode import collate, model_device
 from harp.nn.loss import causal_lm_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harp.nn.stacked import StackedAdapters
 
 __all__ = [
     "LR_SCHEDULES",
@@ -350,7 +353,7 @@ class StackedRun:
 
 def train_stacked(
     model: Any,
-    adapters: Any,
+    adapters: StackedAdapters,
     runs: Sequence[StackedRun],
     *,
     pad_id: int,

@@ -283,12 +283,9 @@ class TrainEvalUtility:
         run, ``hits`` for one answered from the cache.
         """
         key = self.key(rows)
-        hit = None if self.cache is None else self.cache.get(key)
-        if hit is not None and "report" in hit:
-            self.hits += len(rows) > 0
-            return CallResult(
-                EvalReport.from_dict(hit["report"]), float(hit["seconds"]), True, key
-            )
+        cached = self._cached(key, rows)
+        if cached is not None:
+            return cached
         start = time.perf_counter()
         if len(rows) == 0:
             model, tokenizer = self._model()
@@ -305,6 +302,16 @@ class TrainEvalUtility:
             report.meta["train_seconds"] = train_seconds
             report.meta["train_rows"] = len(rows)
         return self._record(key, rows, report, time.perf_counter() - start)
+
+    def _cached(self, key: str, rows: ExampleSet) -> CallResult | None:
+        """The cached result of ``key`` (counted as a hit), or None."""
+        hit = None if self.cache is None else self.cache.get(key)
+        if hit is None or "report" not in hit:
+            return None
+        self.hits += len(rows) > 0
+        return CallResult(
+            EvalReport.from_dict(hit["report"]), float(hit["seconds"]), True, key
+        )
 
     def _record(
         self, key: str, rows: ExampleSet, report: EvalReport, seconds: float
@@ -406,8 +413,21 @@ class TrainEvalUtility:
         input order and are counted as if run here, so the outcome never depends on
         where the calls ran.
         """
-        todo = [i for i, rows in enumerate(subsets) if not self.is_cached(rows)]
-        ran: dict[int, CallResult] = {}
+        # Each cache entry is read once; a subset asked twice runs once (the second
+        # is read from the cache below).
+        keys = [self.key(rows) for rows in subsets]
+        answered: dict[int, CallResult] = {}
+        todo: list[int] = []
+        seen: set[str] = set()
+        for i, key in enumerate(keys):
+            if key in seen:
+                continue
+            seen.add(key)
+            cached = self._cached(key, subsets[i])
+            if cached is None:
+                todo.append(i)
+            else:
+                answered[i] = cached
         if todo and executor is not None and not executor.runs_here(len(todo)):
             self.base_report  # noqa: B018 - scored once here, not once per task
             results = executor.map(
@@ -415,39 +435,27 @@ class TrainEvalUtility:
                 [subsets[i] for i in todo],
                 desc=desc,
             )
-            ran = dict(zip(todo, results))
-        here, keys = [], set()
-        for i in todo:  # a subset asked twice runs once; the second reads the cache
-            key = self.key(subsets[i])
-            if i not in ran and key not in keys:
-                keys.add(key)
-                here.append(i)
-        together = self.context.adapters_at_once_count
-        if self.train_config.method != "lora":
-            together = 1  # full finetuning trains whole copies
-        made: dict[int, CallResult] = {}
-        # Run here, with the estimate an executor gives, `together` calls at a time.
-        with ProgressBar(False, desc, len(here), unit="call") as bar:
-            for first in range(0, len(here), together):
-                chunk = here[first : first + together]
-                results = self._calls_stacked([subsets[i] for i in chunk])
-                made.update(zip(chunk, results))
-                bar.advance(len(chunk))
-        out = []
-        for i, rows in enumerate(subsets):
-            if i in made:
-                out.append(made[i])
-            elif i not in ran:
-                out.append(self.call(rows))  # cached
-            else:
-                result = ran[i]
+            for i, result in zip(todo, results):
                 if result.cached:  # another process measured it meanwhile
                     self.hits += 1
                 else:
                     self.calls += 1
                     self.seconds += result.seconds
-                out.append(result)
-        return out
+                answered[i] = result
+        here = [i for i in todo if i not in answered]
+        together = self.context.adapters_at_once_count
+        if self.train_config.method != "lora":
+            together = 1  # full finetuning trains whole copies
+        # Run here, with the estimate an executor gives, `together` calls at a time.
+        with ProgressBar(False, desc, len(here), unit="call") as bar:
+            for first in range(0, len(here), together):
+                chunk = here[first : first + together]
+                answered.update(
+                    zip(chunk, self._calls_stacked([subsets[i] for i in chunk]))
+                )
+                bar.advance(len(chunk))
+        # Repeats of a subset: from the cache now (or run again without a cache).
+        return [answered.get(i) or self.call(rows) for i, rows in enumerate(subsets)]
 
     def finetuned_losses(
         self, train: ExampleSet, rows: ExampleSet, *, description: str = ""
