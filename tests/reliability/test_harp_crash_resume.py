@@ -106,5 +106,5 @@ def test_killed_harp_run_resumes_without_repeating_leaf_evaluations(tiny_dir, tm
     assert diag["oracle"]["cache_hits"] == len(finished) - not_calls
     assert diag["oracle"]["calls"] + diag["oracle"]["cache_hits"] == sum(
         x["measured"] for x in diag["leaves"]
-    )
+    ) + len(diag["oracle"]["replicated_leaves"])
     assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"

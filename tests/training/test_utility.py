@@ -119,6 +119,31 @@ def test_map_over_an_executor_equals_calls_here(tiny_dir, tmp_path):
     assert (pooled.calls, pooled.hits) == (3, 1)
 
 
+def test_a_seed_is_the_recipe_with_that_seed(tiny_dir, tmp_path):
+    """``seed=`` is the utility of the reseeded recipe: same key, same result, one
+    cache, in a call, in a map here and in a map over an executor."""
+    rows = _rows(8)
+    utility = _utility(tiny_dir, tmp_path)
+    reseeded = TrainConfig(**{**TRAIN.to_dict(), "seed": 5})
+    other = _utility(tiny_dir, tmp_path, train=reseeded)
+    assert utility.recipe(5) == reseeded and utility.recipe() is TRAIN
+    assert utility.recipe(TRAIN.seed) is TRAIN
+    assert utility.key(rows, seed=5) == other.key(rows) != utility.key(rows)
+    first = utility.call(rows, seed=5)
+    assert not first.cached and utility.calls == 1
+    assert other.call(rows).cached  # the reseeded utility reads that entry
+    # It is another training run: another result than the recipe's own seed.
+    assert utility(rows).scores != first.report.scores
+    assert utility.is_cached(rows, seed=5) and not utility.is_cached(rows, seed=6)
+    subsets = [_rows(4), _rows(4, offset=4)]
+    expected = [other(s).scores for s in subsets]
+    mapped = _utility(tiny_dir, tmp_path / "here").map(subsets, seed=5)
+    assert [r.report.scores for r in mapped] == expected
+    with LocalExecutor(workers=2) as executor:
+        pooled = _utility(tiny_dir, tmp_path / "pool").map(subsets, executor, seed=5)
+    assert [r.report.scores for r in pooled] == expected
+
+
 def _stacking(tiny_dir, cache_dir, together):
     return TrainEvalUtility(
         tiny_dir,

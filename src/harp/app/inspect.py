@@ -94,6 +94,15 @@ def format_tree(diag: HARPDiagnostics, *, max_leaves: int | None = None) -> str:
         + ", ".join(diag.active_domains),
         f"greedy order: {order[:20]}{' ...' if len(order) > 20 else ''}; best "
         f"prefix {diag.prefix}",
+    ]
+    replicated = oracle.get("replicated_leaves") or []
+    if replicated:
+        sds = ", ".join(f"{scale * sd:.2f}" for sd in oracle.get("training_sd", []))
+        lines.append(
+            f"training noise sd per domain: {sds} (leaves {replicated} measured "
+            "twice; added to every measurement's variance)"
+        )
+    lines += [
         "",
         f"{'':28s}{'posterior mean (sd) per domain':s}",
     ]

@@ -54,6 +54,7 @@ STREAMS = (
     "oracle",  # HARP: the recipe seed of every train-evaluate call
     "projection",  # the random projection of gradients
     "proxy",  # the built-in proxy: its pretraining sample and its training
+    "replicate",  # HARP: the recipe seed of a leaf's second call (training noise)
     "search",  # HARP: random search and the flat ablation's first leaves
     "tree",  # HARP: k-means of the node / parent / leaf hierarchy
     "warmup",  # the LESS warm-up: its row sample and its training

@@ -19,6 +19,7 @@ the cache, and can map subsets over an executor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -75,7 +76,9 @@ class CallResult:
     key: str
 
 
-def _run_call(utility: TrainEvalUtility, rows: ExampleSet) -> CallResult:
+def _run_call(
+    utility: TrainEvalUtility, rows: ExampleSet, seed: int | None = None
+) -> CallResult:
     """One call in a worker (a task of :meth:`TrainEvalUtility.map`).
 
     It runs on a copy of the utility, so a worker's counters never change the
@@ -90,7 +93,7 @@ def _run_call(utility: TrainEvalUtility, rows: ExampleSet) -> CallResult:
     if utility.train_config.method == "lora":  # full finetuning loads fresh copies
         utility._loaded = worker_cached(key, utility._load_base)
     try:
-        return utility.call(rows)
+        return utility.call(rows, seed=seed)
     finally:
         if utility._loaded is None:  # a failed call: the base may be damaged
             forget_worker_cached(key)
@@ -188,7 +191,18 @@ class TrainEvalUtility:
             "dtype": self.context.dtype_name,
         }
 
-    def key(self, rows: ExampleSet) -> str:
+    def recipe(self, seed: int | None = None) -> TrainConfig:
+        """The training recipe of a call: ``train_config``, with ``seed`` if given.
+
+        Another seed is another draw of the recipe's own randomness (LoRA
+        initialisation, batch order, dropout) for the same rows: HARP measures a
+        leaf twice that way to estimate how much a call's result owes to it.
+        """
+        if seed is None or seed == self.train_config.seed:
+            return self.train_config
+        return dataclasses.replace(self.train_config, seed=seed)
+
+    def key(self, rows: ExampleSet, seed: int | None = None) -> str:
         """The cache key of a call on ``rows`` (the base model's for no rows)."""
         if len(rows) == 0:
             return fingerprint(
@@ -196,14 +210,14 @@ class TrainEvalUtility:
             )
         content = {
             **self._scoring(),
-            "train": self.train_config.to_dict(),
+            "train": self.recipe(seed).to_dict(),
             "rows": rows.content_hash(),
         }
         return fingerprint("train-eval", content=stable_json(content), params={})
 
-    def is_cached(self, rows: ExampleSet) -> bool:
+    def is_cached(self, rows: ExampleSet, seed: int | None = None) -> bool:
         """Whether a call on ``rows`` would be answered from the cache."""
-        return self.cache is not None and self.key(rows) in self.cache
+        return self.cache is not None and self.key(rows, seed) in self.cache
 
     # -- the model -------------------------------------------------------------------
     def _load_base(self) -> tuple[Any, Any]:
@@ -221,7 +235,9 @@ class TrainEvalUtility:
             self._loaded = self._load_base()
         return self._loaded
 
-    def _finetuned(self, rows: ExampleSet, description: str) -> tuple[Any, Any, Any]:
+    def _finetuned(
+        self, rows: ExampleSet, description: str, recipe: TrainConfig
+    ) -> tuple[Any, Any, Any]:
         """``(tuned model, tokenizer, release)``: call ``release()`` when done.
 
         LoRA trains a fresh adapter on the loaded base and ``release`` removes it
@@ -230,14 +246,14 @@ class TrainEvalUtility:
         """
         from harp.training.finetune import finetune
 
-        if self.train_config.method == "lora":
+        if recipe.method == "lora":
             base, tokenizer = self._model()
             try:
                 tuned = finetune(
                     base,
                     tokenizer,
                     rows,
-                    self.train_config,
+                    recipe,
                     progress=self.context.progress,
                     description=description,
                 )
@@ -252,7 +268,7 @@ class TrainEvalUtility:
             model,
             tokenizer,
             rows,
-            self.train_config,
+            recipe,
             progress=self.context.progress,
             description=description,
         )
@@ -276,13 +292,14 @@ class TrainEvalUtility:
             self._base = self.call(ExampleSet(())).report
         return self._base
 
-    def call(self, rows: ExampleSet) -> CallResult:
+    def call(self, rows: ExampleSet, *, seed: int | None = None) -> CallResult:
         """Finetune on ``rows`` (or read the cached result); the report and its facts.
 
-        No rows means the base model. Counters are updated: ``calls`` for a call
-        run, ``hits`` for one answered from the cache.
+        No rows means the base model. ``seed`` replaces the recipe's seed
+        (:meth:`recipe`). Counters are updated: ``calls`` for a call run, ``hits``
+        for one answered from the cache.
         """
-        key = self.key(rows)
+        key = self.key(rows, seed)
         cached = self._cached(key, rows)
         if cached is not None:
             return cached
@@ -291,8 +308,9 @@ class TrainEvalUtility:
             model, tokenizer = self._model()
             report = self._score(model, tokenizer)
         else:
+            recipe = self.recipe(seed)
             tuned, tokenizer, release = self._finetuned(
-                rows, f"finetuning ({self.train_config.method})"
+                rows, f"finetuning ({recipe.method})", recipe
             )
             train_seconds = time.perf_counter() - start
             try:
@@ -331,7 +349,9 @@ class TrainEvalUtility:
             )
         return CallResult(report, seconds, False, key)
 
-    def _calls_stacked(self, subsets: Sequence[ExampleSet]) -> list[CallResult]:
+    def _calls_stacked(
+        self, subsets: Sequence[ExampleSet], seed: int | None = None
+    ) -> list[CallResult]:
         """Uncached LoRA calls trained together (:func:`finetune_stacked`); halved
         when the device runs out of memory.
 
@@ -342,7 +362,7 @@ class TrainEvalUtility:
         from harp.training.finetune import finetune_stacked
 
         if len(subsets) == 1:
-            return [self.call(subsets[0])]
+            return [self.call(subsets[0], seed=seed)]
         base, tokenizer = self._model()
         start = time.perf_counter()
         try:
@@ -350,7 +370,7 @@ class TrainEvalUtility:
                 base,
                 tokenizer,
                 subsets,
-                self.train_config,
+                self.recipe(seed),
                 progress=self.context.progress,
                 description=f"finetuning {len(subsets)} adapters at once (lora)",
             )
@@ -369,8 +389,8 @@ class TrainEvalUtility:
                 len(subsets),
                 half,
             )
-            return self._calls_stacked(subsets[:half]) + self._calls_stacked(
-                subsets[half:]
+            return self._calls_stacked(subsets[:half], seed) + self._calls_stacked(
+                subsets[half:], seed
             )
         train_share = (time.perf_counter() - start) / len(subsets)
         with adapters:
@@ -390,7 +410,7 @@ class TrainEvalUtility:
             report.meta["train_rows"] = len(rows)
             report.meta["trained_with"] = len(subsets)
             seconds = train_share + score_share
-            out.append(self._record(self.key(rows), rows, report, seconds))
+            out.append(self._record(self.key(rows, seed), rows, report, seconds))
         return out
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
@@ -402,6 +422,7 @@ class TrainEvalUtility:
         subsets: Sequence[ExampleSet],
         executor: Any = None,
         *,
+        seed: int | None = None,
         desc: str = "train-evaluate calls",
     ) -> list[CallResult]:
         """Answer several calls; the uncached ones run as tasks of ``executor``.
@@ -411,11 +432,12 @@ class TrainEvalUtility:
         process, runs them here, one after another, on the model loaded here),
         each task writing its result to the shared cache. Results come back in
         input order and are counted as if run here, so the outcome never depends on
-        where the calls ran.
+        where the calls ran. ``seed`` replaces the recipe's seed for every call
+        (:meth:`recipe`).
         """
         # Each cache entry is read once; a subset asked twice runs once (the second
         # is read from the cache below).
-        keys = [self.key(rows) for rows in subsets]
+        keys = [self.key(rows, seed) for rows in subsets]
         answered: dict[int, CallResult] = {}
         todo: list[int] = []
         seen: set[str] = set()
@@ -431,7 +453,7 @@ class TrainEvalUtility:
         if todo and executor is not None and not executor.runs_here(len(todo)):
             self.base_report  # noqa: B018 - scored once here, not once per task
             results = executor.map(
-                functools.partial(_run_call, self._for_worker()),
+                functools.partial(_run_call, self._for_worker(), seed=seed),
                 [subsets[i] for i in todo],
                 desc=desc,
             )
@@ -451,11 +473,14 @@ class TrainEvalUtility:
             for first in range(0, len(here), together):
                 chunk = here[first : first + together]
                 answered.update(
-                    zip(chunk, self._calls_stacked([subsets[i] for i in chunk]))
+                    zip(chunk, self._calls_stacked([subsets[i] for i in chunk], seed))
                 )
                 bar.advance(len(chunk))
         # Repeats of a subset: from the cache now (or run again without a cache).
-        return [answered.get(i) or self.call(rows) for i, rows in enumerate(subsets)]
+        return [
+            answered.get(i) or self.call(rows, seed=seed)
+            for i, rows in enumerate(subsets)
+        ]
 
     def finetuned_losses(
         self, train: ExampleSet, rows: ExampleSet, *, description: str = ""
@@ -491,7 +516,7 @@ class TrainEvalUtility:
             return np.asarray(hit["losses"], dtype=np.float64), float(hit["seconds"])
         start = time.perf_counter()
         tuned, tokenizer, release = self._finetuned(
-            train, description or "finetuning on the fit rows"
+            train, description or "finetuning on the fit rows", self.train_config
         )
         try:
             losses = response_losses(

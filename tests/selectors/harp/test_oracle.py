@@ -8,7 +8,12 @@ import pytest
 from harp.core.context import RunContext
 from harp.core.errors import ParameterError
 from harp.data.synthetic import make_skills_suite
-from harp.selectors.harp.oracle import LeafOracle, _paired_bootstrap
+from harp.selectors.harp.oracle import (
+    LeafEffect,
+    LeafOracle,
+    _paired_bootstrap,
+    training_variance,
+)
 from harp.training import EvalConfig, TrainConfig, TrainEvalUtility
 
 
@@ -139,3 +144,39 @@ def test_target_fit_losses_are_the_pool_loss_of_a_target_finetune(
     other = oracle.target_fit_losses(suite.pool.subset(range(30, 40)))
     assert other.shape == (10,)
     assert len(list((tmp_path / "train-eval").glob("*"))) == 2
+
+
+def _effect(values):
+    return LeafEffect(np.asarray(values, float), np.zeros(len(values)), 0.0, False, "")
+
+
+def test_training_variance_is_half_the_mean_squared_difference():
+    first = [_effect([1.0, 0.0]), _effect([2.0, 1.0]), _effect([0.5, -1.0])]
+    second = [_effect([0.6, 0.0]), _effect([2.2, 0.7]), _effect([0.5, -1.3])]
+    expected = [
+        np.mean([0.4**2, 0.2**2, 0.0]) / 2,
+        np.mean([0.0, 0.3**2, 0.3**2]) / 2,
+    ]
+    np.testing.assert_allclose(training_variance(first, second), expected)
+    # Symmetric in the two runs.
+    np.testing.assert_allclose(training_variance(second, first), expected)
+    with pytest.raises(ParameterError, match="pairs"):
+        training_variance(first, second[:2])
+    with pytest.raises(ParameterError, match="pairs"):
+        training_variance([], [])
+
+
+def test_a_reseeded_measurement_is_another_training_run(tiny_dir, suite, tmp_path):
+    """The recipe's seed moves a leaf's effect by more than the bootstrap says."""
+    oracle = _oracle(tiny_dir, suite, tmp_path, steps=8)
+    leaves = [suite.pool.subset(range(i, i + 12)) for i in (0, 12)]
+    first = oracle.measure(leaves)
+    second = oracle.measure(leaves, seed=99)
+    assert oracle.calls == 4
+    assert all(a.key != b.key for a, b in zip(first, second))
+    variance = training_variance(first, second)
+    assert np.all(variance > 0)
+    # Asked again, the replicates come from the cache.
+    again = oracle.measure(leaves, seed=99)
+    assert oracle.calls == 4 and all(r.cached for r in again)
+    np.testing.assert_array_equal(again[0].effect, second[0].effect)

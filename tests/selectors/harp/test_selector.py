@@ -40,9 +40,13 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     sel.fit(suite.pool, suite.target)
     s = sel.selection_
     tree = sel.tree_
-    # Calls: the representatives first, then active search, never more than evals.
-    assert len(sel.measured_) <= 6
-    assert s.cost.train_eval_calls == len(sel.measured_)
+    # Calls: the representatives first, then a replicate of the biggest region's
+    # (at most half of what is left), then active search; never more than evals.
+    replicated = sel.oracle_["replicated_leaves"]
+    assert len(replicated) == 1 and replicated[0] == sel.rounds_[0][0]
+    assert len(sel.measured_) + len(replicated) <= 6
+    assert s.cost.train_eval_calls == len(sel.measured_) + len(replicated)
+    assert sel.oracle_["calls"] == s.cost.train_eval_calls
     assert set(sel.rounds_[0]) <= set(tree.representatives.tolist())
     # Budget respected, no duplicates, every row from a chosen leaf.
     assert len(s) <= 40 and len(set(s.indices.tolist())) == len(s)
@@ -59,21 +63,78 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     diag = sel.diagnostics()
     assert diag.kind == "harp" and len(diag.leaves) == tree.n_leaves
     assert len(diag.measured) == len(sel.measured_)
-    assert diag.oracle["calls"] == len(sel.measured_)
+    assert diag.oracle["calls"] == len(sel.measured_) + 1
     assert s.cost.device == "cpu"
 
 
 def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp_path):
-    params = _params(tiny_dir, tmp_path, evals=5)
+    params = _params(tiny_dir, tmp_path, evals=6)
     first = make_selector("harp-c", budget=50, **params).fit(suite.pool, suite.target)
     again = make_selector("harp-c", budget=50, **params).fit(suite.pool, suite.target)
-    assert first.oracle_["calls"] == len(first.measured_) > 0
+    calls = len(first.measured_) + len(first.oracle_["replicated_leaves"])
+    assert first.oracle_["calls"] == calls > len(first.measured_) > 0
     assert again.oracle_["calls"] == 0
     # The cost is the calls the method needed, whether run now or read from the cache.
-    assert again.selection_.cost.train_eval_calls == len(first.measured_)
-    assert again.oracle_["cache_hits"] == len(first.measured_)
+    assert again.selection_.cost.train_eval_calls == calls
+    assert again.oracle_["cache_hits"] == calls
     np.testing.assert_array_equal(again.selection_.indices, first.selection_.indices)
     np.testing.assert_array_equal(again.posterior_.mean, first.posterior_.mean)
+
+
+def test_training_noise_from_a_replicated_leaf_enters_every_variance(
+    tiny_dir, suite, tmp_path
+):
+    """One leaf measured twice: its half squared difference is the training
+    variance, added to each measured leaf's bootstrap variance (half of it, and
+    the mean of both runs, for the replicated leaf)."""
+    from harp.selectors.harp.oracle import LeafOracle
+
+    params = _params(tiny_dir, tmp_path, evals=6, round_size=2)
+    sel = make_selector("harp-c", budget=40, **params).fit(suite.pool, suite.target)
+    (leaf,) = sel.oracle_["replicated_leaves"]
+    # The calls again, from the cache, through an oracle built by hand.
+    context = RunContext(cache_dir=tmp_path)
+    oracle = LeafOracle(
+        sel._oracle(tiny_dir, suite.target, context).utility,
+        bootstrap=20,
+        seed=context.int_seed("bootstrap"),
+    )
+    rows = suite.pool.subset(sel.tree_.leaf_rows(leaf))
+    first = oracle(rows)
+    (second,) = oracle.measure([rows], seed=context.int_seed("replicate"))
+    assert oracle.calls == 0  # both were the fit's calls
+    training = (first.effect - second.effect) ** 2 / 2
+    np.testing.assert_allclose(sel.oracle_["training_sd"], np.sqrt(training))
+    assert np.all(training > 0)
+    effect, variance = sel.measured_[leaf]
+    np.testing.assert_allclose(effect, (first.effect + second.effect) / 2)
+    np.testing.assert_allclose(variance, (first.var + second.var) / 2 + training / 2)
+    for g, (effect, variance) in sel.measured_.items():
+        if g != leaf:
+            alone = oracle(suite.pool.subset(sel.tree_.leaf_rows(g)))
+            np.testing.assert_allclose(effect, alone.effect)
+            np.testing.assert_allclose(variance, alone.var + training)
+    assert oracle.calls == 0
+
+    # replicates=0: the bootstrap variance alone, every call a distinct leaf.
+    off = make_selector("harp-c", budget=40, replicates=0, **params)
+    off.fit(suite.pool, suite.target)
+    assert off.oracle_["replicated_leaves"] == []
+    assert off.oracle_["training_sd"] == [0.0] * len(sel.domains_)
+    assert len(off.measured_) == 6
+    for g, (effect, variance) in off.measured_.items():
+        alone = oracle(suite.pool.subset(off.tree_.leaf_rows(g)))
+        np.testing.assert_array_equal(variance, alone.var)
+
+
+def test_too_few_calls_to_replicate_say_so(tiny_dir, suite, tmp_path, caplog):
+    params = _params(tiny_dir, tmp_path, evals=5)
+    sel = make_selector("harp-c", budget=40, **params)
+    with caplog.at_level("WARNING"):
+        sel.fit(suite.pool, suite.target)
+    assert sel.oracle_["replicated_leaves"] == []
+    assert "too few to measure a leaf twice" in caplog.text
+    assert "Raise --evals" in caplog.text
 
 
 def test_leaf_evaluations_use_the_recipe_given(tiny_dir, suite, tmp_path):

@@ -41,7 +41,7 @@ from harp.selectors.harp.envelopes import (
     lcb_effects,
 )
 from harp.selectors.harp.hierarchy import Hierarchy, build_hierarchy
-from harp.selectors.harp.oracle import LeafEffect, LeafOracle
+from harp.selectors.harp.oracle import LeafEffect, LeafOracle, training_variance
 from harp.selectors.registry import register
 from harp.training.config import (
     EVAL_METRICS,
@@ -91,6 +91,7 @@ class _HARPSelector(BaseSelector):
         "train": [None, dict],
         "train_steps": [None, Interval(int, 1, None)],
         "bootstrap": [Interval(int, 2, None)],
+        "replicates": [Interval(int, 0, None)],
         "context": [None, RunContext],
     }
 
@@ -116,6 +117,7 @@ class _HARPSelector(BaseSelector):
         train: dict[str, Any] | None = None,
         train_steps: int | None = None,
         bootstrap: int = 200,
+        replicates: int = 2,
         context: RunContext | None = None,
     ) -> None:
         self.budget = budget
@@ -137,6 +139,7 @@ class _HARPSelector(BaseSelector):
         self.train = train
         self.train_steps = train_steps
         self.bootstrap = bootstrap
+        self.replicates = replicates
         self.context = context
 
     def _default_component(
@@ -213,15 +216,15 @@ class _HARPSelector(BaseSelector):
     def _posterior(
         self,
         tree: Hierarchy,
-        measured: dict[int, LeafEffect],
+        observed: dict[int, tuple[np.ndarray, np.ndarray]],
         n_domains: int,
         covariate: np.ndarray | None,
     ) -> Posterior:
         effects = np.full((tree.n_leaves, n_domains), np.nan)
         noise = np.full((tree.n_leaves, n_domains), np.nan)
-        for g, result in measured.items():
-            effects[g] = result.effect
-            noise[g] = result.var
+        for g, (effect, variance) in observed.items():
+            effects[g] = effect
+            noise[g] = variance
         return empirical_bayes(
             effects,
             noise,
@@ -381,15 +384,59 @@ class _HARPSelector(BaseSelector):
                 measured[g] = result
             rounds.append(list(leaves))
 
-        measure(self._initial_leaves(tree, n_evals, rng))
-        post = self._posterior(tree, measured, len(domains), covariate)
-        while self.search != "none" and len(measured) < n_evals:
-            k = min(self.round_size, n_evals - len(measured))
+        initial = self._initial_leaves(tree, n_evals, rng)
+        measure(initial)
+        # Replicates are calls too: they come out of `evals`, after the first round,
+        # and take at most half of what is left for active search.
+        left = n_evals - len(initial)
+        replicated = initial[: min(self.replicates, left // 2)]
+        if self.replicates and not replicated:
+            log.warning(
+                "%s: the first round leaves %d of %d train-evaluate calls, too few "
+                "to measure a leaf twice; the training noise is not estimated (each "
+                "effect's variance is the bootstrap's alone). Raise --evals",
+                self.name,
+                left,
+                n_evals,
+            )
+        again: dict[int, LeafEffect] = {}
+        training_var = np.zeros(len(domains))
+        if replicated:
+            # The biggest regions' representatives once more, with another recipe
+            # seed: how much of an effect is the training run's luck.
+            repeats = oracle.measure(
+                [pool.subset(leaf_rows[g]) for g in replicated],
+                context.executor,
+                seed=context.int_seed("replicate"),
+            )
+            again = dict(zip(replicated, repeats))
+            training_var = training_variance([measured[g] for g in replicated], repeats)
+            log.info(
+                "%s: training noise sd per domain %s (%d leaves measured twice); "
+                "median bootstrap sd %s",
+                self.name,
+                np.array2string(np.sqrt(training_var), precision=4),
+                len(replicated),
+                np.array2string(
+                    np.sqrt(np.median([r.var for r in measured.values()], axis=0)),
+                    precision=4,
+                ),
+            )
+
+        def observed() -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            return {
+                g: _observation(result, again.get(g), training_var)
+                for g, result in measured.items()
+            }
+
+        post = self._posterior(tree, observed(), len(domains), covariate)
+        while self.search != "none" and len(measured) + len(replicated) < n_evals:
+            k = min(self.round_size, n_evals - len(measured) - len(replicated))
             nxt = self._next_leaves(tree, post, measured, k, rng)
             if not nxt:
                 break
             measure(nxt)
-            post = self._posterior(tree, measured, len(domains), covariate)
+            post = self._posterior(tree, observed(), len(domains), covariate)
 
         base = oracle.base_scores
         effects = (
@@ -439,7 +486,7 @@ class _HARPSelector(BaseSelector):
         self.posterior_ = post
         self.domains_ = domains
         self.base_scores_ = base
-        self.measured_ = {g: (r.effect, r.var) for g, r in measured.items()}
+        self.measured_ = observed()
         self.rounds_ = rounds
         self.path_: GreedyPath = path
         self.chosen_leaves_ = chosen
@@ -455,6 +502,8 @@ class _HARPSelector(BaseSelector):
                 else round(oracle.target_fit_seconds, 3)
             ),
             "measured_leaves": len(measured),
+            "replicated_leaves": list(replicated),
+            "training_sd": np.sqrt(training_var).tolist(),
             "n_leaves": tree.n_leaves,
             "total_seconds": round(time.perf_counter() - started, 3),
         }
@@ -471,7 +520,7 @@ class _HARPSelector(BaseSelector):
         # The calls the method used (a cache hit still counts: it is a call the
         # method needed, answered from an earlier run); oracle_ splits run vs cached.
         cost = {
-            "train_eval_calls": len(measured),
+            "train_eval_calls": len(measured) + len(replicated),
             "rows_scored": len(pool),
             "device": context.device_name,
         }
@@ -520,6 +569,24 @@ class _HARPSelector(BaseSelector):
             hyper=post.hyper,
             oracle=self.oracle_,
         )
+
+
+def _observation(
+    first: LeafEffect, second: LeafEffect | None, training_var: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A measured leaf's effect and its noise variance, as the posterior sees it.
+
+    The noise is the bootstrap's (which target items were drawn) plus the training
+    recipe's own. A leaf measured twice counts as the mean of both runs: they share
+    the target items (so the bootstrap part stays) and average two draws of the
+    recipe's noise.
+    """
+    if second is None:
+        return first.effect, first.var + training_var
+    return (
+        (first.effect + second.effect) / 2.0,
+        (first.var + second.var) / 2.0 + training_var / 2.0,
+    )
 
 
 def _novelty(
@@ -619,6 +686,16 @@ default="loss"
         as ``train`` says).
     bootstrap : int, default=200
         Bootstrap resamples of the target items for each effect's variance.
+    replicates : int, default=2
+        Leaves of the first round (the biggest regions' representatives) measured
+        a second time with another recipe seed (the run's ``replicate`` stream):
+        train-evaluate calls (counted in ``evals``: at most half of the calls the
+        first round leaves for active search) whose differences estimate,
+        per domain, the
+        variance a call's result owes to its training run (LoRA initialisation,
+        batch order), which the bootstrap over target items does not see. It is
+        added to every measurement's noise (a leaf measured twice counts as the
+        mean of both, with half of it). 0: the bootstrap variance alone.
     context : RunContext or None, default=None
         Device, dtype, cache folder (the proxy, the features and every
         train-evaluate call are cached there), progress display and executor: where
@@ -645,12 +722,15 @@ default="loss"
     posterior_ : Posterior
         Posterior mean and variance of every leaf's effect per domain.
     measured_ : dict
-        ``{leaf: (effect, variance)}`` of the measured leaves.
+        ``{leaf: (effect, variance)}`` of the measured leaves: the variance is the
+        bootstrap's plus the estimated training noise (``oracle_["training_sd"]``);
+        a replicated leaf's effect is the mean of its two calls.
     path_ : GreedyPath
         The greedy order over leaves, the gains and the best prefix.
     oracle_ : dict
-        Train-evaluate calls run, cache hits and their time, and the time of the
-        target fit.
+        Train-evaluate calls run, cache hits and their time, the time of the
+        target fit, the replicated leaves and the training noise's standard
+        deviation per domain (``training_sd``).
 
     References
     ----------
@@ -684,7 +764,7 @@ class HARPESelector(_HARPSelector):
         As for :class:`HARPCSelector`.
     leaf_size, leaves_per_parent, parents_per_node, hierarchy, pooling, search
         As for :class:`HARPCSelector`.
-    round_size, prior, kappa, train_steps, bootstrap, context
+    round_size, prior, kappa, train, train_steps, bootstrap, replicates, context
         As for :class:`HARPCSelector`.
 
     Attributes
