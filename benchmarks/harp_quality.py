@@ -36,7 +36,12 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _inference(post, truth: np.ndarray, noise: np.ndarray, domains) -> dict:
-    """Spearman and 90% coverage of the unmeasured leaves, per domain and overall."""
+    """Spearman and 90% coverage of the unmeasured leaves, per domain and overall.
+
+    ``noise`` is the variance of one measurement as the model sees it (the
+    bootstrap's, plus the training noise HARP estimates from its replicates): the
+    predictive interval of a leaf's measured truth adds it to the posterior's.
+    """
     from scipy.stats import norm
     from scipy.stats import t as student_t
 
@@ -56,6 +61,7 @@ def _inference(post, truth: np.ndarray, noise: np.ndarray, domains) -> dict:
         out[f"predictive90_{d}"] = float(predictive[un, k].mean())
     out["spearman_sum"] = _spearman(post.mean[un].sum(1), truth[un].sum(1))
     out["coverage90_all"] = float(inside[un].mean())
+    out["predictive90_all"] = float(predictive[un].mean())
     return out
 
 
@@ -195,13 +201,22 @@ def main() -> None:
     # Leaf purity: the share of rows whose leaf's majority (harmful or not) they share.
     majority = sum(max(harmful[r].sum(), (~harmful[r]).sum()) for r in leaf_rows)
     no_prior = fit("harp-c", evals=args.evals, prior="none")
+    # Without replicates each measurement's noise is the bootstrap's alone.
+    no_replicates = fit("harp-c", evals=args.evals, replicates=0)
+    training_var = np.square(np.asarray(main_c.oracle_["training_sd"]))
+    believed = noise + training_var
     inference = {
         "n_leaves": tree.n_leaves,
         "n_parents": tree.n_parents,
         "leaf_purity": float(majority / len(pool)),
-        "harp_search": _inference(post, truth, noise, main_c.domains_),
+        "training_sd": main_c.oracle_["training_sd"],
+        "replicated_leaves": main_c.oracle_["replicated_leaves"],
+        "harp_search": _inference(post, truth, believed, main_c.domains_),
         "harp_search_no_prior": _inference(
-            no_prior.posterior_, truth, noise, main_c.domains_
+            no_prior.posterior_, truth, believed, main_c.domains_
+        ),
+        "harp_search_no_replicates": _inference(
+            no_replicates.posterior_, truth, noise, main_c.domains_
         ),
     }
     # The same model on measured sets that no search chose: the representatives
@@ -223,18 +238,22 @@ def main() -> None:
             measured[np.concatenate([reps, extra])] = True
             draw_post = empirical_bayes(
                 np.where(measured[:, None], truth, np.nan),
-                np.where(measured[:, None], noise, np.nan),
+                np.where(measured[:, None], believed, np.nan),
                 tree.parent_of_leaf,
                 covariate=covariate,
             )
-            draws.append(_inference(draw_post, truth, noise, main_c.domains_))
+            draws.append(_inference(draw_post, truth, believed, main_c.domains_))
         inference[label] = _mean_of(draws)
     print("inference:", json.dumps(inference, indent=1), flush=True)
 
     # -- selections and their target scores -------------------------------------------
     bounded = args.metric == "exact_match"
     base = main_c.base_scores_
-    for name, sel in (("harp-c (20%)", main_c), ("harp-e (20%)", main_e)):
+    for name, sel in (
+        ("harp-c (20%)", main_c),
+        ("harp-e (20%)", main_e),
+        ("harp-c (20%, no replicates)", no_replicates),
+    ):
         score(
             name,
             sel.selection_.indices,

@@ -52,10 +52,10 @@ def test_select_writes_the_tree_into_the_sidecar(harp_run):
     meta = json.loads(harp_run.with_name("sub.jsonl.meta.json").read_text())
     diag = meta["diagnostics"]
     assert diag["kind"] == "harp" and diag["method"] == "harp-e"
-    # 4 calls: two representatives, one of them again (training noise), one more.
-    assert sum(x["measured"] for x in diag["leaves"]) == 3
-    assert len(diag["oracle"]["replicated_leaves"]) == 1
-    assert meta["cost"]["train_eval_calls"] == 4
+    # 6 calls: 4 leaves (--evals 4), two of them again (training noise).
+    assert sum(x["measured"] for x in diag["leaves"]) == 4
+    assert len(diag["oracle"]["replicated_leaves"]) == 2
+    assert meta["cost"]["train_eval_calls"] == 6
     chosen_rows = sum(x["size"] for x in diag["leaves"] if x["chosen"])
     assert len(meta["indices"]) == min(40, chosen_rows)
 
@@ -66,7 +66,7 @@ def test_inspect_shows_every_leaf(harp_run):
     meta = json.loads(harp_run.with_name("sub.jsonl.meta.json").read_text())
     n_leaves = len(meta["diagnostics"]["leaves"])
     assert result.output.count(" leaf ") == n_leaves
-    assert result.output.count("  measured ") == 3
+    assert result.output.count("  measured ") == 4
     assert "training noise sd per domain" in result.output
     # Every leaf shows its median target-fit loss (the default weight is on).
     assert result.output.count("  fit ") == n_leaves

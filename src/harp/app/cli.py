@@ -415,8 +415,9 @@ def select(
     ),
     evals: Optional[str] = typer.Option(
         None,
-        help="HARP: train-evaluate calls, a count (12) or a fraction of the "
-        "leaves (0.2).",
+        help="HARP: leaves measured by a train-evaluate call, a count (12) or a "
+        "fraction of the leaves (0.2); 2 more calls measure two leaves again "
+        "(-p replicates=2).",
     ),
     schedule: Optional[str] = typer.Option(
         None,
@@ -808,8 +809,9 @@ def bench(
     ),
     evals: Optional[str] = typer.Option(
         None,
-        help="HARP methods: train-evaluate calls, a count (12) or a fraction of the "
-        "leaves (0.2); same as -p harp-c.evals=... -p harp-e.evals=....",
+        help="HARP methods: leaves measured by a train-evaluate call, a count (12) "
+        "or a fraction of the leaves (0.2); same as -p harp-c.evals=... "
+        "-p harp-e.evals=....",
     ),
     param: list[str] = typer.Option(
         [],

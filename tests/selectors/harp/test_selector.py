@@ -40,12 +40,12 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     sel.fit(suite.pool, suite.target)
     s = sel.selection_
     tree = sel.tree_
-    # Calls: the representatives first, then a replicate of the biggest region's
-    # (at most half of what is left), then active search; never more than evals.
+    # Calls: the representatives first, two of them again (training noise), then
+    # active search; never more than evals distinct leaves.
     replicated = sel.oracle_["replicated_leaves"]
-    assert len(replicated) == 1 and replicated[0] == sel.rounds_[0][0]
-    assert len(sel.measured_) + len(replicated) <= 6
-    assert s.cost.train_eval_calls == len(sel.measured_) + len(replicated)
+    assert replicated == sel.rounds_[0][:2]
+    assert len(sel.measured_) <= 6
+    assert s.cost.train_eval_calls == len(sel.measured_) + 2
     assert sel.oracle_["calls"] == s.cost.train_eval_calls
     assert set(sel.rounds_[0]) <= set(tree.representatives.tolist())
     # Budget respected, no duplicates, every row from a chosen leaf.
@@ -63,7 +63,7 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     diag = sel.diagnostics()
     assert diag.kind == "harp" and len(diag.leaves) == tree.n_leaves
     assert len(diag.measured) == len(sel.measured_)
-    assert diag.oracle["calls"] == len(sel.measured_) + 1
+    assert diag.oracle["calls"] == len(sel.measured_) + 2
     assert s.cost.device == "cpu"
 
 
@@ -84,14 +84,15 @@ def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp
 def test_training_noise_from_a_replicated_leaf_enters_every_variance(
     tiny_dir, suite, tmp_path
 ):
-    """One leaf measured twice: its half squared difference is the training
-    variance, added to each measured leaf's bootstrap variance (half of it, and
-    the mean of both runs, for the replicated leaf)."""
+    """Two leaves measured twice: the mean of their half squared differences is
+    the training variance, added to each measured leaf's bootstrap variance (half
+    of it, and the mean of both runs, for a replicated leaf)."""
     from harp.selectors.harp.oracle import LeafOracle
 
     params = _params(tiny_dir, tmp_path, evals=6, round_size=2)
     sel = make_selector("harp-c", budget=40, **params).fit(suite.pool, suite.target)
-    (leaf,) = sel.oracle_["replicated_leaves"]
+    replicated = sel.oracle_["replicated_leaves"]
+    assert len(replicated) == 2
     # The calls again, from the cache, through an oracle built by hand.
     context = RunContext(cache_dir=tmp_path)
     oracle = LeafOracle(
@@ -99,18 +100,21 @@ def test_training_noise_from_a_replicated_leaf_enters_every_variance(
         bootstrap=20,
         seed=context.int_seed("bootstrap"),
     )
-    rows = suite.pool.subset(sel.tree_.leaf_rows(leaf))
-    first = oracle(rows)
-    (second,) = oracle.measure([rows], seed=context.int_seed("replicate"))
-    assert oracle.calls == 0  # both were the fit's calls
-    training = (first.effect - second.effect) ** 2 / 2
+    subsets = [suite.pool.subset(sel.tree_.leaf_rows(g)) for g in replicated]
+    first = oracle.measure(subsets)
+    second = oracle.measure(subsets, seed=context.int_seed("replicate"))
+    assert oracle.calls == 0  # all were the fit's calls
+    training = np.mean(
+        [(a.effect - b.effect) ** 2 / 2 for a, b in zip(first, second)], axis=0
+    )
     np.testing.assert_allclose(sel.oracle_["training_sd"], np.sqrt(training))
     assert np.all(training > 0)
-    effect, variance = sel.measured_[leaf]
-    np.testing.assert_allclose(effect, (first.effect + second.effect) / 2)
-    np.testing.assert_allclose(variance, (first.var + second.var) / 2 + training / 2)
+    for g, a, b in zip(replicated, first, second):
+        effect, variance = sel.measured_[g]
+        np.testing.assert_allclose(effect, (a.effect + b.effect) / 2)
+        np.testing.assert_allclose(variance, (a.var + b.var) / 2 + training / 2)
     for g, (effect, variance) in sel.measured_.items():
-        if g != leaf:
+        if g not in replicated:
             alone = oracle(suite.pool.subset(sel.tree_.leaf_rows(g)))
             np.testing.assert_allclose(effect, alone.effect)
             np.testing.assert_allclose(variance, alone.var + training)
@@ -127,14 +131,16 @@ def test_training_noise_from_a_replicated_leaf_enters_every_variance(
         np.testing.assert_array_equal(variance, alone.var)
 
 
-def test_too_few_calls_to_replicate_say_so(tiny_dir, suite, tmp_path, caplog):
-    params = _params(tiny_dir, tmp_path, evals=5)
-    sel = make_selector("harp-c", budget=40, **params)
-    with caplog.at_level("WARNING"):
-        sel.fit(suite.pool, suite.target)
-    assert sel.oracle_["replicated_leaves"] == []
-    assert "too few to measure a leaf twice" in caplog.text
-    assert "Raise --evals" in caplog.text
+def test_replicates_come_on_top_of_evals(tiny_dir, suite, tmp_path):
+    """``evals`` counts distinct leaves; replicates add calls, at most one per
+    first-round leaf."""
+    params = _params(tiny_dir, tmp_path, evals=5, search="none")
+    sel = make_selector("harp-c", budget=40, replicates=50, **params)
+    sel.fit(suite.pool, suite.target)
+    first_round = sel.rounds_[0]
+    assert sel.oracle_["replicated_leaves"] == first_round
+    assert len(sel.measured_) == len(first_round)
+    assert sel.selection_.cost.train_eval_calls == 2 * len(first_round)
 
 
 def test_leaf_evaluations_use_the_recipe_given(tiny_dir, suite, tmp_path):
@@ -148,7 +154,7 @@ def test_leaf_evaluations_use_the_recipe_given(tiny_dir, suite, tmp_path):
     assert (leaf.epochs, leaf.batch_size, leaf.lr, leaf.seed) == (1, 4, 2e-4, 7)
     assert make_selector("harp-c", train=recipe, train_steps=5).leaf_recipe().steps == 5
     first = sel.fit(suite.pool, suite.target)
-    assert first.oracle_["calls"] == 3
+    assert first.oracle_["calls"] == 3 + 2  # 3 leaves, 2 of them again
     # Another recipe is another utility: nothing of the first is reused ...
     other = make_selector(
         "harp-c", budget=40, train={**recipe, "lr": 1e-3}, **base

@@ -386,19 +386,10 @@ class _HARPSelector(BaseSelector):
 
         initial = self._initial_leaves(tree, n_evals, rng)
         measure(initial)
-        # Replicates are calls too: they come out of `evals`, after the first round,
-        # and take at most half of what is left for active search.
-        left = n_evals - len(initial)
-        replicated = initial[: min(self.replicates, left // 2)]
-        if self.replicates and not replicated:
-            log.warning(
-                "%s: the first round leaves %d of %d train-evaluate calls, too few "
-                "to measure a leaf twice; the training noise is not estimated (each "
-                "effect's variance is the bootstrap's alone). Raise --evals",
-                self.name,
-                left,
-                n_evals,
-            )
+        # Replicates come on top of `evals`: taken from it, they would cost distinct
+        # leaves, and the within-parent variance is estimated from those (on the
+        # demo's suite, 2 fewer leaves measured moved 90% coverage from 0.69 to 0.55).
+        replicated = initial[: self.replicates]
         again: dict[int, LeafEffect] = {}
         training_var = np.zeros(len(domains))
         if replicated:
@@ -430,8 +421,8 @@ class _HARPSelector(BaseSelector):
             }
 
         post = self._posterior(tree, observed(), len(domains), covariate)
-        while self.search != "none" and len(measured) + len(replicated) < n_evals:
-            k = min(self.round_size, n_evals - len(measured) - len(replicated))
+        while self.search != "none" and len(measured) < n_evals:
+            k = min(self.round_size, n_evals - len(measured))
             nxt = self._next_leaves(tree, post, measured, k, rng)
             if not nxt:
                 break
@@ -627,7 +618,8 @@ class HARPCSelector(_HARPSelector):
         A local Hugging Face causal-LM folder, or ``"proxy"``/None for the built-in
         proxy pretrained on the pool (cached).
     evals : int or float, default=0.2
-        Train-evaluate calls: a count, or a fraction of the number of leaves.
+        Leaves measured by a train-evaluate call: a count, or a fraction of the
+        number of leaves (``replicates`` adds its calls to these).
     metric : {"loss", "exact_match", "option_logprob", "option_accuracy"}, \
 default="loss"
         The effect a call measures: the target loss reduction (unbounded, no clip),
@@ -689,9 +681,8 @@ default="loss"
     replicates : int, default=2
         Leaves of the first round (the biggest regions' representatives) measured
         a second time with another recipe seed (the run's ``replicate`` stream):
-        train-evaluate calls (counted in ``evals``: at most half of the calls the
-        first round leaves for active search) whose differences estimate,
-        per domain, the
+        train-evaluate calls on top of ``evals`` (which counts distinct leaves)
+        whose differences estimate, per domain, the
         variance a call's result owes to its training run (LoRA initialisation,
         batch order), which the bootstrap over target items does not see. It is
         added to every measurement's noise (a leaf measured twice counts as the
