@@ -135,13 +135,30 @@ def test_a_seed_is_the_recipe_with_that_seed(tiny_dir, tmp_path):
     # It is another training run: another result than the recipe's own seed.
     assert utility(rows).scores != first.report.scores
     assert utility.is_cached(rows, seed=5) and not utility.is_cached(rows, seed=6)
-    subsets = [_rows(4), _rows(4, offset=4)]
-    expected = [other(s).scores for s in subsets]
-    mapped = _utility(tiny_dir, tmp_path / "here").map(subsets, seed=5)
+    # One map holds subsets of both seeds (a stack trains one seed at a time).
+    subsets = [_rows(4), _rows(4, offset=4), _rows(4)]
+    seeds = [5, 5, None]
+    expected = [other(s).scores for s in subsets[:2]] + [utility(subsets[2]).scores]
+    here = _utility(tiny_dir, tmp_path / "here")
+    mapped = here.map(subsets, seeds=seeds)
     assert [r.report.scores for r in mapped] == expected
+    assert here.calls == 3
+    stacked = _stacking(tiny_dir, tmp_path / "stacked", 3)
+    alone = _stacking(tiny_dir, tmp_path / "alone", 1)
+    want = [
+        alone.call(s, seed=k).report.average("loss").mean
+        for s, k in zip(subsets, seeds)
+    ]
+    got = stacked.map(subsets, seeds=seeds)
+    assert [r.report.average("loss").mean for r in got] == pytest.approx(want, rel=1e-4)
+    assert [r.report.meta.get("trained_with") for r in got] == [2, 2, None]
     with LocalExecutor(workers=2) as executor:
-        pooled = _utility(tiny_dir, tmp_path / "pool").map(subsets, executor, seed=5)
+        pooled = _utility(tiny_dir, tmp_path / "pool").map(
+            subsets, executor, seeds=seeds
+        )
     assert [r.report.scores for r in pooled] == expected
+    with pytest.raises(ParameterError, match="one per subset"):
+        here.map(subsets, seeds=[5])
 
 
 def _stacking(tiny_dir, cache_dir, together):
@@ -268,7 +285,7 @@ def test_a_worker_loads_the_base_once_for_its_calls(tiny_dir, tmp_path, monkeypa
     monkeypatch.setattr(executor_module, "_WORKER_MODEL", {})
     shipped = _utility(tiny_dir, tmp_path / "w", cache=False)._for_worker()
     got = [
-        utility_module._run_call(copy, rows).report.scores
+        utility_module._run_call(copy, (rows, None)).report.scores
         for copy, rows in ((shipped, _rows(4)), (shipped._for_worker(), _rows(6)))
     ]
     assert got == expected

@@ -319,7 +319,7 @@ class BenchConfig:
 
         A value already set for a method (in the suite file or by ``-p``) is kept.
         ``harp bench --evals N`` uses it to give every method that makes
-        train-evaluate calls the same call budget.
+        train-evaluate calls the same budget (for HARP: N leaves measured).
         """
         from harp.selectors import available_methods, get_selector_class
 

@@ -77,9 +77,10 @@ class CallResult:
 
 
 def _run_call(
-    utility: TrainEvalUtility, rows: ExampleSet, seed: int | None = None
+    utility: TrainEvalUtility, task: tuple[ExampleSet, int | None]
 ) -> CallResult:
-    """One call in a worker (a task of :meth:`TrainEvalUtility.map`).
+    """One call in a worker (a task of :meth:`TrainEvalUtility.map`): rows and the
+    recipe seed to train them with (None: the recipe's own).
 
     It runs on a copy of the utility, so a worker's counters never change the
     driver's: the driver counts the call from the result. The worker keeps the
@@ -92,6 +93,7 @@ def _run_call(
     )
     if utility.train_config.method == "lora":  # full finetuning loads fresh copies
         utility._loaded = worker_cached(key, utility._load_base)
+    rows, seed = task
     try:
         return utility.call(rows, seed=seed)
     finally:
@@ -422,7 +424,7 @@ class TrainEvalUtility:
         subsets: Sequence[ExampleSet],
         executor: Any = None,
         *,
-        seed: int | None = None,
+        seeds: Sequence[int | None] | None = None,
         desc: str = "train-evaluate calls",
     ) -> list[CallResult]:
         """Answer several calls; the uncached ones run as tasks of ``executor``.
@@ -432,12 +434,19 @@ class TrainEvalUtility:
         process, runs them here, one after another, on the model loaded here),
         each task writing its result to the shared cache. Results come back in
         input order and are counted as if run here, so the outcome never depends on
-        where the calls ran. ``seed`` replaces the recipe's seed for every call
-        (:meth:`recipe`).
+        where the calls ran. ``seeds`` gives each subset's recipe seed
+        (:meth:`recipe`; None, or a None entry: the recipe's own), so one map can
+        hold a subset and its replicate.
         """
+        seeds = [None] * len(subsets) if seeds is None else list(seeds)
+        if len(seeds) != len(subsets):
+            raise ParameterError(
+                f"seeds: {len(seeds)} seeds for {len(subsets)} subsets; expected one "
+                "per subset"
+            )
         # Each cache entry is read once; a subset asked twice runs once (the second
         # is read from the cache below).
-        keys = [self.key(rows, seed) for rows in subsets]
+        keys = [self.key(rows, seed) for rows, seed in zip(subsets, seeds)]
         answered: dict[int, CallResult] = {}
         todo: list[int] = []
         seen: set[str] = set()
@@ -453,8 +462,8 @@ class TrainEvalUtility:
         if todo and executor is not None and not executor.runs_here(len(todo)):
             self.base_report  # noqa: B018 - scored once here, not once per task
             results = executor.map(
-                functools.partial(_run_call, self._for_worker(), seed=seed),
-                [subsets[i] for i in todo],
+                functools.partial(_run_call, self._for_worker()),
+                [(subsets[i], seeds[i]) for i in todo],
                 desc=desc,
             )
             for i, result in zip(todo, results):
@@ -468,18 +477,22 @@ class TrainEvalUtility:
         together = self.context.adapters_at_once_count
         if self.train_config.method != "lora":
             together = 1  # full finetuning trains whole copies
-        # Run here, with the estimate an executor gives, `together` calls at a time.
+        # Run here, with the estimate an executor gives, `together` calls of one
+        # recipe seed at a time (a stack trains with one recipe).
+        by_seed: dict[int | None, list[int]] = {}
+        for i in here:
+            by_seed.setdefault(seeds[i], []).append(i)
         with ProgressBar(False, desc, len(here), unit="call") as bar:
-            for first in range(0, len(here), together):
-                chunk = here[first : first + together]
-                answered.update(
-                    zip(chunk, self._calls_stacked([subsets[i] for i in chunk], seed))
-                )
-                bar.advance(len(chunk))
+            for seed, group in by_seed.items():
+                for first in range(0, len(group), together):
+                    chunk = group[first : first + together]
+                    stacked = self._calls_stacked([subsets[i] for i in chunk], seed)
+                    answered.update(zip(chunk, stacked))
+                    bar.advance(len(chunk))
         # Repeats of a subset: from the cache now (or run again without a cache).
         return [
             answered.get(i) or self.call(rows, seed=seed)
-            for i, rows in enumerate(subsets)
+            for i, (rows, seed) in enumerate(zip(subsets, seeds))
         ]
 
     def finetuned_losses(

@@ -171,12 +171,12 @@ def test_a_reseeded_measurement_is_another_training_run(tiny_dir, suite, tmp_pat
     oracle = _oracle(tiny_dir, suite, tmp_path, steps=8)
     leaves = [suite.pool.subset(range(i, i + 12)) for i in (0, 12)]
     first = oracle.measure(leaves)
-    second = oracle.measure(leaves, seed=99)
+    second = oracle.measure(leaves, seeds=[99, 99])
     assert oracle.calls == 4
     assert all(a.key != b.key for a, b in zip(first, second))
     variance = training_variance(first, second)
     assert np.all(variance > 0)
     # Asked again, the replicates come from the cache.
-    again = oracle.measure(leaves, seed=99)
+    again = oracle.measure(leaves, seeds=[99, 99])
     assert oracle.calls == 4 and all(r.cached for r in again)
     np.testing.assert_array_equal(again[0].effect, second[0].effect)

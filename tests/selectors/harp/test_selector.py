@@ -102,7 +102,9 @@ def test_training_noise_from_a_replicated_leaf_enters_every_variance(
     )
     subsets = [suite.pool.subset(sel.tree_.leaf_rows(g)) for g in replicated]
     first = oracle.measure(subsets)
-    second = oracle.measure(subsets, seed=context.int_seed("replicate"))
+    second = oracle.measure(
+        subsets, seeds=[context.int_seed("replicate")] * len(subsets)
+    )
     assert oracle.calls == 0  # all were the fit's calls
     training = np.mean(
         [(a.effect - b.effect) ** 2 / 2 for a, b in zip(first, second)], axis=0

@@ -213,16 +213,17 @@ class LeafOracle:
         subsets: Sequence[ExampleSet],
         executor: Any = None,
         *,
-        seed: int | None = None,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[LeafEffect]:
         """The effects of one round's leaves; uncached calls run on ``executor``.
 
         Results are in input order, so the selection equals a sequential run's.
-        ``seed`` replaces the recipe's seed (a replicate measurement of the same
-        leaves: :func:`training_variance`).
+        ``seeds`` gives each leaf's recipe seed (None: the recipe's own; another
+        seed is a replicate measurement of the leaf: :func:`training_variance`).
         """
-        desc = "HARP leaf evaluations" if seed is None else "HARP replicate leaves"
-        results = self.utility.map(subsets, executor, seed=seed, desc=desc)
+        results = self.utility.map(
+            subsets, executor, seeds=seeds, desc="HARP leaf evaluations"
+        )
         return [self._effect(rows, r) for rows, r in zip(subsets, results)]
 
     def target_fit_losses(self, pool: ExampleSet) -> np.ndarray:
