@@ -193,6 +193,31 @@ def test_map_trains_adapters_together_as_calls_one_at_a_time(tiny_dir, tmp_path)
     assert not any(m._forward_hooks for m in base.modules())
 
 
+def test_map_hashes_each_subset_once_and_reads_each_entry_once(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """A key is computed once per subset (stacked and single runs reuse it), and a
+    cache entry is read once before its call runs (a repeat reads it once more)."""
+    utility = _stacking(tiny_dir, tmp_path, 2)
+    utility.base_report  # noqa: B018 - not part of the count
+    subsets = [_rows(4), _rows(5, offset=4), _rows(3, offset=2), _rows(4)]
+    hashed, reads = [], []
+    real_key, real_get = utility.key, utility.cache.get
+    monkeypatch.setattr(
+        utility, "key", lambda rows, seed=None: hashed.append(1) or real_key(rows, seed)
+    )
+    monkeypatch.setattr(
+        utility.cache, "get", lambda key: reads.append(key) or real_get(key)
+    )
+    results = utility.map(subsets, seeds=[None, None, 7, None])
+    assert len(hashed) == len(subsets)
+    assert len(reads) == 3 + 1 and reads[-1] == reads[0]
+    assert [r.cached for r in results] == [False, False, False, True]
+    assert [r.report.meta.get("trained_with") for r in results[:3]] == [2, 2, None]
+    assert results[3].report.scores == results[0].report.scores
+    assert (utility.calls, utility.hits) == (3, 1)
+
+
 def test_out_of_memory_halves_the_adapters_trained_together(
     tiny_dir, tmp_path, monkeypatch, caplog
 ):

@@ -302,9 +302,10 @@ class TrainEvalUtility:
         for one answered from the cache.
         """
         key = self.key(rows, seed)
-        cached = self._cached(key, rows)
-        if cached is not None:
-            return cached
+        return self._cached(key, rows) or self._run(key, rows, seed)
+
+    def _run(self, key: str, rows: ExampleSet, seed: int | None) -> CallResult:
+        """Run the call ``key`` (known not to be cached), count and keep it."""
         start = time.perf_counter()
         if len(rows) == 0:
             model, tokenizer = self._model()
@@ -352,10 +353,10 @@ class TrainEvalUtility:
         return CallResult(report, seconds, False, key)
 
     def _calls_stacked(
-        self, subsets: Sequence[ExampleSet], seed: int | None = None
+        self, keys: Sequence[str], subsets: Sequence[ExampleSet], seed: int | None
     ) -> list[CallResult]:
-        """Uncached LoRA calls trained together (:func:`finetune_stacked`); halved
-        when the device runs out of memory.
+        """Uncached LoRA calls (their ``keys``) trained together
+        (:func:`finetune_stacked`); halved when the device runs out of memory.
 
         The adapters are scored together too (:func:`evaluate_stacked`); a call's
         ``seconds`` is its share of the joint training and scoring.
@@ -364,7 +365,7 @@ class TrainEvalUtility:
         from harp.training.finetune import finetune_stacked
 
         if len(subsets) == 1:
-            return [self.call(subsets[0], seed=seed)]
+            return [self._run(keys[0], subsets[0], seed)]
         base, tokenizer = self._model()
         start = time.perf_counter()
         try:
@@ -391,9 +392,9 @@ class TrainEvalUtility:
                 len(subsets),
                 half,
             )
-            return self._calls_stacked(subsets[:half], seed) + self._calls_stacked(
-                subsets[half:], seed
-            )
+            return self._calls_stacked(
+                keys[:half], subsets[:half], seed
+            ) + self._calls_stacked(keys[half:], subsets[half:], seed)
         train_share = (time.perf_counter() - start) / len(subsets)
         with adapters:
             scored = time.perf_counter()
@@ -407,12 +408,12 @@ class TrainEvalUtility:
             )
             score_share = (time.perf_counter() - scored) / len(subsets)
         out = []
-        for rows, report in zip(subsets, reports):
+        for key, rows, report in zip(keys, subsets, reports):
             report.meta["train_seconds"] = train_share
             report.meta["train_rows"] = len(rows)
             report.meta["trained_with"] = len(subsets)
             seconds = train_share + score_share
-            out.append(self._record(self.key(rows, seed), rows, report, seconds))
+            out.append(self._record(key, rows, report, seconds))
         return out
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
@@ -486,13 +487,15 @@ class TrainEvalUtility:
             for seed, group in by_seed.items():
                 for first in range(0, len(group), together):
                     chunk = group[first : first + together]
-                    stacked = self._calls_stacked([subsets[i] for i in chunk], seed)
+                    stacked = self._calls_stacked(
+                        [keys[i] for i in chunk], [subsets[i] for i in chunk], seed
+                    )
                     answered.update(zip(chunk, stacked))
                     bar.advance(len(chunk))
         # Repeats of a subset: from the cache now (or run again without a cache).
         return [
-            answered.get(i) or self.call(rows, seed=seed)
-            for i, (rows, seed) in enumerate(zip(subsets, seeds))
+            answered.get(i) or self._cached(key, rows) or self._run(key, rows, seed)
+            for i, (key, rows, seed) in enumerate(zip(keys, subsets, seeds))
         ]
 
     def finetuned_losses(
