@@ -203,6 +203,9 @@ def main() -> None:
     no_prior = fit("harp-c", evals=args.evals, prior="none")
     # Without replicates each measurement's noise is the bootstrap's alone.
     no_replicates = fit("harp-c", evals=args.evals, replicates=0)
+    # The variances plugged in at their REML estimate (the paper's empirical Bayes)
+    # instead of integrated over.
+    plug_in = fit("harp-c", evals=args.evals, variances="reml")
     training_var = np.square(np.asarray(main_c.oracle_["training_sd"]))
     believed = noise + training_var
     inference = {
@@ -218,6 +221,9 @@ def main() -> None:
         "harp_search_no_replicates": _inference(
             no_replicates.posterior_, truth, noise, main_c.domains_
         ),
+        "harp_search_reml": _inference(
+            plug_in.posterior_, truth, believed, main_c.domains_
+        ),
     }
     # The same model on measured sets that no search chose: the representatives
     # plus random leaves up to the same number of calls, over many draws. Active
@@ -226,9 +232,10 @@ def main() -> None:
     n_measured = int(post.measured.sum())
     reps = np.asarray(tree.representatives)
     rng = np.random.default_rng(args.seed)
-    for label, covariate in (
-        ("random_search", main_c.covariate_),
-        ("random_search_no_prior", None),
+    for label, covariate, method in (
+        ("random_search", main_c.covariate_, "bayes"),
+        ("random_search_reml", main_c.covariate_, "reml"),
+        ("random_search_no_prior", None, "bayes"),
     ):
         draws = []
         for _ in range(args.draws):
@@ -241,6 +248,7 @@ def main() -> None:
                 np.where(measured[:, None], believed, np.nan),
                 tree.parent_of_leaf,
                 covariate=covariate,
+                method=method,
             )
             draws.append(_inference(draw_post, truth, believed, main_c.domains_))
         inference[label] = _mean_of(draws)
@@ -253,6 +261,7 @@ def main() -> None:
         ("harp-c (20%)", main_c),
         ("harp-e (20%)", main_e),
         ("harp-c (20%, no replicates)", no_replicates),
+        ("harp-c (20%, reml variances)", plug_in),
     ):
         score(
             name,

@@ -57,6 +57,34 @@ def dense_posterior(y, s2, parent, m, sigma2, tau2, beta=0.0, c=None):
     return mean, var
 
 
+def dense_estimated(y, s2, parent, sigma2, tau2, c=None):
+    """Reference with the mean (and the slope on ``c``) unknown, flat prior: the
+    dense GLS estimate, the textbook conditioning around it, and the variance its
+    estimation adds ("universal kriging"). Also returns minus the restricted
+    log-likelihood (up to a constant)."""
+    L = len(parent)
+    idx = np.flatnonzero(np.isfinite(y))
+    x_all = np.ones((L, 1)) if c is None else np.stack([np.ones(L), c], axis=1)
+    same = (parent[:, None] == parent[None, :]).astype(float)
+    prior_cov = tau2 * np.eye(L) + sigma2 * same
+    k = prior_cov[:, idx]
+    sigma = prior_cov[np.ix_(idx, idx)] + np.diag(s2[idx])
+    inv = np.linalg.inv(sigma)
+    x = x_all[idx]
+    precision = x.T @ inv @ x
+    coef = np.linalg.solve(precision, x.T @ inv @ y[idx])
+    r = y[idx] - x @ coef
+    mean = x_all @ coef + k @ inv @ r
+    through = x_all - k @ inv @ x
+    var = np.diag(prior_cov - k @ inv @ k.T) + np.einsum(
+        "li,ij,lj->l", through, np.linalg.inv(precision), through
+    )
+    nll = 0.5 * (
+        np.linalg.slogdet(sigma)[1] + r @ inv @ r + np.linalg.slogdet(precision)[1]
+    )
+    return mean, var, nll
+
+
 def test_hand_worked_normal_normal():
     # m = 0, sigma2 = tau2 = s2 = 1; leaf 0 measured y = 3 in parent 0, leaf 1
     # unmeasured in parent 0, leaf 2 alone in parent 1.
@@ -126,12 +154,100 @@ def test_fitted_posterior_matches_dense_at_fitted_hyper():
         sigma2=0.02,
         tau2=0.01,
     )
-    post = empirical_bayes(y, s2, parent)
-    h = {k: post.hyper[k][0] for k in ("m", "sigma2", "tau2")}
-    assert post.hyper["fit"] == ["reml"]
-    mean, var = dense_posterior(y[:, 0], s2[:, 0], parent, **h)
-    assert post.mean[:, 0] == pytest.approx(mean, rel=1e-8, abs=1e-12)
-    assert post.var[:, 0] == pytest.approx(var, rel=1e-8, abs=1e-12)
+    c = rng.normal(size=len(parent))
+    for covariate in (None, c):
+        post = empirical_bayes(y, s2, parent, covariate=covariate, method="reml")
+        assert post.hyper["fit"] == ["reml"]
+        assert post.dof == 8.0  # 9 measured parents: Student-t intervals
+        h = {k: post.hyper[k][0] for k in ("sigma2", "tau2")}
+        # The mean (and slope) estimated: their uncertainty is in every variance.
+        mean, var, _ = dense_estimated(y[:, 0], s2[:, 0], parent, c=covariate, **h)
+        assert post.mean[:, 0] == pytest.approx(mean, rel=1e-8, abs=1e-12)
+        assert post.var[:, 0] == pytest.approx(var, rel=1e-8, abs=1e-12)
+        _, known = dense_posterior(
+            y[:, 0],
+            s2[:, 0],
+            parent,
+            post.hyper["m"][0],
+            **h,
+            beta=post.hyper["beta"][0],
+            c=covariate,
+        )
+        assert np.all(post.var[:, 0] > known)
+
+
+def dense_bayes(y, s2, parent, c=None, n=81):
+    """Reference for method="bayes": every point of a wide uniform log grid,
+    weighted by the dense restricted likelihood and half-Cauchy priors on both
+    standard deviations (scale: the data's variance scale), and the mixture of the
+    dense posteriors."""
+    idx = np.flatnonzero(np.isfinite(y))
+    scale = max(np.var(y[idx]), np.mean(s2[idx]), np.mean(y[idx] ** 2))
+    axis = np.linspace(np.log(scale) - 14, np.log(scale) + 10, n)
+    means, variances, logw, draws = [], [], [], []
+    for ls in axis:
+        for lt in axis:
+            mean, var, nll = dense_estimated(y, s2, parent, np.exp(ls), np.exp(lt), c)
+            prior = sum(0.5 * v - np.log1p(np.exp(v) / scale) for v in (ls, lt))
+            means.append(mean), variances.append(var), logw.append(prior - nll)
+            draws.append(np.exp([ls, lt]))
+    w = np.exp(np.array(logw) - max(logw))
+    w /= w.sum()
+    means, variances = np.array(means), np.array(variances)
+    mean = w @ means
+    var = w @ (variances + (means - mean) ** 2)
+    return mean, var, w @ np.array(draws)
+
+
+@pytest.mark.parametrize("with_covariate", [False, True])
+def test_bayes_matches_dense_grid_reference(with_covariate):
+    rng = np.random.default_rng(12)
+    y, s2, parent, c, _, _ = simulate(
+        rng,
+        n_parents=6,
+        leaves_per_parent=4,
+        measured_parents=5,
+        measured_per_parent=2,
+        sigma2=0.03,
+        tau2=0.01,
+        beta=0.05,
+    )
+    covariate = c if with_covariate else None
+    post = empirical_bayes(y, s2, parent, covariate=covariate)
+    assert post.hyper["fit"] == ["bayes"] and post.dof == float("inf")
+    mean, var, (sigma2, tau2) = dense_bayes(y[:, 0], s2[:, 0], parent, covariate)
+    sd = np.sqrt(var)
+    assert np.abs(post.mean[:, 0] - mean) == pytest.approx(0, abs=0.01 * sd.min())
+    assert post.var[:, 0] == pytest.approx(var, rel=0.01)
+    assert post.hyper["sigma2"][0] == pytest.approx(sigma2, rel=0.02)
+    assert post.hyper["tau2"][0] == pytest.approx(tau2, rel=0.02)
+    # Integrating over the variances widens every interval past the plug-in's.
+    plug_in = empirical_bayes(y, s2, parent, covariate=covariate, method="reml")
+    assert np.all(post.var[~post.measured] > plug_in.var[~post.measured])
+
+
+def test_bayes_intervals_cover_with_few_parents():
+    # 5 measured parents of 8, two leaves each: the plug-in variances are estimated
+    # from very little and its intervals run narrow; integrated, they cover. Many
+    # independent domains are many draws of the same design.
+    rng = np.random.default_rng(13)
+    y, s2, parent, _, theta, measured = simulate(
+        rng,
+        n_parents=8,
+        leaves_per_parent=6,
+        measured_parents=5,
+        measured_per_parent=2,
+        sigma2=0.03,
+        tau2=0.01,
+        n_domains=150,
+    )
+    coverage = {}
+    for method in ("bayes", "reml"):
+        post = empirical_bayes(y, s2, parent, method=method)
+        lo, hi = post.interval(0.9)
+        coverage[method] = ((lo <= theta) & (theta <= hi))[~measured].mean()
+    assert 0.87 <= coverage["bayes"] <= 0.95, coverage
+    assert coverage["reml"] < coverage["bayes"] - 0.02, coverage
 
 
 def test_unmeasured_leaves_take_parent_or_domain():
@@ -164,7 +280,7 @@ def test_marginal_likelihood_recovers_variances():
         m=0.1,
         n_domains=2,
     )
-    for method in ("reml", "ml"):
+    for method in ("bayes", "reml", "ml"):
         post = empirical_bayes(y, s2, parent, method=method)
         for d in range(2):
             assert post.hyper["sigma2"][d] == pytest.approx(sigma2, rel=0.35)
@@ -274,7 +390,7 @@ def test_partially_fixed_hyper():
     post = empirical_bayes(y, s2, parent, hyper={"tau2": [0.01, np.nan], "m": 0.0})
     assert post.hyper["tau2"][0] == pytest.approx(0.01)
     assert post.hyper["m"] == [0.0, 0.0]
-    assert post.hyper["fit"] == ["reml", "reml"]
+    assert post.hyper["fit"] == ["bayes", "bayes"]
     assert post.hyper["sigma2"][0] > 0
 
 

@@ -81,6 +81,41 @@ def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp
     np.testing.assert_array_equal(again.posterior_.mean, first.posterior_.mean)
 
 
+def test_posterior_is_the_measured_leaves_own_with_the_variances_chosen(
+    tiny_dir, suite, tmp_path
+):
+    """The selector's posterior is ``empirical_bayes`` of what it measured, with the
+    variances integrated over (default) or plugged in (``variances="reml"``)."""
+    from harp.selectors.harp import empirical_bayes
+
+    params = _params(tiny_dir, tmp_path, evals=6, search="none")
+    fits = {}
+    for variances in ("bayes", "reml"):
+        sel = make_selector("harp-c", budget=40, variances=variances, **params)
+        sel.fit(suite.pool, suite.target)
+        effects = np.full((sel.tree_.n_leaves, len(sel.domains_)), np.nan)
+        noise = effects.copy()
+        for g, (effect, variance) in sel.measured_.items():
+            effects[g], noise[g] = effect, variance
+        post = empirical_bayes(
+            effects,
+            noise,
+            sel.tree_.parent_of_leaf,
+            covariate=sel.covariate_,
+            method=variances,
+        )
+        np.testing.assert_array_equal(sel.posterior_.mean, post.mean)
+        np.testing.assert_array_equal(sel.posterior_.var, post.var)
+        fits[variances] = sel
+    # The same calls (search="none"), read back from the cache the second time.
+    assert fits["reml"].oracle_["calls"] == 0
+    unmeasured = ~fits["bayes"].posterior_.measured
+    assert np.all(
+        fits["bayes"].posterior_.var[unmeasured]
+        > fits["reml"].posterior_.var[unmeasured]
+    )
+
+
 def test_training_noise_from_a_replicated_leaf_enters_every_variance(
     tiny_dir, suite, tmp_path
 ):

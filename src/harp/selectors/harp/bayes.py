@@ -14,6 +14,12 @@ covariance of the measured effects is block diagonal (one block
 :math:`D_p + \sigma^2 \mathbf{1}\mathbf{1}^\top` per parent, :math:`D = S + \tau^2 I`)
 and every likelihood and posterior below costs :math:`O(L + m)` through the
 Sherman–Morrison identity, never a dense :math:`m \times m` solve.
+
+The mean and slope :math:`m, \beta` are estimated (flat prior), and their uncertainty
+enters every variance. The variances :math:`\sigma^2, \tau^2` are by default
+integrated over their posterior on a grid (``method="bayes"``): a search measures few
+parents twice, and a plug-in estimate of :math:`\tau^2` from so few pairs runs low
+enough that 90% intervals held 60–76% of the true effects on the skills suite.
 """
 
 from __future__ import annotations
@@ -44,9 +50,20 @@ VAR_CEIL_REL = 1e4
 #: estimated is set equal to the other, i.e. the total prior variance is split evenly.
 TIED = "tied"
 
+#: ``method="bayes"``: the variances' posterior on a log grid. A coarse grid of
+#: ``GRID_COARSE`` points per free variance spans the whole range; a fine one of
+#: ``GRID_FINE`` (``GRID_FINE_1D`` for one variance) per dimension covers the box
+#: holding the coarse points within ``GRID_DROP`` log-units of the best; points whose
+#: weight is under ``GRID_NEGLIGIBLE`` of the total are dropped.
+GRID_COARSE = 16
+GRID_FINE = 21
+GRID_FINE_1D = 61
+GRID_DROP = 20.0
+GRID_NEGLIGIBLE = 1e-9
+
 HYPER_KEYS = ("m", "sigma2", "tau2", "beta")
 POOLINGS = ("hierarchical", "none")
-METHODS = ("reml", "ml")
+METHODS = ("bayes", "reml", "ml")
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,131 +199,276 @@ def _hyper_table(hyper: Mapping[str, Any] | None, n_domains: int) -> dict:
 # ------------------------------------------------------------------ likelihood pieces
 
 
-def _block_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum rows of ``values`` (m, k) per group: (n_groups, k)."""
-    out = np.zeros((n_groups, values.shape[1]))
-    for j in range(values.shape[1]):
-        out[:, j] = np.bincount(group, weights=values[:, j], minlength=n_groups)
-    return out
+@dataclass(frozen=True, eq=False)
+class _Likelihood:
+    """The restricted or plain likelihood at K points (sigma2, tau2) of one domain,
+    with the pieces its posterior reuses."""
+
+    sigma2: np.ndarray  # (K,)
+    tau2: np.ndarray  # (K,)
+    value: np.ndarray  # (K,) minus the log-likelihood
+    coef: np.ndarray  # (K, k) GLS estimates of the fixed effects
+    xtx: np.ndarray  # (K, k, k) X' Sigma^-1 X: their precision
+    inv_d: np.ndarray  # (K, m) 1 / (s2 + tau2)
+    a: np.ndarray  # (K, G) sum of inv_d over each measured parent's leaves
+    r: np.ndarray  # (K, m) residuals after the fixed effects
 
 
-def _quad(
-    u: np.ndarray,
-    v: np.ndarray,
-    inv_d: np.ndarray,
-    group: np.ndarray,
-    n_groups: int,
-    shrink: np.ndarray,
-) -> np.ndarray:
-    r""":math:`U^\top \Sigma^{-1} V` for the block-diagonal :math:`\Sigma`.
+@dataclass(frozen=True, eq=False)
+class _DomainData:
+    """One domain's measured leaves, ready for the likelihood and the posterior.
 
-    Per block :math:`\Sigma_p^{-1} = D^{-1} - \sigma^2 D^{-1}\mathbf 1 \mathbf 1^\top
-    D^{-1} / (1 + \sigma^2 a_p)`; ``shrink`` holds :math:`\sigma^2/(1+\sigma^2 a_p)`.
+    Given the variances, measurements in different parents are independent, so
+    :math:`\\Sigma` is block diagonal with blocks :math:`D_p + \\sigma^2 \\mathbf 1
+    \\mathbf 1^\\top` (:math:`D = S + \\tau^2 I`), inverted per block by
+    Sherman–Morrison; every method takes K points (sigma2, tau2) at once.
     """
-    bu = _block_sums(u * inv_d[:, None], group, n_groups)
-    bv = _block_sums(v * inv_d[:, None], group, n_groups)
-    return (u * inv_d[:, None]).T @ v - bu.T @ (bv * shrink[:, None])
+
+    idx: np.ndarray  # (m,) measured leaves
+    resid: np.ndarray  # (m,) their effects net of the fixed (not estimated) prior mean
+    s2: np.ndarray  # (m,) their noise variances
+    x: np.ndarray  # (m, k) columns of the fixed effects to estimate, measured leaves
+    x_all: np.ndarray  # (L, k) the same columns for every leaf
+    prior_all: np.ndarray  # (L,) the fixed part of every leaf's prior mean
+    starts: np.ndarray  # (G,) where each measured parent's leaves start (sorted)
+    used: np.ndarray  # (G,) measured parent -> parent id
+    parent: np.ndarray  # (L,) leaf -> parent id
+    n_parents: int
+
+    def _quad(
+        self, u: np.ndarray, v: np.ndarray, inv_d: np.ndarray, shrink: np.ndarray
+    ) -> np.ndarray:
+        r""":math:`U^\top \Sigma^{-1} V` per point: u (K, m, p), v (K, m, q) ->
+        (K, p, q). Per block :math:`\Sigma_p^{-1} = D^{-1} - \sigma^2
+        D^{-1}\mathbf 1 \mathbf 1^\top D^{-1} / (1 + \sigma^2 a_p)`; ``shrink`` (K, G)
+        holds :math:`\sigma^2/(1+\sigma^2 a_p)`."""
+        ud = u * inv_d[:, :, None]
+        bu = self.per_parent(ud)
+        bv = self.per_parent(v * inv_d[:, :, None])
+        return (
+            ud.transpose(0, 2, 1) @ v
+            - (bu * shrink[:, :, None]).transpose(0, 2, 1) @ bv
+        )
+
+    def per_parent(self, values: np.ndarray) -> np.ndarray:
+        """Sums over each measured parent's leaves along axis 1: (K, m, ...) ->
+        (K, G, ...) (the measured leaves are sorted by parent)."""
+        return np.add.reduceat(values, self.starts, axis=1)
+
+    def likelihood(
+        self, sigma2: np.ndarray, tau2: np.ndarray, reml: bool
+    ) -> _Likelihood:
+        """Minus the (restricted) log-likelihood at each point, the fixed effects
+        estimated by GLS. REML also integrates them out (flat prior), which removes
+        ML's downward bias of the variances when few parents are measured."""
+        sigma2, tau2 = np.atleast_1d(sigma2), np.atleast_1d(tau2)
+        n_points, k = len(sigma2), self.x.shape[1]
+        d = self.s2[None, :] + tau2[:, None]
+        inv_d = 1.0 / d
+        a = self.per_parent(inv_d)
+        shrink = sigma2[:, None] / (1.0 + sigma2[:, None] * a)
+        value = np.sum(np.log(d), axis=1) + np.sum(np.log1p(sigma2[:, None] * a), 1)
+        y = np.broadcast_to(self.resid[None, :, None], (n_points, len(self.resid), 1))
+        if k:
+            x = np.broadcast_to(self.x[None], (n_points, *self.x.shape))
+            xtx = self._quad(x, x, inv_d, shrink)
+            xty = self._quad(x, y, inv_d, shrink)
+            coef = np.linalg.solve(xtx, xty)[:, :, 0]
+            r = self.resid[None, :] - coef @ self.x.T
+            if reml:
+                value = value + np.linalg.slogdet(xtx)[1]
+        else:
+            xtx = np.zeros((n_points, 0, 0))
+            coef = np.zeros((n_points, 0))
+            r = np.broadcast_to(self.resid[None, :], (n_points, len(self.resid)))
+        value = value + self._quad(r[:, :, None], r[:, :, None], inv_d, shrink)[:, 0, 0]
+        return _Likelihood(sigma2, tau2, 0.5 * value, coef, xtx, inv_d, a, r)
+
+    def posterior(
+        self, lik: _Likelihood, fixed_effect_var: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every leaf's posterior mean and variance at each point: (K, L) each.
+
+        With ``fixed_effect_var`` the variance also holds the uncertainty of the
+        GLS estimates (flat prior on the mean and slope): a leaf's mean is linear in
+        them, with gradient :math:`a`, which adds
+        :math:`a^\\top(X^\\top\\Sigma^{-1}X)^{-1}a`.
+        """
+        idx, parent = self.idx, self.parent
+        sigma2, tau2, inv_d = lik.sigma2[:, None], lik.tau2[:, None], lik.inv_d
+        # Each parent's offset from its prior mean: precision-weighted residuals of
+        # its measured leaves (each with variance s2 + tau2), shrunk by 1/sigma2.
+        post_prec = np.repeat(1.0 / sigma2, self.n_parents, axis=1)
+        post_prec[:, self.used] += lik.a
+        mu_var = 1.0 / post_prec
+        shift = np.zeros_like(mu_var)
+        shift[:, self.used] = self.per_parent(lik.r * inv_d) * mu_var[:, self.used]
+        # Unmeasured leaves: their parent's posterior plus their own tau2 spread.
+        mean = self.prior_all[None, :] + lik.coef @ self.x_all.T + shift[:, parent]
+        var = mu_var[:, parent] + tau2
+        # Measured leaves: given mu_p only y_g informs theta_g, so shrink y_g toward
+        # the parent by s2 / (s2 + tau2); averaging over mu_p keeps both terms >= 0.
+        w = tau2 * inv_d
+        mean[:, idx] += w * (lik.r - shift[:, parent[idx]])
+        var[:, idx] = tau2 * (1.0 - w) + (1.0 - w) ** 2 * mu_var[:, parent[idx]]
+        if fixed_effect_var and self.x.shape[1]:
+            through = np.zeros((len(mu_var), self.n_parents, self.x.shape[1]))
+            through[:, self.used] = self.per_parent(self.x[None] * inv_d[:, :, None])
+            grad = self.x_all[None] - mu_var[:, parent, None] * through[:, parent]
+            grad[:, idx] *= (1.0 - w)[:, :, None]
+            cov = np.linalg.inv(lik.xtx)
+            var = var + np.sum((grad @ cov) * grad, axis=2)
+        return mean, var
 
 
-def _neg_loglik(
-    sigma2: float,
-    tau2: float,
-    y: np.ndarray,
-    s2: np.ndarray,
-    x: np.ndarray,
-    group: np.ndarray,
-    n_groups: int,
-    reml: bool,
-) -> tuple[float, np.ndarray]:
-    """Minus the (restricted) log-likelihood with the fixed effects profiled by GLS.
+@dataclass(frozen=True)
+class _VarianceSpace:
+    """Which of :math:`\\sigma^2, \\tau^2` are free (searched on a log scale), tied to
+    each other, or held fixed."""
 
-    ``y`` is already net of any fixed mean / slope; ``x`` (m, k) holds the columns of
-    the fixed effects still to estimate. Returns the value and the GLS estimates.
-    """
-    d = s2 + tau2
-    inv_d = 1.0 / d
-    a = np.bincount(group, weights=inv_d, minlength=n_groups)
-    shrink = sigma2 / (1.0 + sigma2 * a)
-    logdet = np.sum(np.log(d)) + np.sum(np.log1p(sigma2 * a))
-    if x.shape[1]:
-        xtx = _quad(x, x, inv_d, group, n_groups, shrink)
-        xty = _quad(x, y[:, None], inv_d, group, n_groups, shrink)[:, 0]
-        coef = np.linalg.solve(xtx, xty)
-        r = y - x @ coef
-    else:
-        xtx, coef, r = None, np.zeros(0), y
-    quad = float(_quad(r[:, None], r[:, None], inv_d, group, n_groups, shrink)[0, 0])
-    value = 0.5 * (logdet + quad)
-    if reml and xtx is not None:
-        # REML: also integrate the fixed effects out, which removes ML's downward bias
-        # of the variances when few parents are measured.
-        value += 0.5 * np.linalg.slogdet(xtx)[1]
-    return value, coef
+    free_sigma: bool
+    free_tau: bool
+    tied: bool
+    fixed_sigma2: float
+    fixed_tau2: float
+    floor: float
+
+    @property
+    def dim(self) -> int:
+        """Number of free log-variances."""
+        return 1 if self.tied else int(self.free_sigma) + int(self.free_tau)
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sigma2, tau2), each (K,), at K points of log-variances (K, dim)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        theta = theta.reshape(-1, self.dim) if self.dim else np.zeros((1, 0))
+        n_points = len(theta)
+        if self.tied:
+            v = np.exp(theta[:, 0])
+            return v, v.copy()
+        columns = iter(theta.T)
+        sig = np.exp(next(columns)) if self.free_sigma else self.fixed_sigma2
+        tau = np.exp(next(columns)) if self.free_tau else self.fixed_tau2
+        return (
+            np.broadcast_to(sig, (n_points,)).astype(np.float64),
+            np.broadcast_to(tau, (n_points,)).astype(np.float64),
+        )
 
 
-def _fit_variances(
-    y: np.ndarray,
-    s2: np.ndarray,
-    x: np.ndarray,
-    group: np.ndarray,
-    n_groups: int,
+def _variance_space(
+    counts: np.ndarray,
+    has_columns: bool,
     fixed_sigma2: float,
     fixed_tau2: float,
     floor: float,
-    scale: float,
-    reml: bool,
-) -> tuple[float, float, str]:
-    """Maximise the marginal likelihood over the free variances (log scale).
-
-    A coarse log grid first (the likelihood of variance components can have several
-    local optima and flat ridges), then L-BFGS-B from the best grid point; both are
-    deterministic.
-    """
-    from scipy.optimize import minimize
-
-    counts = np.bincount(group, minlength=n_groups)
+) -> _VarianceSpace:
+    """What the measured leaves identify (``counts``: measured leaves per parent)."""
     # tau2 needs two measured leaves in one parent; sigma2 needs two measured parents
     # (one is enough when the domain mean is fixed, as the mean is then known).
     tau_ok = bool(np.any(counts >= 2))
-    sigma_ok = n_groups >= (2 if x.shape[1] else 1)
-    free_sigma, free_tau = np.isnan(fixed_sigma2), np.isnan(fixed_tau2)
+    sigma_ok = len(counts) >= (2 if has_columns else 1)
+    free_sigma, free_tau = bool(np.isnan(fixed_sigma2)), bool(np.isnan(fixed_tau2))
     tied = False
     if free_sigma and free_tau and not (tau_ok and sigma_ok):
         tied = True  # one total variance, split evenly
     elif free_sigma and not sigma_ok:
-        free_sigma, fixed_sigma2 = False, max(fixed_tau2, floor)
+        free_sigma, fixed_sigma2 = False, fixed_tau2
     elif free_tau and not tau_ok:
-        free_tau, fixed_tau2 = False, max(fixed_sigma2, floor)
+        free_tau, fixed_tau2 = False, fixed_sigma2
+    return _VarianceSpace(
+        free_sigma,
+        free_tau,
+        tied,
+        max(fixed_sigma2, floor) if not np.isnan(fixed_sigma2) else math.nan,
+        max(fixed_tau2, floor) if not np.isnan(fixed_tau2) else math.nan,
+        floor,
+    )
 
-    def unpack(theta: np.ndarray) -> tuple[float, float]:
-        if tied:
-            v = math.exp(theta[0])
-            return v, v
-        it = iter(theta)
-        sig = math.exp(next(it)) if free_sigma else max(fixed_sigma2, floor)
-        tau = math.exp(next(it)) if free_tau else max(fixed_tau2, floor)
-        return sig, tau
 
-    dim = 1 if tied else int(free_sigma) + int(free_tau)
-    how = TIED if tied else ("reml" if reml else "ml")
-    if dim == 0:
-        sig, tau = unpack(np.zeros(0))
-        return sig, tau, "fixed"
+def _log_grid(axes: list[np.ndarray]) -> np.ndarray:
+    """Every combination of the axes' points: (n_points, len(axes))."""
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
 
-    def objective(theta: np.ndarray) -> float:
-        sig, tau = unpack(theta)
-        return _neg_loglik(sig, tau, y, s2, x, group, n_groups, reml)[0]
 
-    lo, hi = math.log(floor), math.log(VAR_CEIL_REL * scale)
-    axis = np.linspace(math.log(scale) - 9.0, math.log(scale) + 2.0, 12)
-    axis = np.clip(axis, lo, hi)
-    grid = np.array(np.meshgrid(*([axis] * dim), indexing="ij")).reshape(dim, -1).T
-    values = np.array([objective(t) for t in grid])
+def _fit_variances(
+    space: _VarianceSpace, objective, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximise the marginal likelihood over the free variances (log scale).
+
+    A coarse log grid first (the likelihood of variance components can have several
+    local optima and flat ridges), then L-BFGS-B from the best grid point; both are
+    deterministic. ``objective(sigma2, tau2)`` takes and returns (K,) arrays.
+    """
+    from scipy.optimize import minimize
+
+    dim = space.dim
+    lo, hi = math.log(space.floor), math.log(VAR_CEIL_REL * scale)
+    axis = np.clip(
+        np.linspace(math.log(scale) - 9.0, math.log(scale) + 2.0, 12), lo, hi
+    )
+    grid = _log_grid([axis] * dim)
+    values = objective(*space.unpack(grid))
     start = grid[int(np.argmin(values))]
-    res = minimize(objective, start, method="L-BFGS-B", bounds=[(lo, hi)] * dim)
+    res = minimize(
+        lambda t: float(objective(*space.unpack(t))[0]),
+        start,
+        method="L-BFGS-B",
+        bounds=[(lo, hi)] * dim,
+    )
     best = res.x if res.fun <= values.min() else start
-    sig, tau = unpack(best)
-    return sig, tau, how
+    return space.unpack(best)
+
+
+def _variance_posterior(
+    space: _VarianceSpace, objective, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The free variances' posterior on a log grid: sigma2, tau2 and weights, (K,).
+
+    Density: the restricted likelihood (the marginal likelihood with the fixed
+    effects integrated out under a flat prior) times a half-Cauchy prior on each free
+    standard deviation with scale :math:`\\sqrt{v}` (the data's variance scale):
+    nearly flat on the standard deviation below the data's scale, as Gelman (2006)
+    recommends for a hierarchy's variances with few groups, and proper, so that two
+    measured parents still give a proper posterior. A coarse grid over the whole
+    range finds where the mass is, a fine one over that box integrates it.
+    """
+    dim = space.dim
+    lo, hi = math.log(space.floor), math.log(VAR_CEIL_REL * scale)
+
+    def log_density(theta: np.ndarray) -> np.ndarray:
+        # In log-variance coordinates a half-Cauchy on the sd has density
+        # proportional to sqrt(v) / (1 + v / scale).
+        prior = np.sum(0.5 * theta - np.log1p(np.exp(theta) / scale), axis=1)
+        return -objective(*space.unpack(theta)) + prior
+
+    coarse_axis = np.unique(
+        np.clip(
+            np.linspace(math.log(scale) - 9.0, math.log(scale) + 6.0, GRID_COARSE),
+            lo,
+            hi,
+        )
+    )
+    coarse = _log_grid([coarse_axis] * dim)
+    values = log_density(coarse)
+    # The box holding everything within GRID_DROP log-units of the best coarse point,
+    # one coarse step wider on each side (the mass between grid points).
+    step = float(coarse_axis[1] - coarse_axis[0]) if len(coarse_axis) > 1 else 1.0
+    keep = coarse[values >= values.max() - GRID_DROP]
+    axes = [
+        np.linspace(
+            max(keep[:, j].min() - step, lo),
+            min(keep[:, j].max() + step, hi),
+            GRID_FINE if dim == 2 else GRID_FINE_1D,
+        )
+        for j in range(dim)
+    ]
+    fine = _log_grid(axes)
+    values = log_density(fine)
+    weights = np.exp(values - values.max())
+    use = weights >= GRID_NEGLIGIBLE * weights.sum()
+    sigma2, tau2 = space.unpack(fine[use])
+    return sigma2, tau2, weights[use] / weights[use].sum()
 
 
 # ------------------------------------------------------------------------- posterior
@@ -320,11 +482,12 @@ def _hierarchical_domain(
     n_parents: int,
     cov: np.ndarray | None,
     fixed: dict[str, float],
-    reml: bool,
+    method: str,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Posterior mean and variance of every leaf in one domain."""
     n_leaves = len(y_all)
     idx = np.flatnonzero(measured)
+    idx = idx[np.argsort(parent[idx], kind="stable")]  # by parent, for the block sums
     y, s2 = y_all[idx], s2_all[idx]
     c_all = np.zeros(n_leaves) if cov is None else cov
     c = c_all[idx]
@@ -346,84 +509,87 @@ def _hierarchical_domain(
 
     # Parents with measurements, renumbered 0..G-1 for the block sums.
     used, group = np.unique(parent[idx], return_inverse=True)
-    n_groups = len(used)
     spread = float(np.var(y)) if len(y) > 1 else 0.0
     scale = max(spread, float(np.mean(s2)), float(np.mean(y**2)), VAR_FLOOR_ABS)
     floor = max(VAR_FLOOR_REL * scale, VAR_FLOOR_ABS)
 
     # Fixed effects still to estimate: the mean always unless fixed; the slope when a
     # covariate is given, varies over measured leaves and leaves a residual degree
-    # of freedom.
-    columns, names = [], []
+    # of freedom. Centred next to a free intercept: a better conditioned GLS, and the
+    # intercept is then the prior mean at the measured leaves' average covariate.
+    names = []
     if np.isnan(m_fixed):
-        columns.append(np.ones(len(idx)))
         names.append("m")
-    if cov is not None and np.isnan(beta_fixed) and len(idx) >= 3 and np.ptp(c) > 0:
-        # Centred next to a free intercept: a better conditioned GLS.
-        centre = c.mean() if names else 0.0
-        columns.append(c - centre)
+    fit_slope = (
+        cov is not None and np.isnan(beta_fixed) and len(idx) >= 3 and np.ptp(c) > 0
+    )
+    centre = float(c.mean()) if fit_slope and names else 0.0
+    columns_all = [np.ones(n_leaves)] if names else []
+    if fit_slope:
+        columns_all.append(c_all - centre)
         names.append("beta")
-    x = np.stack(columns, axis=1) if columns else np.zeros((len(idx), 0))
-    offset = (0.0 if np.isnan(m_fixed) else m_fixed) + (
+    x_all = np.stack(columns_all, axis=1) if columns_all else np.zeros((n_leaves, 0))
+    prior_all = (0.0 if np.isnan(m_fixed) else m_fixed) + (
         0.0 if np.isnan(beta_fixed) else beta_fixed
-    ) * c
-    resid = y - offset
+    ) * c_all
+    data = _DomainData(
+        idx=idx,
+        resid=y - prior_all[idx],
+        s2=s2,
+        x=x_all[idx],
+        x_all=x_all,
+        prior_all=prior_all,
+        starts=np.flatnonzero(np.r_[True, np.diff(group) != 0]),
+        used=used,
+        parent=parent,
+        n_parents=n_parents,
+    )
+    reml = method != "ml"
 
-    if len(idx) - x.shape[1] < 1:
+    if len(idx) - len(names) < 1:
         # One measurement and a free mean: no residual left to estimate any spread.
         # Stated default: the mean is the measurement and the total prior variance is
         # the larger of its squared size (effects are judged against "no effect") and
         # its noise, split evenly between sigma2 and tau2.
         total = max(float(np.mean(y**2)), float(np.mean(s2)), floor)
-        sigma2 = max(fixed["sigma2"], floor) if not np.isnan(fixed["sigma2"]) else None
-        tau2 = max(fixed["tau2"], floor) if not np.isnan(fixed["tau2"]) else None
-        sigma2 = total / 2 if sigma2 is None else sigma2
-        tau2 = total / 2 if tau2 is None else tau2
-        how = "default"
+        sig = max(fixed["sigma2"], floor) if not np.isnan(fixed["sigma2"]) else None
+        tau = max(fixed["tau2"], floor) if not np.isnan(fixed["tau2"]) else None
+        sigma2 = np.array([total / 2 if sig is None else sig])
+        tau2 = np.array([total / 2 if tau is None else tau])
+        weights, how, fixed_effect_var = np.ones(1), "default", False
     else:
-        sigma2, tau2, how = _fit_variances(
-            resid,
-            s2,
-            x,
-            group,
-            n_groups,
-            fixed["sigma2"],
-            fixed["tau2"],
-            floor,
-            scale,
-            reml,
+        space = _variance_space(
+            np.bincount(group), bool(names), fixed["sigma2"], fixed["tau2"], floor
         )
-    _, coef = _neg_loglik(sigma2, tau2, resid, s2, x, group, n_groups, reml)
-    est = dict(zip(names, coef.tolist()))
+
+        def objective(sigma2: np.ndarray, tau2: np.ndarray) -> np.ndarray:
+            return data.likelihood(sigma2, tau2, reml).value
+
+        fixed_effect_var = True
+        if space.dim == 0:
+            sigma2, tau2 = space.unpack(np.zeros((1, 0)))
+            weights, how = np.ones(1), "fixed"
+        elif method == "bayes":
+            sigma2, tau2, weights = _variance_posterior(space, objective, scale)
+            how = TIED if space.tied else "bayes"
+        else:
+            sigma2, tau2 = _fit_variances(space, objective, scale)
+            weights, how = np.ones(1), TIED if space.tied else method
+
+    # The posterior at each point of the variances, mixed by its weight: the mean of
+    # the means, and the mean variance plus the variance of the means.
+    lik = data.likelihood(sigma2, tau2, reml)
+    means, variances = data.posterior(lik, fixed_effect_var)
+    mean = weights @ means
+    var = weights @ (variances + (means - mean[None, :]) ** 2)
+    est = dict(zip(names, (weights @ lik.coef).tolist()))
     m = est.get("m", 0.0 if np.isnan(m_fixed) else m_fixed)
     beta = est.get("beta", 0.0 if np.isnan(beta_fixed) else beta_fixed)
-    if "beta" in est and "m" in est:
-        m -= beta * c.mean()  # undo the centring of the covariate column
-
-    # Parent posteriors: precision-weighted mean of the prior and each measured
-    # leaf's effect (net of its covariate term), each with variance s2 + tau2.
-    inv_d = 1.0 / (s2 + tau2)
-    post_prec = np.full(n_parents, 1.0 / sigma2)
-    post_prec[used] += np.bincount(group, weights=inv_d, minlength=n_groups)
-    numer = np.full(n_parents, m / sigma2)
-    numer[used] += np.bincount(
-        group, weights=(y - beta * c) * inv_d, minlength=n_groups
-    )
-    mu_var = 1.0 / post_prec
-    mu_mean = numer * mu_var
-
-    # Unmeasured leaves: their parent's posterior plus their own tau2 spread.
-    mean = mu_mean[parent] + beta * c_all
-    var = mu_var[parent] + tau2
-    # Measured leaves: given mu_p only y_g informs theta_g, so shrink y_g toward the
-    # parent by s2 / (s2 + tau2); averaging over mu_p | y keeps both terms >= 0.
-    w = tau2 * inv_d
-    mean[idx] = w * y + (1.0 - w) * (mu_mean[parent[idx]] + beta * c)
-    var[idx] = tau2 * (1.0 - w) + (1.0 - w) ** 2 * mu_var[parent[idx]]
+    m -= beta * centre  # undo the centring of the covariate column
     info = {
         "m": float(m),
-        "sigma2": float(sigma2),
-        "tau2": float(tau2),
+        "sigma2": float(weights @ sigma2),
+        "tau2": float(weights @ tau2),
         "beta": float(beta),
         "fit": how,
     }
@@ -469,7 +635,7 @@ def empirical_bayes(
     covariate: np.ndarray | None = None,
     pooling: str = "hierarchical",
     hyper: Mapping[str, Any] | None = None,
-    method: str = "reml",
+    method: str = "bayes",
 ) -> Posterior:
     r"""Posterior mean and variance of every leaf's effect, per domain.
 
@@ -508,8 +674,13 @@ def empirical_bayes(
         ``"sigma2"``, ``"tau2"``, ``"beta"``; each a number (all domains) or one
         value per domain, NaN meaning "estimate this one". Fixed variances are raised
         to the floor.
-    method : {"reml", "ml"}, default="reml"
-        Restricted (default) or plain maximum marginal likelihood for the variances.
+    method : {"bayes", "reml", "ml"}, default="bayes"
+        How the variances :math:`\sigma^2, \tau^2` are treated. ``"bayes"``:
+        integrated over their posterior (half-Cauchy priors on the standard
+        deviations), so that the intervals also carry how little a few measured
+        parents say about them. ``"reml"`` / ``"ml"``: plugged in at their restricted
+        / plain maximum marginal likelihood estimate (empirical Bayes), with
+        Student-t intervals (``Posterior.dof``).
 
     Returns
     -------
@@ -527,14 +698,23 @@ def empirical_bayes(
     -----
     *Fitting.* The measured effects are jointly Gaussian,
     :math:`y \sim N(m\mathbf 1 + \beta c,\ S + \tau^2 I + \sigma^2 Z Z^\top)` with
-    :math:`Z` the leaf-to-parent indicator. :math:`m, \beta` are profiled out by
-    generalised least squares, and :math:`\log\sigma^2, \log\tau^2` maximise the
-    restricted (REML) or plain marginal likelihood: a 12-point log grid per
-    dimension, then L-BFGS-B, within :math:`[\text{floor}, 10^4\,v]` where :math:`v`
-    is the data's variance scale (the largest of the spread of the measured effects,
-    their mean noise variance and their mean square) and the floor is
-    :math:`\max(10^{-8} v, 10^{-12})`. The covariate block is Sherman–Morrison per
-    parent, so a fit costs :math:`O(m)` per likelihood evaluation.
+    :math:`Z` the leaf-to-parent indicator. :math:`m, \beta` are estimated by
+    generalised least squares (their posterior under a flat prior). With
+    ``"reml"`` / ``"ml"``, :math:`\log\sigma^2, \log\tau^2` maximise the
+    restricted or plain marginal likelihood: a 12-point log grid per dimension, then
+    L-BFGS-B, within :math:`[\text{floor}, 10^4\,v]` where :math:`v` is the data's
+    variance scale (the largest of the spread of the measured effects, their mean
+    noise variance and their mean square) and the floor is
+    :math:`\max(10^{-8} v, 10^{-12})`. With ``"bayes"`` their posterior is the
+    restricted likelihood (the likelihood with :math:`m, \beta` integrated out)
+    times a half-Cauchy prior of scale :math:`\sqrt v` on :math:`\sigma` and on
+    :math:`\tau` (nearly flat below the data's scale, and proper, as Gelman (2006)
+    advises for a hierarchy's variances with few groups), evaluated on a log grid: a
+    coarse one of 16 points per dimension over :math:`[\log v - 9, \log v + 6]`, then
+    21 (61 for one variance) over the box holding the coarse points within 20
+    log-units of the best. The reported ``sigma2``, ``tau2``, ``m``, ``beta`` are
+    then posterior means. The covariate block is Sherman–Morrison per parent, so a
+    likelihood evaluation costs :math:`O(m)`.
 
     *Few measurements.* :math:`\tau^2` is only identified when some parent has two
     measured leaves, :math:`\sigma^2` only when two parents are measured. When one of
@@ -555,9 +735,21 @@ def empirical_bayes(
     mean :math:`(1-w)\,y_g + w\,(E[\mu_p] + \beta c_g)`, variance
     :math:`\tau^2 w + w^2 V_p`. An unmeasured leaf gets :math:`E[\mu_p] + \beta c_g`
     and :math:`V_p + \tau^2`; in a parent without measurements that is
-    :math:`m + \beta c_g` and :math:`\sigma^2 + \tau^2`. The variances are
-    conditional on the estimated hyper-parameters: their own uncertainty is
-    ignored, so intervals run a little narrow when few parents are measured.
+    :math:`m + \beta c_g` and :math:`\sigma^2 + \tau^2`. A leaf's mean is linear
+    in the estimated :math:`(m, \beta)`, with gradient :math:`a_g`; their GLS
+    covariance :math:`(X^\top\Sigma^{-1}X)^{-1}` adds :math:`a_g^\top
+    (X^\top\Sigma^{-1}X)^{-1} a_g` to its variance (an unmeasured parent's leaves
+    are as uncertain as the domain mean; a leaf far from the measured covariates, as
+    the slope). With ``"bayes"``, every point of the variance grid gives such a
+    Gaussian, and a leaf gets their mixture's mean and variance. With ``"reml"``,
+    the variances are conditional on the estimated :math:`\sigma^2, \tau^2`: their
+    own uncertainty is ignored, and when a search measured few parents twice the
+    estimate of :math:`\tau^2` runs low (on the skills suite, 3 seeds, 90%
+    intervals held 60–76% of the unmeasured leaves' true effects with ``"reml"``,
+    81–94% with ``"bayes"``; on random measured sets 80–86% and 91–95%:
+    ``benchmarks/harp_quality.py``). What ``"bayes"`` cannot undo: a search that
+    measures a parent's second leaf next to its first sees two similar effects, and
+    the posterior of :math:`\tau^2` believes them.
 
     Examples
     --------
@@ -650,11 +842,15 @@ def empirical_bayes(
                 n_parents,
                 None if cov is None else cov[:, d],
                 {k: float(fixed[k][d]) for k in HYPER_KEYS},
-                method == "reml",
+                method,
             )
         mean[:, d], var[:, d] = md, vd
         infos.append(info)
     table = {k: [info[k] for info in infos] for k in (*HYPER_KEYS, "fit")}
+    # A plug-in fit ignores the variances' own uncertainty: its intervals take a
+    # Student-t with one degree of freedom per measured parent beyond the first.
+    # method="bayes" integrates that uncertainty out already.
     groups = len(np.unique(parent[measured])) if pooling != "none" else 0
-    dof = float(groups - 1) if groups >= 2 else float("inf")
+    plug_in = method != "bayes" and groups >= 2
+    dof = float(groups - 1) if plug_in else float("inf")
     return Posterior(mean=mean, var=var, measured=measured, hyper=table, dof=dof)

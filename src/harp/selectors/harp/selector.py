@@ -85,6 +85,7 @@ class _HARPSelector(BaseSelector):
         "parents_per_node": [None, Interval(int, 1, None)],
         "hierarchy": [Options("tree", "flat")],
         "pooling": [Options("hierarchical", "none")],
+        "variances": [Options("bayes", "reml")],
         "search": [Options("ucb", "random", "none")],
         "round_size": [Interval(int, 1, None)],
         "prior": [Options("none", "alignment")],
@@ -111,6 +112,7 @@ class _HARPSelector(BaseSelector):
         parents_per_node: int | None = None,
         hierarchy: str = "tree",
         pooling: str = "hierarchical",
+        variances: str = "bayes",
         search: str = "ucb",
         round_size: int = 4,
         prior: str = "alignment",
@@ -133,6 +135,7 @@ class _HARPSelector(BaseSelector):
         self.parents_per_node = parents_per_node
         self.hierarchy = hierarchy
         self.pooling = pooling
+        self.variances = variances
         self.search = search
         self.round_size = round_size
         self.prior = prior
@@ -232,6 +235,7 @@ class _HARPSelector(BaseSelector):
             self._parents(tree),
             covariate=covariate,
             pooling=self.pooling,
+            method=self.variances,
         )
 
     def _next_leaves(
@@ -654,6 +658,15 @@ default="loss"
         ``"flat"`` (an ablation) treats every leaf as its own region.
     pooling : {"hierarchical", "none"}, default="hierarchical"
         ``"none"`` (an ablation) gives unmeasured leaves their parent's raw mean.
+    variances : {"bayes", "reml"}, default="bayes"
+        How the posterior treats the prior's variances (between parents, between
+        the leaves of a parent): integrated over their posterior given the measured
+        leaves (``"bayes"``), or plugged in at their REML estimate (``"reml"``, the
+        paper's empirical Bayes). Both carry the uncertainty of the estimated mean
+        and covariate slope. With the few parents a search measures twice, the
+        plug-in estimate of the within-parent spread runs low: on the skills suite
+        (3 seeds) its 90% intervals held 60–76% of the unmeasured leaves' true
+        effects, integrated 81–94% (see :func:`empirical_bayes`, ``method``).
     search : {"ucb", "random", "none"}, default="ucb"
         How calls after the representatives are spent: on the leaves with the
         highest upper confidence bound over active domains (pruning leaves whose
