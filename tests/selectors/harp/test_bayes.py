@@ -446,3 +446,30 @@ def test_bad_arguments():
         empirical_bayes(
             good, np.full((2, 1), 0.01), np.array([0, 0]), covariate=[np.nan, 1.0]
         )
+
+
+def test_bayes_in_chunks_of_grid_points_is_the_same(monkeypatch):
+    # Large trees evaluate the variance grid a few points at a time (memory: points
+    # x leaves); the mixture must not depend on the chunking.
+    import harp.selectors.harp.bayes as bayes
+
+    rng = np.random.default_rng(14)
+    y, s2, parent, c, _, _ = simulate(
+        rng,
+        n_parents=10,
+        leaves_per_parent=5,
+        measured_parents=7,
+        measured_per_parent=2,
+        sigma2=0.03,
+        tau2=0.01,
+        beta=0.05,
+        n_domains=2,
+    )
+    whole = empirical_bayes(y, s2, parent, covariate=c)
+    monkeypatch.setattr(bayes, "CHUNK_NUMBERS", 7 * len(parent))
+    chunked = empirical_bayes(y, s2, parent, covariate=c)
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(chunked.var, whole.var, rtol=1e-10)
+    assert chunked.hyper["fit"] == whole.hyper["fit"] == ["bayes", "bayes"]
+    for key in ("m", "sigma2", "tau2", "beta"):
+        assert chunked.hyper[key] == pytest.approx(whole.hyper[key], rel=1e-12)

@@ -61,6 +61,10 @@ GRID_FINE_1D = 61
 GRID_DROP = 20.0
 GRID_NEGLIGIBLE = 1e-9
 
+#: Grid points evaluated at once are capped so that an array of points x leaves holds
+#: at most this many numbers (8 MiB of float64).
+CHUNK_NUMBERS = 1 << 20
+
 HYPER_KEYS = ("m", "sigma2", "tau2", "beta")
 POOLINGS = ("hierarchical", "none")
 METHODS = ("bayes", "reml", "ml")
@@ -385,6 +389,11 @@ def _variance_space(
     )
 
 
+def _points_per_chunk(n: int) -> int:
+    """Grid points per evaluation for arrays of ``n`` numbers per point."""
+    return max(1, CHUNK_NUMBERS // max(n, 1))
+
+
 def _log_grid(axes: list[np.ndarray]) -> np.ndarray:
     """Every combination of the axes' points: (n_points, len(axes))."""
     mesh = np.meshgrid(*axes, indexing="ij")
@@ -563,7 +572,15 @@ def _hierarchical_domain(
         )
 
         def objective(sigma2: np.ndarray, tau2: np.ndarray) -> np.ndarray:
-            return data.likelihood(sigma2, tau2, reml).value
+            step = _points_per_chunk(len(idx))
+            return np.concatenate(
+                [
+                    data.likelihood(
+                        sigma2[i : i + step], tau2[i : i + step], reml
+                    ).value
+                    for i in range(0, len(sigma2), step)
+                ]
+            )
 
         fixed_effect_var = True
         if space.dim == 0:
@@ -577,12 +594,27 @@ def _hierarchical_domain(
             weights, how = np.ones(1), TIED if space.tied else method
 
     # The posterior at each point of the variances, mixed by its weight: the mean of
-    # the means, and the mean variance plus the variance of the means.
-    lik = data.likelihood(sigma2, tau2, reml)
-    means, variances = data.posterior(lik, fixed_effect_var)
-    mean = weights @ means
-    var = weights @ (variances + (means - mean[None, :]) ** 2)
-    est = dict(zip(names, (weights @ lik.coef).tolist()))
+    # the means, and the mean variance plus the variance of the means. In chunks of
+    # points (memory: points x leaves), around the heaviest point's means (a shift
+    # that keeps the variance of the means free of cancellation).
+    best = int(np.argmax(weights))
+    ref = data.posterior(
+        data.likelihood(sigma2[best : best + 1], tau2[best : best + 1], reml),
+        fixed_effect_var,
+    )[0][0]
+    shift, second = np.zeros(n_leaves), np.zeros(n_leaves)
+    coef = np.zeros(len(names))
+    step = _points_per_chunk(n_leaves)
+    for i in range(0, len(weights), step):
+        lik = data.likelihood(sigma2[i : i + step], tau2[i : i + step], reml)
+        means, variances = data.posterior(lik, fixed_effect_var)
+        w = weights[i : i + step]
+        shift += w @ (means - ref)
+        second += w @ (variances + (means - ref) ** 2)
+        coef += w @ lik.coef
+    mean = ref + shift
+    var = second - shift**2
+    est = dict(zip(names, coef.tolist()))
     m = est.get("m", 0.0 if np.isnan(m_fixed) else m_fixed)
     beta = est.get("beta", 0.0 if np.isnan(beta_fixed) else beta_fixed)
     m -= beta * centre  # undo the centring of the covariate column
