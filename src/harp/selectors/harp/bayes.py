@@ -90,10 +90,12 @@ class Posterior:
         ``"fixed"``, ``"default"`` with too few measurements, ``"none"`` without
         pooling, ``"empty"`` when nothing was measured).
     dof : float
-        Degrees of freedom of the intervals: the number of parents with a
-        measurement minus one. The variances are estimated from that few groups, and
-        a normal interval that ignores it covers less than it says; ``interval`` uses
-        a Student-t quantile with these degrees of freedom (``inf``: normal).
+        Degrees of freedom of the intervals. A plug-in fit (``method="reml"`` or
+        ``"ml"``) estimates the variances from the measured parents, and a normal
+        interval that ignores it covers less than it says: there ``dof`` is the
+        number of parents with a measurement minus one and ``interval`` uses a
+        Student-t quantile. ``inf`` (normal) when ``method="bayes"`` has integrated
+        the variances' uncertainty into ``var`` already.
 
     Examples
     --------
@@ -272,8 +274,10 @@ class _DomainData:
         a = self.per_parent(inv_d)
         shrink = sigma2[:, None] / (1.0 + sigma2[:, None] * a)
         value = np.sum(np.log(d), axis=1) + np.sum(np.log1p(sigma2[:, None] * a), 1)
-        y = np.broadcast_to(self.resid[None, :, None], (n_points, len(self.resid), 1))
         if k:
+            y = np.broadcast_to(
+                self.resid[None, :, None], (n_points, len(self.resid), 1)
+            )
             x = np.broadcast_to(self.x[None], (n_points, *self.x.shape))
             xtx = self._quad(x, x, inv_d, shrink)
             xty = self._quad(x, y, inv_d, shrink)
@@ -602,18 +606,18 @@ def _hierarchical_domain(
         data.likelihood(sigma2[best : best + 1], tau2[best : best + 1], reml),
         fixed_effect_var,
     )[0][0]
-    shift, second = np.zeros(n_leaves), np.zeros(n_leaves)
+    first, second = np.zeros(n_leaves), np.zeros(n_leaves)  # moments about ref
     coef = np.zeros(len(names))
     step = _points_per_chunk(n_leaves)
     for i in range(0, len(weights), step):
         lik = data.likelihood(sigma2[i : i + step], tau2[i : i + step], reml)
         means, variances = data.posterior(lik, fixed_effect_var)
         w = weights[i : i + step]
-        shift += w @ (means - ref)
+        first += w @ (means - ref)
         second += w @ (variances + (means - ref) ** 2)
         coef += w @ lik.coef
-    mean = ref + shift
-    var = second - shift**2
+    mean = ref + first
+    var = second - first**2
     est = dict(zip(names, coef.tolist()))
     m = est.get("m", 0.0 if np.isnan(m_fixed) else m_fixed)
     beta = est.get("beta", 0.0 if np.isnan(beta_fixed) else beta_fixed)

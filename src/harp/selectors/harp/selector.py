@@ -770,9 +770,11 @@ class HARPESelector(_HARPSelector):
     ----------
     budget, seed, model, evals, metric, features, target_fit_weight
         As for :class:`HARPCSelector`.
-    leaf_size, leaves_per_parent, parents_per_node, hierarchy, pooling, search
+    leaf_size, leaves_per_parent, parents_per_node, hierarchy, pooling, variances
         As for :class:`HARPCSelector`.
-    round_size, prior, kappa, train, train_steps, bootstrap, replicates, context
+    search, round_size, prior, kappa, train, train_steps, bootstrap, replicates
+        As for :class:`HARPCSelector`.
+    context
         As for :class:`HARPCSelector`.
 
     Attributes
