@@ -158,16 +158,15 @@ def _timed(fn: Any, device: Any, repeat: int = 1) -> float:
 
 
 def bound(model: Any, tok: Any, rows: Any, size: dict[str, Any], device: Any) -> float:
-    """Examples per second of a plain batched forward + backward of the summed loss."""
-    from harp.nn import collate, encode_examples, pad_token_id
-    from harp.nn.loss import causal_lm_loss
+    """Examples per second of a plain batched forward + backward of the summed loss
+    (harp's training step: logits at the labelled positions only)."""
+    from harp.nn import collate, encode_examples, forward_losses, pad_token_id
 
     enc = encode_examples(tok, rows.subset(range(size["bound_batch"])), max_length=512)
     batch = collate(list(zip(enc.input_ids, enc.labels)), pad_token_id(tok), device)
 
     def step() -> None:
-        logits = model(input_ids=batch[0], use_cache=False).logits
-        causal_lm_loss(logits, batch[2]).backward()
+        forward_losses(model, batch[0], batch[2]).mean().backward()
         model.zero_grad(set_to_none=True)
 
     return size["bound_batch"] / _timed(step, device, repeat=3)

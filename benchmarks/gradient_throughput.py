@@ -137,7 +137,7 @@ def _limit(model, tok, ex, bs, max_length, proj, in_dim) -> None:
     import torch
 
     from harp.nn.encode import collate, encode_examples, model_device, pad_token_id
-    from harp.nn.loss import row_losses
+    from harp.nn.loss import forward_losses
 
     fake = torch.randn(bs, in_dim)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -148,8 +148,7 @@ def _limit(model, tok, ex, bs, max_length, proj, in_dim) -> None:
         ids, _, labels = collate(list(zip(enc.input_ids, enc.labels)), pad, device)
         for p in params:
             p.grad = None
-        logits = model(input_ids=ids, use_cache=False).logits
-        row_losses(logits, labels).sum().backward()
+        forward_losses(model, ids, labels).row_means().sum().backward()
         proj.project(fake[: len(chunk)])
     for p in params:
         p.grad = None

@@ -130,13 +130,15 @@ def test_evaluate_memorised_task_beats_base(tiny_dir):
     config = EvalConfig(batch_size=4)
     base, tok = load_model(tiny_dir)
     before = evaluate(base, tok, data, config)
+    # Long and gentle enough to memorise on every seed (5 of 5 checked): at lr 1e-2
+    # and 120 steps the result hung on the rounding of one trajectory.
     tuned = finetune(
-        base, tok, data, TrainConfig(method="full", steps=120, batch_size=8, lr=1e-2)
+        base, tok, data, TrainConfig(method="full", steps=300, batch_size=8, lr=3e-3)
     )
     after = evaluate(tuned, tok, data, config)
     assert after.domains == ("x", "y") and after.metrics == ("exact_match", "loss")
     assert after.average("exact_match").mean > before.average("exact_match").mean
-    assert after.average("exact_match").mean >= 0.5
+    assert after.average("exact_match").mean >= 0.75
     assert after.average("loss").mean < before.average("loss").mean
     assert after.meta["max_new_tokens"] == 6  # 4 characters + 2
     assert len(after.item_values("x", "exact_match")) == 4
@@ -176,3 +178,26 @@ def test_loss_only_and_bootstrap(tiny):
     assert again.scores == boot.scores
     with pytest.raises(ParameterError, match="empty"):
         evaluate(model, tok, ExampleSet(()), EvalConfig())
+
+
+def test_greedy_generation_equals_a_whole_sequence_argmax(tiny):
+    """The cached decoding (its prompt pass narrowed to the last position) picks the
+    tokens that a plain argmax over the whole sequence's logits picks."""
+    model, tok = tiny
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    prompts = _prompts(3)
+    out = generate_greedy(model, tok, prompts, max_new_tokens=5, batch_size=3)
+    for prompt, text in zip(prompts, out):
+        ids = tok(format_prompt(prompt))["input_ids"]
+        new: list[int] = []
+        with torch.no_grad():
+            for _ in range(5):
+                logits = model(input_ids=torch.tensor([ids + new])).logits
+                token = int(logits[0, -1].argmax())
+                if token == tok.eos_token_id:
+                    break
+                new.append(token)
+        assert text == tok.decode(new, skip_special_tokens=True)

@@ -48,7 +48,7 @@ from harp.nn.encode import (
     pad_token_id,
 )
 from harp.nn.loop import is_out_of_memory
-from harp.nn.loss import row_losses
+from harp.nn.loss import forward_losses, row_losses
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -256,8 +256,7 @@ def _batch_hooks(
     handles = [m.register_forward_hook(hook) for m in plan]
     try:
         with torch.enable_grad():
-            logits = model(input_ids=input_ids, use_cache=False).logits
-            total = row_losses(logits, labels).sum()
+            total = forward_losses(model, input_ids, labels).row_means().sum()
             order = [(m, k) for m in plan for k in range(len(outputs[m]))]
             if not order:
                 raise ParameterError("no trainable linear layer ran in the forward")
@@ -827,8 +826,7 @@ beta2, eps, skip_empty
                 for n in names:
                     params[n].grad = None
                 with torch.enable_grad():
-                    logits = model(input_ids=input_ids, use_cache=False).logits
-                    row_losses(logits, labels).sum().backward()
+                    forward_losses(model, input_ids, labels).mean().backward()
                 flat = [
                     params[n].grad.reshape(-1).float()
                     if params[n].grad is not None

@@ -33,7 +33,14 @@ from harp.nn.loop import (
     train_loop,
     train_stacked,
 )
-from harp.nn.loss import causal_lm_loss, row_losses, token_losses
+from harp.nn.loss import (
+    TokenLosses,
+    causal_lm_loss,
+    forward_losses,
+    output_positions,
+    row_losses,
+    token_losses,
+)
 from harp.nn.stacked import StackedAdapters
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "RESPONSE_MARKER",
     "StackedAdapters",
     "StackedRun",
+    "TokenLosses",
     "TrainStep",
     "Trainer",
     "batch_stream",
@@ -53,10 +61,12 @@ __all__ = [
     "fit_max_length",
     "format_example",
     "format_prompt",
+    "forward_losses",
     "is_out_of_memory",
     "length_batches",
     "model_device",
     "model_max_length",
+    "output_positions",
     "pad_token_id",
     "row_losses",
     "seeded",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from harp.core.errors import NumericalError, ParameterError
 from harp.core.progress import ProgressBar
 from harp.nn.encode import collate, model_device
-from harp.nn.loss import causal_lm_loss
+from harp.nn.loss import forward_losses
 
 if TYPE_CHECKING:  # pragma: no cover
     from harp.nn.stacked import StackedAdapters
@@ -217,10 +217,7 @@ class Trainer:
         self.model.train()
         try:
             input_ids, _, labels = collate(rows, self.pad_id, self.device)
-            # Right padding needs no attention mask for a causal model (real tokens
-            # never attend to later padding), so the batch runs on the fast path.
-            logits = self.model(input_ids=input_ids, use_cache=False).logits
-            loss = causal_lm_loss(logits, labels)
+            loss = forward_losses(self.model, input_ids, labels).mean()
             value = float(loss.detach())
             self.check_loss(value, row_ids)
             loss.backward()
@@ -441,16 +438,8 @@ def train_stacked(
                     rows += [filler] * (width - len(batch))
                 input_ids, _, labels = collate(rows, pad_id, device)
                 adapters.train_groups(active)
-                # Right padding needs no attention mask (see Trainer.step).
-                logits = model(input_ids=input_ids, use_cache=False).logits
-                group_losses = [
-                    causal_lm_loss(
-                        logits[g * width : (g + 1) * width],
-                        labels[g * width : (g + 1) * width],
-                    )
-                    for g in range(len(active))
-                ]
-                stacked = torch.stack(group_losses)
+                # Each adapter's own batch loss: the mean over its group's tokens.
+                stacked = forward_losses(model, input_ids, labels).group_means(width)
                 values = stacked.detach().tolist()  # one device sync per step
                 for k, batch, value in zip(active, batches, values):
                     trainers[k].check_loss(value, [runs[k].row_ids[i] for i in batch])

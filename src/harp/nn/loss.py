@@ -2,28 +2,188 @@
 
 Position ``t`` of a row is predicted from the logits at ``t - 1``; positions labelled
 :data:`~harp.nn.encode.IGNORE_INDEX` (the prompt, padding) carry no loss. The logits
-are upcast to fp32 first, whatever the model's dtype. Three reductions of the same
-per-token losses: the token-weighted batch mean (training), the per-row mean
-(per-example gradients, scoring rows) and the per-token values themselves.
+are upcast to fp32 first, whatever the model's dtype.
+
+A model's forward is run by :func:`forward_losses`, which has the output layer compute
+logits only at the positions that carry a loss: a response is a fraction of its row
+(a scored option a few tokens of a hundred), and with a large vocabulary (SmolLM2's
+49,152 tokens) the logits of every position are a large share of a step's work and
+most of its memory. Its losses are those of the whole logits (tested), in a flat
+:class:`TokenLosses` whose reductions are the token-weighted mean (training), the
+per-row mean (per-example gradients, scoring rows) and the per-row sum (scoring
+options). :func:`token_losses`, :func:`row_losses` and :func:`causal_lm_loss` are the
+same losses of logits already computed, dense, so that ``torch.func.vmap`` can map
+them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harp.nn.encode import IGNORE_INDEX
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["causal_lm_loss", "row_losses", "token_losses"]
+__all__ = [
+    "TokenLosses",
+    "causal_lm_loss",
+    "forward_losses",
+    "output_positions",
+    "row_losses",
+    "token_losses",
+]
 
 
-def _shifted(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 logits of positions ``0..T-2`` and the labels they predict."""
-    return logits[:, :-1, :].float(), labels[:, 1:]
+class TokenLosses(NamedTuple):
+    """The loss of every labelled token of a batch, and the row it belongs to.
+
+    Attributes
+    ----------
+    nll : torch.Tensor
+        ``(tokens,)`` fp32 negative log-likelihoods, row-major (row by row, left to
+        right).
+    rows : torch.Tensor
+        ``(tokens,)`` int64: the batch row of each token (non-decreasing).
+    batch : int
+        Rows in the batch (rows without a labelled token have no entry).
+    """
+
+    nll: torch.Tensor
+    rows: torch.Tensor
+    batch: int
+
+    def mean(self) -> torch.Tensor:
+        """The training loss: the mean over every labelled token (a scalar)."""
+        return self.nll.mean()
+
+    def row_sums(self) -> torch.Tensor:
+        """``(batch,)`` each row's summed loss (nats; 0 without a labelled token)."""
+        import torch
+
+        out = torch.zeros(self.batch, dtype=self.nll.dtype, device=self.nll.device)
+        return out.index_add(0, self.rows, self.nll)
+
+    def row_counts(self) -> torch.Tensor:
+        """``(batch,)`` each row's number of labelled tokens."""
+        import torch
+
+        return torch.bincount(self.rows, minlength=self.batch)
+
+    def row_means(self) -> torch.Tensor:
+        """``(batch,)`` each row's mean loss (0 for a row without a labelled token)."""
+        count = self.row_counts().clamp_min(1).to(self.nll.dtype)
+        return self.row_sums() / count
+
+    def group_means(self, width: int) -> torch.Tensor:
+        """The mean over every labelled token of each group of ``width`` consecutive
+        rows: ``(batch // width,)``, the training loss of each group."""
+        import torch
+
+        groups = self.batch // width
+        group = torch.div(self.rows, width, rounding_mode="floor")
+        sums = torch.zeros(groups, dtype=self.nll.dtype, device=self.nll.device)
+        sums = sums.index_add(0, group, self.nll)
+        count = torch.bincount(group, minlength=groups).clamp_min(1)
+        return sums / count.to(self.nll.dtype)
+
+
+class _Positions:
+    """What :func:`output_positions` did: whether the output layer was narrowed."""
+
+    def __init__(self) -> None:
+        self.applied = False
+
+
+def _output_layer(model: Any) -> Any:
+    """The model's output layer when it may be narrowed, else None.
+
+    Not when it (or a module inside it, such as a LoRA factor) carries forward hooks:
+    per-example gradient hooks and stacked adapters read whole ``(batch, length)``
+    rows there.
+    """
+    import torch
+
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Module):
+        return None
+    for module in head.modules():
+        # torch has no public way to list a module's hooks.
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+    return head
+
+
+@contextlib.contextmanager
+def output_positions(model: Any, positions: torch.Tensor) -> Iterator[_Positions]:
+    """Within the block, the model's output layer reads only ``positions``.
+
+    ``positions`` index the flattened ``(batch, length)`` hidden states of the next
+    forward: its logits are then ``(len(positions), vocab)``, one row per position,
+    instead of ``(batch, length, vocab)``. The yielded object's ``applied`` says
+    whether that happened: a model without a usable output layer
+    (``get_output_embeddings``), one whose output layer is hooked, or one that
+    computes its logits some other way returns the whole logits as usual.
+    """
+    state = _Positions()
+    head = _output_layer(model)
+    if head is None:
+        yield state
+        return
+
+    def narrow(module: Any, args: tuple) -> tuple | None:
+        if not args or args[0].dim() != 3:
+            return None
+        hidden = args[0]
+        state.applied = True
+        # .to: a no-op unless the model's layers are spread over devices.
+        keep = positions.to(hidden.device)
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+        return (flat, *args[1:])
+
+    handle = head.register_forward_pre_hook(narrow)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+def forward_losses(
+    model: Any, input_ids: torch.Tensor, labels: torch.Tensor
+) -> TokenLosses:
+    """Run ``model`` on a right-padded batch; the loss of every labelled token.
+
+    The output layer computes logits at the labelled positions only (see
+    :func:`output_positions`), which gives the losses of the whole logits. The
+    forward runs without an attention mask: with right padding no real token attends
+    to a later pad, so the batch takes the fast path.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+        A causal LM (with ``get_output_embeddings``, or its whole logits are used).
+    input_ids, labels : torch.Tensor
+        ``(batch, length)``, on the model's device (:func:`harp.nn.collate`).
+
+    Returns
+    -------
+    TokenLosses
+    """
+    import torch.nn.functional as F
+
+    mask = labels[:, 1:] != IGNORE_INDEX
+    where = mask.nonzero()
+    rows, cols = where[:, 0], where[:, 1]
+    length = int(labels.shape[1])
+    with output_positions(model, rows * length + cols) as narrowed:
+        logits = model(input_ids=input_ids, use_cache=False).logits
+    if not narrowed.applied or logits.dim() != 2:  # the whole logits came back
+        logits = logits[:, :-1][mask]
+    nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
+    return TokenLosses(nll, rows, int(labels.shape[0]))
 
 
 def token_losses(
@@ -47,7 +207,8 @@ def token_losses(
     """
     import torch.nn.functional as F
 
-    shift_logits, shift_labels = _shifted(logits, labels)
+    # Dense (no data-dependent shape), so that torch.func.vmap can map it.
+    shift_logits, shift_labels = logits[:, :-1, :].float(), labels[:, 1:]
     nll = F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)),
         shift_labels.reshape(-1),
@@ -83,11 +244,5 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         Scalar loss (token-weighted mean over the batch).
     """
-    import torch.nn.functional as F
-
-    shift_logits, shift_labels = _shifted(logits, labels)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-    )
+    nll, mask = token_losses(logits, labels)
+    return nll.sum() / mask.sum()

@@ -32,7 +32,7 @@ from harp.nn.encode import (
     model_device,
     pad_token_id,
 )
-from harp.nn.loss import row_losses, token_losses
+from harp.nn.loss import forward_losses, output_positions
 from harp.training.config import EvalConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -538,11 +538,8 @@ def _scored_rows(
                 if copies > 1:  # adapter-major: one group of these rows per adapter
                     input_ids = input_ids.repeat(copies, 1)
                     labels = labels.repeat(copies, 1)
-                logits = model(input_ids=input_ids, use_cache=False).logits
-                if reduction == "mean":
-                    nll = row_losses(logits, labels)
-                else:
-                    nll = token_losses(logits, labels)[0].sum(dim=1)
+                losses = forward_losses(model, input_ids, labels)
+                nll = losses.row_means() if reduction == "mean" else losses.row_sums()
                 values = nll.view(copies, len(batch)).cpu().numpy()
                 out[:, [enc.indices[i] for i in batch]] = values
                 bar.advance()
@@ -783,12 +780,16 @@ def _greedy_batch(
     import torch
 
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=position_ids,
-        use_cache=True,
-    )
+    batch, length = input_ids.shape
+    # The prompt's pass needs the logits of its last position only.
+    last = torch.arange(batch, device=input_ids.device) * length + (length - 1)
+    with output_positions(model, last):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+        )
     # transformers 5.x renamed the KV cache argument and output (past_key_values ->
     # cache) and warns on the old names: use whichever this model's forward takes.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -802,7 +803,8 @@ def _greedy_batch(
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     generated = []
     for step in range(max_new_tokens):
-        token = out.logits[:, -1, :].argmax(-1)
+        logits = out.logits
+        token = (logits if logits.dim() == 2 else logits[:, -1, :]).argmax(-1)
         token = torch.where(finished, torch.full_like(token, pad), token)
         generated.append(token)
         if eos is not None:
