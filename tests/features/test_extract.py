@@ -129,3 +129,32 @@ def test_a_dim_beyond_what_the_model_gives_is_said_not_cut_silently(
         " ".join(caplog.text.split())
     )
     assert f"gives at most {store.dim} features" in " ".join(caplog.text.split())
+
+
+def test_packed_batches_take_many_rows_and_give_the_same_features(
+    tiny_dir, tmp_path, pool
+):
+    """A packed batch holds up to max_rows rows (a GPU pays per batch, not per row);
+    the features are those of fixed batches, whatever the batching."""
+    from harp.core.context import RunContext
+    from harp.features import GradientFeatures
+
+    cpu = RunContext(device="cpu")
+    assert GradientFeatures(batch_size=4).gradient_batch_rows(cpu) == 4  # auto: fixed
+    assert GradientFeatures(batch_size=4, max_tokens=None).gradient_batch_rows(cpu) == 4
+    packed = GradientFeatures(batch_size=4, max_tokens=4096, max_rows=64)
+    assert packed.gradient_batch_rows(cpu) == 64
+    assert (
+        GradientFeatures(batch_size=32, max_tokens=512, max_rows=8).gradient_batch_rows(
+            cpu
+        )
+        == 32
+    )
+    rows = pool.subset(range(40))
+    fixed = extract_gradient_features(
+        tiny_dir, rows, tmp_path / "fixed", dim=32, batch_size=4, max_tokens=None
+    ).read()
+    big = extract_gradient_features(
+        tiny_dir, rows, tmp_path / "big", dim=32, batch_size=64, max_tokens=4096
+    ).read()
+    np.testing.assert_allclose(big, fixed, rtol=1e-4, atol=1e-6)

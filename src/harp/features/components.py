@@ -257,7 +257,7 @@ class GradientFeatures(FeatureComponent):
         (``q_proj, k_proj, v_proj, o_proj``, LESS's choice), or every linear layer
         for other architectures; ``("all-linear",)`` adapts every linear layer.
     batch_size : int, default=16
-        Rows per warm-up step, and most rows of a per-example-gradient batch.
+        Rows per warm-up step, and of a fixed per-example-gradient batch.
     max_length : int, default=256
         Token limit of a row.
     max_tokens : int, "auto" or None, default="auto"
@@ -265,6 +265,13 @@ class GradientFeatures(FeatureComponent):
         ``"auto"`` measures it from the free memory of a GPU on one probe batch and
         keeps fixed batches of ``batch_size`` rows on the CPU; None: fixed batches
         everywhere. It changes how fast, not what is computed.
+    max_rows : int, default=256
+        Most rows of a batch packed by a token budget (:meth:`gradient_batch_rows`).
+        A batch's per-example gradients cost some 30,000 small torch operations
+        whatever its size (hooks, casts and projections on every adapted layer of
+        SmolLM2, counted on the CPU), which a GPU pays in launches: 16 short rows
+        leave it waiting on Python, so a packed batch takes as many rows as the
+        token budget holds, up to this many.
 
     Examples
     --------
@@ -289,6 +296,7 @@ class GradientFeatures(FeatureComponent):
         "batch_size": [Interval(int, 1, None)],
         "max_length": [Interval(int, 8, None)],
         "max_tokens": [None, Options("auto"), Interval(int, 1, None)],
+        "max_rows": [Interval(int, 1, None)],
     }
 
     def __init__(
@@ -306,6 +314,7 @@ class GradientFeatures(FeatureComponent):
         batch_size: int = 16,
         max_length: int = 256,
         max_tokens: int | str | None = "auto",
+        max_rows: int = 256,
     ) -> None:
         self.dim = dim
         self.projection = projection
@@ -319,6 +328,19 @@ class GradientFeatures(FeatureComponent):
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_tokens = max_tokens
+        self.max_rows = max_rows
+
+    def gradient_batch_rows(self, context: RunContext) -> int:
+        """Most rows of a per-example-gradient batch on ``context``'s device.
+
+        ``batch_size`` for fixed batches (``max_tokens=None``, or ``"auto"`` on a
+        CPU, where a batch's cost is its arithmetic); with a token budget, as many
+        as it holds up to ``max_rows`` (at least ``batch_size``).
+        """
+        on_cpu = context.torch_device().type == "cpu"
+        if self.max_tokens is None or (self.max_tokens == "auto" and on_cpu):
+            return int(self.batch_size)
+        return max(int(self.batch_size), int(self.max_rows))
 
     def resolved_dim(self, context: RunContext) -> int:
         """The projection dimension on ``context``'s device (``dim="auto"`` sized)."""
@@ -433,7 +455,7 @@ class GradientFeatures(FeatureComponent):
             projection=self.projection,
             seed=context.int_seed("projection"),
             optimizer=optimizer,
-            batch_size=self.batch_size,
+            batch_size=self.gradient_batch_rows(context),
             max_length=self.max_length,
             max_tokens=self.max_tokens,
             context=context,

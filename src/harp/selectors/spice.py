@@ -389,7 +389,7 @@ class SPICESelector(_LogDetSelector):
                 model,
                 tokenizer,
                 rows,
-                batch_size=features.batch_size,
+                batch_size=features.gradient_batch_rows(context),
                 max_length=features.max_length,
                 max_tokens=features.max_tokens,
                 projector=projector,
