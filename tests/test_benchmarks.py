@@ -48,3 +48,60 @@ def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
     assert numbers["compare"]["same_position_picks"] > 0.99
     assert numbers["compare"]["objective_rel_diff"] < 1e-6
     assert "x bound" in result.stdout
+
+
+@pytest.mark.slow
+def test_output_layer_benchmark_runs_and_both_ways_agree(tmp_path, tiny_dir):
+    """``benchmarks/output_layer.py`` on the tiny model and an exported suite's rows:
+    the whole logits and the labelled positions give the same losses."""
+    script = ROOT / "benchmarks" / "output_layer.py"
+    if not script.exists():
+        pytest.skip("the benchmarks are not beside the tests")
+    data = tmp_path / "suite"
+    data.mkdir()
+    words = ["abc", "bcd", "cde", "def"]
+    pool = [{"prompt": f"up: {w}", "response": w.upper()} for w in words]
+    target = [
+        {
+            "prompt": f"first of {w}?",
+            "response": w[0],
+            "options": [w[0], w[1]],
+            "gold": 0,
+        }
+        for w in words
+    ]
+    for name, rows in (("pool.jsonl", pool), ("target.jsonl", target)):
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            str(tiny_dir),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--batch",
+            "4",
+            "--pairs",
+            "8",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in result.stdout.splitlines()
+        if line.startswith("| training") or line.startswith("| option")
+    }
+    assert set(lines) == {"training step", "option scoring"}
+    for cells in lines.values():
+        assert float(cells[5]) < 1e-4  # the largest loss difference
+        assert cells[4].strip().endswith("x")
