@@ -197,6 +197,31 @@ def test_factored_gradients_on_cuda_match_the_cpu(tiny_dir):
     np.testing.assert_allclose(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-5)
 
 
+def test_labelled_position_losses_on_cuda_equal_the_whole_logits_and_repeat(tiny_dir):
+    """forward_losses on CUDA: the whole logits' losses, and bit-identical reruns
+    (its reductions write each token once, no scatter-add)."""
+    from harp.nn import (
+        collate,
+        encode_examples,
+        forward_losses,
+        pad_token_id,
+        token_losses,
+    )
+
+    model, tok = load_model(tiny_dir, context=GPU)
+    enc = encode_examples(tok, _rows(8), max_length=64)
+    ids, _, labels = collate(
+        list(zip(enc.input_ids, enc.labels)), pad_token_id(tok), model_device(model)
+    )
+    with torch.no_grad():
+        nll, mask = token_losses(model(input_ids=ids).logits, labels)
+        runs = [forward_losses(model, ids, labels) for _ in range(3)]
+    for flat in runs:
+        assert torch.equal(flat.row_sums(), runs[0].row_sums())
+        assert torch.equal(flat.group_means(4), runs[0].group_means(4))
+    torch.testing.assert_close(runs[0].row_sums(), nll.sum(1), rtol=1e-5, atol=1e-5)
+
+
 def test_the_torch_log_det_engine_on_cuda_picks_what_numpy_picks():
     from harp.selectors.logdet import GreedyLogDet, default_alpha
     from harp.selectors.logdet_torch import TorchGreedyLogDet

@@ -100,7 +100,8 @@ def test_forward_losses_equal_the_whole_logits_losses(tiny):
             logits = model(input_ids=ids, use_cache=False).logits
     assert narrowed.applied and logits.shape[0] == 3 and logits.dim() == 2
     assert flat.batch == 4 and flat.nll.shape == (int(mask.sum()),)
-    assert torch.equal(flat.rows, mask.nonzero()[:, 0])
+    assert torch.equal(flat.mask, mask) and torch.equal(flat.row_counts(), mask.sum(1))
+    assert torch.equal(flat.dense()[~mask], torch.zeros(int((~mask).sum())))
     assert torch.allclose(flat.nll, nll[mask], atol=1e-6)
     assert torch.allclose(flat.mean(), nll.sum() / mask.sum(), atol=1e-6)
     assert torch.allclose(flat.row_sums(), nll.sum(1), atol=1e-6)

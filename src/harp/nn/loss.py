@@ -38,39 +38,49 @@ __all__ = [
 
 
 class TokenLosses(NamedTuple):
-    """The loss of every labelled token of a batch, and the row it belongs to.
+    """The loss of every labelled token of a batch, and where each one is.
+
+    The reductions go through a dense ``(batch, length - 1)`` array (each token
+    written once, then summed along rows) rather than a scatter-add, so that they
+    are deterministic on a GPU too.
 
     Attributes
     ----------
     nll : torch.Tensor
         ``(tokens,)`` fp32 negative log-likelihoods, row-major (row by row, left to
         right).
-    rows : torch.Tensor
-        ``(tokens,)`` int64: the batch row of each token (non-decreasing).
-    batch : int
-        Rows in the batch (rows without a labelled token have no entry).
+    mask : torch.Tensor
+        ``(batch, length - 1)`` bool: the positions the tokens were predicted from
+        (``labels[:, 1:] != IGNORE_INDEX``).
     """
 
     nll: torch.Tensor
-    rows: torch.Tensor
-    batch: int
+    mask: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        """Rows in the batch (rows without a labelled token included)."""
+        return int(self.mask.shape[0])
 
     def mean(self) -> torch.Tensor:
         """The training loss: the mean over every labelled token (a scalar)."""
         return self.nll.mean()
 
-    def row_sums(self) -> torch.Tensor:
-        """``(batch,)`` each row's summed loss (nats; 0 without a labelled token)."""
+    def dense(self) -> torch.Tensor:
+        """``(batch, length - 1)`` the losses in place, 0 at unlabelled positions."""
         import torch
 
-        out = torch.zeros(self.batch, dtype=self.nll.dtype, device=self.nll.device)
-        return out.index_add(0, self.rows, self.nll)
+        out = torch.zeros(self.mask.shape, dtype=self.nll.dtype, device=self.nll.device)
+        out[self.mask] = self.nll
+        return out
+
+    def row_sums(self) -> torch.Tensor:
+        """``(batch,)`` each row's summed loss (nats; 0 without a labelled token)."""
+        return self.dense().sum(dim=1)
 
     def row_counts(self) -> torch.Tensor:
         """``(batch,)`` each row's number of labelled tokens."""
-        import torch
-
-        return torch.bincount(self.rows, minlength=self.batch)
+        return self.mask.sum(dim=1)
 
     def row_means(self) -> torch.Tensor:
         """``(batch,)`` each row's mean loss (0 for a row without a labelled token)."""
@@ -80,14 +90,10 @@ class TokenLosses(NamedTuple):
     def group_means(self, width: int) -> torch.Tensor:
         """The mean over every labelled token of each group of ``width`` consecutive
         rows: ``(batch // width,)``, the training loss of each group."""
-        import torch
-
         groups = self.batch // width
-        group = torch.div(self.rows, width, rounding_mode="floor")
-        sums = torch.zeros(groups, dtype=self.nll.dtype, device=self.nll.device)
-        sums = sums.index_add(0, group, self.nll)
-        count = torch.bincount(group, minlength=groups).clamp_min(1)
-        return sums / count.to(self.nll.dtype)
+        sums = self.row_sums()[: groups * width].view(groups, width).sum(dim=1)
+        count = self.row_counts()[: groups * width].view(groups, width).sum(dim=1)
+        return sums / count.clamp_min(1).to(self.nll.dtype)
 
 
 class _Positions:
@@ -175,15 +181,16 @@ def forward_losses(
     import torch.nn.functional as F
 
     mask = labels[:, 1:] != IGNORE_INDEX
+    # Flat indices of the labelled positions in the (batch, length) hidden states;
+    # found before the forward, while the device has nothing queued.
     where = mask.nonzero()
-    rows, cols = where[:, 0], where[:, 1]
-    length = int(labels.shape[1])
-    with output_positions(model, rows * length + cols) as narrowed:
+    positions = where[:, 0] * int(labels.shape[1]) + where[:, 1]
+    with output_positions(model, positions) as narrowed:
         logits = model(input_ids=input_ids, use_cache=False).logits
     if not narrowed.applied or logits.dim() != 2:  # the whole logits came back
         logits = logits[:, :-1][mask]
     nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
-    return TokenLosses(nll, rows, int(labels.shape[0]))
+    return TokenLosses(nll, mask)
 
 
 def token_losses(
