@@ -43,6 +43,7 @@ def _rows(data: Path, train_rows: int, pairs: int) -> tuple[Any, Any]:
     FLAN-CoT files, or from a suite exported by ``harp.bench.suites.export_suite``
     (``pool.jsonl`` and ``target.jsonl``, as ``realtext_gpu.py pack`` writes)."""
     from harp.data import Example, ExampleSet, load_examples
+    from harp.training.evaluate import option_pairs
 
     if (data / "pool.jsonl").is_file():
         train = load_examples(data / "pool.jsonl").subset(range(train_rows))
@@ -57,10 +58,7 @@ def _rows(data: Path, train_rows: int, pairs: int) -> tuple[Any, Any]:
         for example in source:
             if len(scored) >= quota:
                 break
-            scored += [
-                Example(f"{example.id}/{j}", example.prompt, option)
-                for j, option in enumerate(example.options)
-            ]
+            scored += option_pairs([example])
     return train, ExampleSet(scored[:pairs])
 
 

@@ -13,29 +13,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
-    """``benchmarks/gpu_suite.py --quick``: every part at toy size, in one run."""
-    if not (ROOT / "benchmarks" / "gpu_suite.py").exists():
+def _run_benchmark(
+    name: str, args: list[str], cwd: Path
+) -> subprocess.CompletedProcess:
+    """``benchmarks/<name>`` run from the source tree (skipped when not beside)."""
+    script = ROOT / "benchmarks" / name
+    if not script.exists():
         pytest.skip("the benchmarks are not beside the tests")
-    out = tmp_path / "gs.json"
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "gpu_suite.py"),
-            "--quick",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
+    """``benchmarks/gpu_suite.py --quick``: every part at toy size, in one run."""
+    out = tmp_path / "gs.json"
+    result = _run_benchmark(
+        "gpu_suite.py", ["--quick", "--device", "cpu", "--out", str(out)], tmp_path
+    )
     numbers = json.loads(out.read_text())
     assert numbers["device"] == "cpu" and numbers["grads_ex_s"] > 0
     assert numbers["logdet"]["picks"] > 0
@@ -54,9 +57,6 @@ def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
 def test_output_layer_benchmark_runs_and_both_ways_agree(tmp_path, tiny_dir):
     """``benchmarks/output_layer.py`` on the tiny model and an exported suite's rows:
     the whole logits and the labelled positions give the same losses."""
-    script = ROOT / "benchmarks" / "output_layer.py"
-    if not script.exists():
-        pytest.skip("the benchmarks are not beside the tests")
     data = tmp_path / "suite"
     data.mkdir()
     words = ["abc", "bcd", "cde", "def"]
@@ -72,30 +72,12 @@ def test_output_layer_benchmark_runs_and_both_ways_agree(tmp_path, tiny_dir):
     ]
     for name, rows in (("pool.jsonl", pool), ("target.jsonl", target)):
         (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--model",
-            str(tiny_dir),
-            "--data",
-            str(data),
-            "--device",
-            "cpu",
-            "--batch",
-            "4",
-            "--pairs",
-            "8",
-            "--repeat",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    result = _run_benchmark(
+        "output_layer.py",
+        ["--model", str(tiny_dir), "--data", str(data), "--device", "cpu"]
+        + ["--batch", "4", "--pairs", "8", "--repeat", "1"],
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     lines = {
         line.split("|")[1].strip(): line.split("|")
         for line in result.stdout.splitlines()

@@ -132,7 +132,7 @@ def test_a_dim_beyond_what_the_model_gives_is_said_not_cut_silently(
 
 
 def test_packed_batches_take_many_rows_and_give_the_same_features(
-    tiny_dir, tmp_path, pool
+    tiny_dir, tmp_path, pool, monkeypatch
 ):
     """A packed batch holds up to max_rows rows (a GPU pays per batch, not per row);
     the features are those of fixed batches, whatever the batching."""
@@ -150,6 +150,18 @@ def test_packed_batches_take_many_rows_and_give_the_same_features(
         )
         == 32
     )
+    # GradientFeatures hands its row cap to the extraction.
+    import harp.features.extract as extract_module
+
+    seen = {}
+    monkeypatch.setattr(
+        extract_module,
+        "extract_gradient_features",
+        lambda *args, **kwargs: seen.update(kwargs),
+    )
+    packed.extract(pool.subset(range(8)), cpu, model_dir=tiny_dir)
+    assert seen["batch_size"] == 64 and seen["max_tokens"] == 4096
+    monkeypatch.undo()
     rows = pool.subset(range(40))
     fixed = extract_gradient_features(
         tiny_dir, rows, tmp_path / "fixed", dim=32, batch_size=4, max_tokens=None

@@ -42,7 +42,9 @@ class TokenLosses(NamedTuple):
 
     The reductions go through a dense ``(batch, length - 1)`` array (each token
     written once, then summed along rows) rather than a scatter-add, so that they
-    are deterministic on a GPU too.
+    are deterministic on a GPU too. ``coords`` is ``mask.nonzero()``, kept so that
+    no reduction has to find the tokens again (a boolean index waits for the
+    device).
 
     Attributes
     ----------
@@ -52,10 +54,13 @@ class TokenLosses(NamedTuple):
     mask : torch.Tensor
         ``(batch, length - 1)`` bool: the positions the tokens were predicted from
         (``labels[:, 1:] != IGNORE_INDEX``).
+    coords : torch.Tensor
+        ``(tokens, 2)`` int64: each token's (row, position), row-major.
     """
 
     nll: torch.Tensor
     mask: torch.Tensor
+    coords: torch.Tensor
 
     @property
     def batch(self) -> int:
@@ -71,7 +76,7 @@ class TokenLosses(NamedTuple):
         import torch
 
         out = torch.zeros(self.mask.shape, dtype=self.nll.dtype, device=self.nll.device)
-        out[self.mask] = self.nll
+        out[self.coords[:, 0], self.coords[:, 1]] = self.nll
         return out
 
     def row_sums(self) -> torch.Tensor:
@@ -181,16 +186,17 @@ def forward_losses(
     import torch.nn.functional as F
 
     mask = labels[:, 1:] != IGNORE_INDEX
-    # Flat indices of the labelled positions in the (batch, length) hidden states;
-    # found before the forward, while the device has nothing queued.
-    where = mask.nonzero()
-    positions = where[:, 0] * int(labels.shape[1]) + where[:, 1]
-    with output_positions(model, positions) as narrowed:
+    # The labelled positions, found once, before the forward, while the device has
+    # nothing queued; everything after indexes with them (no further wait).
+    coords = mask.nonzero()
+    rows, cols = coords[:, 0], coords[:, 1]
+    targets = labels[:, 1:][rows, cols]
+    with output_positions(model, rows * int(labels.shape[1]) + cols) as narrowed:
         logits = model(input_ids=input_ids, use_cache=False).logits
     if not narrowed.applied or logits.dim() != 2:  # the whole logits came back
-        logits = logits[:, :-1][mask]
-    nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
-    return TokenLosses(nll, mask)
+        logits = logits[:, :-1][rows, cols]
+    nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    return TokenLosses(nll, mask, coords)
 
 
 def token_losses(

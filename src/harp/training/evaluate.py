@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_stacked",
     "response_losses",
     "option_logprobs",
+    "option_pairs",
     "check_target_metrics",
     "generate_greedy",
     "extract_answer",
@@ -609,15 +610,10 @@ def _stacked_option_logprobs(
     adapters: Any,
 ) -> list[list[np.ndarray]]:
     """:func:`option_logprobs` under one model or every adapter of a stack."""
-    pairs = [
-        Example(f"{e.id}/{j}", e.prompt, option)
-        for e in examples
-        for j, option in enumerate(e.options)
-    ]
     sums = -_scored_rows(
         model,
         tokenizer,
-        pairs,
+        option_pairs(examples),
         batch_size=batch_size,
         max_length=max_length,
         progress=progress,
@@ -626,6 +622,25 @@ def _stacked_option_logprobs(
         adapters=adapters,
     )
     return [_normalised_options(row_sums, examples) for row_sums in sums]
+
+
+def option_pairs(examples: ExampleSet | Sequence[Any]) -> list[Example]:
+    """One row per (prompt, option) of each multiple-choice row, in order: the rows
+    :func:`option_logprobs` scores (id ``"<row id>/<option index>"``, the option as
+    the response; rows without options give none).
+
+    Examples
+    --------
+    >>> from harp.core.records import Example
+    >>> row = Example("q", "2+2?", "4", options=("3", "4"), gold=1)
+    >>> [(p.id, p.response) for p in option_pairs([row])]
+    [('q/0', '3'), ('q/1', '4')]
+    """
+    return [
+        Example(f"{e.id}/{j}", e.prompt, option)
+        for e in examples
+        for j, option in enumerate(e.options)
+    ]
 
 
 def _normalised_options(
