@@ -87,3 +87,21 @@ def test_output_layer_benchmark_runs_and_both_ways_agree(tmp_path, tiny_dir):
     for cells in lines.values():
         assert float(cells[5]) < 1e-4  # the largest loss difference
         assert cells[4].strip().endswith("x")
+
+
+@pytest.mark.slow
+def test_finetune_schedule_benchmark_counts_fewer_forwards_for_the_same_losses(
+    tmp_path,
+):
+    """``benchmarks/finetune_schedule.py`` at toy size: per seed, a 40-row reference
+    (5 steps), a 36-row one (5) and two selections (2 and 4 rows: 1 step each), four
+    adapters at once. Stacks per seed: 5 forwards a seed; one stack: the two seeds'
+    four references side by side (5), then the four selections (1)."""
+    args = ["--pool", "40", "--methods", "1", "--seeds", "2", "--at-once", "4"]
+    result = _run_benchmark(
+        "finetune_schedule.py", [*args, "--target", "8", "--device", "cpu"], tmp_path
+    )
+    out = result.stdout
+    assert "| stacks per seed | 10 |" in out
+    assert "| one stack, slots | 6 |" in out
+    assert "largest relative difference of a target loss" in out

@@ -177,7 +177,8 @@ def test_finetunes_side_by_side_on_workers_give_the_same_rows(
         caplog.at_level(logging.INFO, logger="harp.bench.harness"),
     ):
         pooled = run_bench(_tiny(out), RunContext(executor=executor))
-    assert caplog.text.count("finetuning and scoring 5 selections on 2 local work") == 2
+    # Both seeds' finetunes in one map.
+    assert caplog.text.count("finetuning and scoring 10 selections on 2 local") == 1
 
     def table(found):
         return [

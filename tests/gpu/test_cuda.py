@@ -120,23 +120,27 @@ def test_on_cuda_the_utility_trains_adapters_together_as_one_at_a_time(
     tiny_dir, tmp_path
 ):
     subsets = [_rows(4), _rows(5, 4), _rows(8), _rows(3, 2)]
-    scoring = EvalConfig(metrics=("loss",))
-    alone = TrainEvalUtility(
-        tiny_dir,
-        _rows(6, 8),
-        TRAIN,
-        scoring,
-        context=GPU.replace(cache_dir=tmp_path / "alone", adapters_at_once=1),
-    )
-    together = TrainEvalUtility(
-        tiny_dir, _rows(6, 8), TRAIN, scoring, context=GPU.replace(cache_dir=tmp_path)
-    )
+
+    def utility(name, at_once):
+        context = GPU.replace(cache_dir=tmp_path / name, adapters_at_once=at_once)
+        return TrainEvalUtility(
+            tiny_dir, _rows(6, 8), TRAIN, EvalConfig(metrics=("loss",)), context=context
+        )
+
+    def losses(results):
+        return [r.report.average("loss").mean for r in results]
+
+    alone, together = utility("alone", 1), utility("together", None)
     assert together.context.adapters_at_once_count > 1  # the GPU default
-    expected = [r.report.average("loss").mean for r in alone.map(subsets)]
     results = together.map(subsets)
     assert [r.report.meta["trained_with"] for r in results] == [4, 4, 4, 4]
-    got = [r.report.average("loss").mean for r in results]
-    assert got == pytest.approx(expected, rel=1e-3)
+    assert losses(results) == pytest.approx(losses(alone.map(subsets)), rel=1e-3)
+    # Two seeds in one stack, two adapters training at a time.
+    seeds = [1, 2, 2, 1]
+    results = utility("slots", 2).map(subsets, seeds=seeds)
+    assert [r.report.meta["trained_with"] for r in results] == [4, 4, 4, 4]
+    expected = losses(alone.map(subsets, seeds=seeds))
+    assert losses(results) == pytest.approx(expected, rel=1e-3)
 
 
 def test_a_selection_says_it_ran_on_cuda(tiny_dir, tmp_path):

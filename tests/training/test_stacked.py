@@ -266,3 +266,92 @@ def test_stacked_scoring_equals_scoring_each_adapter_alone(tiny_dir):
     # The adapters were told apart: their target losses differ.
     losses = [r.average("loss").mean for r in together]
     assert len(set(losses)) == 3
+
+
+# -- stacks of any seeds, with fewer slots than runs ---------------------------------
+
+
+def _reseeded(seed):
+    return TrainConfig(**{**CONFIG.to_dict(), "seed": seed})
+
+
+def test_one_slot_trains_each_run_alone_bit_for_bit_with_its_own_seed(tiny_dir):
+    sets = [_rows(10), _rows(3, offset=2), _rows(7, offset=5)]
+    seeds = [3, 8, None]  # None: the recipe's own (3)
+    base, tok = load_model(tiny_dir)
+    with finetune_stacked(base, tok, sets, CONFIG, seeds=seeds, slots=1) as adapters:
+        for k, (rows, seed) in enumerate(zip(sets, seeds)):
+            recipe = CONFIG if seed is None else _reseeded(seed)
+            expected, _, _ = _single(tiny_dir, rows, recipe)
+            got = [t.detach() for t in adapters.parameters(k)]
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), k
+    # Another seed is another start: adapters 0 and 1 began from different A.
+    assert not torch.equal(adapters.parameters(0)[0], adapters.parameters(1)[0])
+
+
+def test_runs_wait_for_a_free_slot_and_equal_their_single_finetunes(tiny_dir):
+    from harp.nn import stack_schedule
+
+    sets = [_rows(3, offset=2), _rows(12), _rows(7, offset=5), _rows(5, offset=1)]
+    seeds = [4, 3, 4, 3]
+    steps = [CONFIG.total_steps(len(s)) for s in sets]  # 2, 6, 4, 3
+    base, tok = load_model(tiny_dir)
+    passes = []
+    handle = base.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    adapters = finetune_stacked(base, tok, sets, CONFIG, seeds=seeds, slots=2)
+    handle.remove()
+    starts = stack_schedule(steps, 2)
+    # Two adapters train at a time: one forward per step of the stack, <= 2 groups.
+    assert len(passes) == max(s + n for s, n in zip(starts, steps)) < sum(steps)
+    assert max(passes) <= 2 * CONFIG.batch_size
+    for k, (rows, seed) in enumerate(zip(sets, seeds)):
+        expected, _, _ = _single(tiny_dir, rows, _reseeded(seed))
+        got = [t.detach() for t in adapters.parameters(k)]
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    adapters.remove()
+
+
+def test_scoring_some_adapters_at_a_time_equals_scoring_all_at_once(tiny_dir):
+    from harp.training import evaluate_stacked
+
+    target = _rows(5, offset=9, domain="t")
+    config = EvalConfig(metrics=("loss",), batch_size=6)
+    base, tok = load_model(tiny_dir)
+    sets = [_rows(8), _rows(5, offset=3), _rows(3)]
+    with finetune_stacked(base, tok, sets, CONFIG) as adapters:
+        together = evaluate_stacked(base, adapters, tok, target, config)
+        in_twos = evaluate_stacked(base, adapters, tok, target, config, at_once=2)
+        with pytest.raises(ParameterError, match="at_once"):
+            evaluate_stacked(base, adapters, tok, target, config, at_once=0)
+    assert len(in_twos) == 3
+    for a, b in zip(together, in_twos):
+        np.testing.assert_allclose(
+            a.item_values("t", "loss"), b.item_values("t", "loss"), rtol=1e-5
+        )
+
+
+def test_per_adapter_starts_must_match_in_layers_and_shapes(tiny_dir):
+    from harp.nn import StackedAdapters
+
+    one, two = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    start = {one: (torch.ones(2, 4), torch.zeros(3, 2))}
+    with pytest.raises(ParameterError, match="one per adapter"):
+        StackedAdapters([start, start], count=3, scaling=1.0)
+    with pytest.raises(ParameterError, match="same layers"):
+        StackedAdapters(
+            [start, {two: (torch.ones(2, 4), torch.zeros(3, 2))}], count=2, scaling=1.0
+        )
+    with pytest.raises(ParameterError, match="same shapes"):
+        StackedAdapters(
+            [start, {one: (torch.ones(3, 4), torch.zeros(3, 3))}], count=2, scaling=1.0
+        )
+    assert not one._forward_hooks  # nothing attached by a refusal
+    base, tok = load_model(tiny_dir)
+    with pytest.raises(ParameterError, match="one each"):
+        stacked_lora(base, 2, r=2, alpha=4, seeds=[1])
+    with pytest.raises(ParameterError, match="one each"):
+        finetune_stacked(base, tok, [_rows(4)], CONFIG, seeds=[1, 2])

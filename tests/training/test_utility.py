@@ -135,7 +135,7 @@ def test_a_seed_is_the_recipe_with_that_seed(tiny_dir, tmp_path):
     # It is another training run: another result than the recipe's own seed.
     assert utility(rows).scores != first.report.scores
     assert utility.is_cached(rows, seed=5) and not utility.is_cached(rows, seed=6)
-    # One map holds subsets of both seeds (a stack trains one seed at a time).
+    # One map holds subsets of both seeds (and one stack trains them together).
     subsets = [_rows(4), _rows(4, offset=4), _rows(4)]
     seeds = [5, 5, None]
     expected = [other(s).scores for s in subsets[:2]] + [utility(subsets[2]).scores]
@@ -151,7 +151,7 @@ def test_a_seed_is_the_recipe_with_that_seed(tiny_dir, tmp_path):
     ]
     got = stacked.map(subsets, seeds=seeds)
     assert [r.report.average("loss").mean for r in got] == pytest.approx(want, rel=1e-4)
-    assert [r.report.meta.get("trained_with") for r in got] == [2, 2, None]
+    assert [r.report.meta.get("trained_with") for r in got] == [3, 3, 3]
     with LocalExecutor(workers=2) as executor:
         pooled = _utility(tiny_dir, tmp_path / "pool").map(
             subsets, executor, seeds=seeds
@@ -213,7 +213,8 @@ def test_map_hashes_each_subset_once_and_reads_each_entry_once(
     assert len(hashed) == len(subsets)
     assert len(reads) == 3 + 1 and reads[-1] == reads[0]
     assert [r.cached for r in results] == [False, False, False, True]
-    assert [r.report.meta.get("trained_with") for r in results[:3]] == [2, 2, None]
+    # One stack of all three (any seeds), two adapters training at a time.
+    assert [r.report.meta.get("trained_with") for r in results[:3]] == [3, 3, 3]
     assert results[3].report.scores == results[0].report.scores
     assert (utility.calls, utility.hits) == (3, 1)
 
@@ -239,7 +240,7 @@ def test_out_of_memory_halves_the_adapters_trained_together(
     with caplog.at_level("WARNING"):
         results = utility.map(subsets)
     assert sizes == [4, 2, 2]
-    assert "out of memory training 4 adapters at once; 2 at a time" in caplog.text
+    assert "out of memory training 4 adapters, 4 at once; 2 at once" in caplog.text
     alone = _stacking(tiny_dir, tmp_path / "b", 1)
     expected = [alone(s).average("loss").mean for s in subsets]
     assert [r.report.average("loss").mean for r in results] == pytest.approx(

@@ -212,8 +212,9 @@ AdaptersAtOnceOption = typer.Option(
     "--adapters-at-once",
     min=1,
     help="LoRA finetunes (HARP's leaf calls, a bench's finetunes) trained together "
-    "in one batched forward, in this process. Default: 8 on a GPU, 1 on the CPU. "
-    "Halved automatically when the GPU runs out of memory.",
+    "in one batched forward, in this process; a waiting finetune takes the place of "
+    "one that ends. Default: 8 on a GPU, 1 on the CPU. Halved automatically when the "
+    "GPU runs out of memory.",
 )
 RayAddressOption = typer.Option(
     None,

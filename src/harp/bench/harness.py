@@ -371,60 +371,64 @@ class _Runner:
         self.context = context
         self.eval_config = EvalConfig(seed=config.seed, **suite.eval)
         self.primary = suite.primary_metric
-        self._utilities: dict[int, TrainEvalUtility] = {}
+        self._utility: TrainEvalUtility | None = None
 
     # -- shared pieces ----------------------------------------------------------------
-    def utility(self, seed: int) -> TrainEvalUtility:
-        """The train-and-score utility of the suite's recipe with ``seed``."""
-        if seed not in self._utilities:
-            self._utilities[seed] = TrainEvalUtility(
+    @property
+    def utility(self) -> TrainEvalUtility:
+        """The train-and-score utility of the suite's recipe (a row's seed is given
+        per call: :meth:`TrainEvalUtility.recipe`)."""
+        if self._utility is None:
+            self._utility = TrainEvalUtility(
                 self.suite.model_dir,
                 self.suite.target,
-                TrainConfig(seed=seed, **self.suite.train),
+                TrainConfig(seed=self.config.seed, **self.suite.train),
                 self.eval_config,
                 context=self.context,
             )
-        return self._utilities[seed]
+        return self._utility
 
     @property
     def base_report(self) -> EvalReport:
         """The base model's report (independent of the recipe's seed)."""
-        return self.utility(self.config.seed).base_report
+        return self.utility.base_report
 
     def finetune(self, planned: list[_Planned]) -> None:
         """Finetune on every planned row's selection and score it (cached).
 
-        The finetunes of one recipe seed go to the context's executor together (a
-        pool of workers runs them side by side); an empty selection (HARP when no
-        leaf is expected to help) trains nothing and scores as the base model.
+        Every finetune goes to the utility in one map, each with its recipe seed: a
+        pool of workers (the context's executor) runs them side by side, or on a GPU
+        stacks of adapters of any seed train together. An empty selection (HARP
+        when no leaf is expected to help) trains nothing and scores as the base
+        model.
         """
         for plan in planned:
             if not len(plan.indices):
                 plan.tuned, plan.seconds = self.base_report, 0.0
-        seeds = sorted({p.seed for p in planned if p.tuned is None}, key=str)
-        for seed in seeds:
-            group = [p for p in planned if p.tuned is None and p.seed == seed]
-            assert seed is not None
-            utility = self.utility(seed)
-            subsets = [self.suite.pool.subset(p.indices) for p in group]
-            cached = sum(utility.is_cached(rows) for rows in subsets)
-            executor = self.context.executor
-            where = ""
-            together = self.context.adapters_at_once_count
-            if executor is not None and not executor.runs_here(len(group) - cached):
-                where = f" on {executor.n_workers} {executor.name} workers"
-            elif together > 1 and utility.train_config.method == "lora":
-                where = f", up to {together} adapters trained at once"
-            if len(group) > cached:
-                log.info(
-                    "finetuning and scoring %d selection%s%s",
-                    len(group) - cached,
-                    "s" if len(group) - cached != 1 else "",
-                    where,
-                )
-            results = utility.map(subsets, executor, desc="bench finetunes")
-            for plan, result in zip(group, results):
-                plan.tuned, plan.seconds = result.report, result.seconds
+        group = [p for p in planned if p.tuned is None]
+        if not group:
+            return
+        utility = self.utility
+        subsets = [self.suite.pool.subset(p.indices) for p in group]
+        seeds = [p.seed for p in group]
+        cached = sum(utility.is_cached(r, s) for r, s in zip(subsets, seeds))
+        executor = self.context.executor
+        where = ""
+        together = self.context.adapters_at_once_count
+        if executor is not None and not executor.runs_here(len(group) - cached):
+            where = f" on {executor.n_workers} {executor.name} workers"
+        elif together > 1 and utility.train_config.method == "lora":
+            where = f", up to {together} adapters trained at once"
+        if len(group) > cached:
+            log.info(
+                "finetuning and scoring %d selection%s%s",
+                len(group) - cached,
+                "s" if len(group) - cached != 1 else "",
+                where,
+            )
+        results = utility.map(subsets, executor, seeds=seeds, desc="bench finetunes")
+        for plan, result in zip(group, results):
+            plan.tuned, plan.seconds = result.report, result.seconds
 
     # -- rows -------------------------------------------------------------------------
     def reference_plan(self, key: str, name: str, seed: int) -> _Planned:

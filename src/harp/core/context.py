@@ -154,8 +154,9 @@ class RunContext:
         waits beside other jobs), torch's default for larger ones
         (:mod:`harp.nn.threads`).
     adapters_at_once : int or None, default None
-        How many LoRA finetunes of one recipe a train-and-score utility trains
-        together, in one batched forward (HARP's leaf calls; see
+        How many LoRA finetunes a train-and-score utility trains at once, in one
+        batched forward (HARP's leaf calls, a bench's finetunes, of any recipe
+        seeds; a waiting finetune takes the place of one that ends: see
         :func:`harp.training.finetune_stacked`). None: :data:`GPU_ADAPTERS_AT_ONCE`
         on a GPU, where one small finetune leaves the device idle, and 1 on a CPU,
         which is busy already. Halved automatically when the device runs out of

@@ -16,12 +16,12 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from harp.core.context import RunContext
-from harp.core.errors import ModelError
+from harp.core.errors import ModelError, ParameterError
 from harp.core.io import atomic_directory
 from harp.nn.threads import apply_thread_policy
 
@@ -575,33 +575,63 @@ def stacked_lora(
     alpha: float = 16,
     dropout: float = 0.0,
     target_modules: list[str] | tuple[str, ...] | str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> StackedAdapters:
     """``count`` fresh LoRA adapters on ``model``, to train in one batched forward.
 
     Each adapter starts exactly where :func:`attach_lora` with the same arguments and
     the same RNG state would start (peft attaches one, its initial weights are read,
-    and it is removed again), and the layers adapted are the ones peft adapts. The
-    adapters attach by hooks (:class:`harp.nn.StackedAdapters`): the model's
-    modules are untouched, and ``remove()`` restores it.
+    and it is removed again), and the layers adapted are the ones peft adapts. With
+    ``seeds`` (one per adapter), adapter ``k`` starts where :func:`attach_lora`
+    starts under torch's global RNG seeded with ``seeds[k]`` (the caller's RNG is
+    left as it was); without, every adapter starts from the one draw of the current
+    RNG. The adapters attach by hooks (:class:`harp.nn.StackedAdapters`): the
+    model's modules are untouched, and ``remove()`` restores it.
 
     Raises
     ------
     harp.core.errors.ModelError
         When peft cannot find the target modules, or adapts a layer that is not a
         plain linear layer (stacked adapters support ``torch.nn.Linear`` only).
+    harp.core.errors.ParameterError
+        When ``seeds`` does not give one seed per adapter.
     """
-    import torch
-    from peft.tuners.lora import LoraLayer
-
+    from harp.nn.encode import model_device, seeded
     from harp.nn.stacked import StackedAdapters
 
     if is_peft(model):
         raise ModelError("stacked adapters need a base model, not a PeftModel")
-    peft_model = attach_lora(
-        model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules
-    )
-    initial: dict[Any, tuple[Any, Any]] = {}
+    settings = dict(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+    if seeds is None:
+        initial, scaling = _lora_start(model, **settings)
+        return StackedAdapters(initial, count=count, scaling=scaling, dropout=dropout)
+    if len(seeds) != count:
+        raise ParameterError(f"{len(seeds)} seeds for {count} adapters; give one each")
+    starts: dict[int, dict[Any, tuple[Any, Any]]] = {}
     scaling = float(alpha) / int(r)
+    for seed in seeds:
+        if int(seed) not in starts:
+            with seeded(int(seed), model_device(model)):
+                starts[int(seed)], scaling = _lora_start(model, **settings)
+    return StackedAdapters(
+        [starts[int(seed)] for seed in seeds],
+        count=count,
+        scaling=scaling,
+        dropout=dropout,
+    )
+
+
+def _lora_start(
+    model: PreTrainedModel, **settings: Any
+) -> tuple[dict[Any, tuple[Any, Any]], float]:
+    """The initial ``(A, B)`` of every layer peft adapts (peft attaches an adapter
+    with ``settings`` and the current RNG, and removes it), and the LoRA scale."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = attach_lora(model, **settings)
+    initial: dict[Any, tuple[Any, Any]] = {}
+    scaling = float(settings["alpha"]) / int(settings["r"])
     unsupported = None
     for name, module in peft_model.named_modules():
         if not isinstance(module, LoraLayer):
@@ -626,7 +656,7 @@ def stacked_lora(
         raise ModelError(
             f"stacked adapters adapt linear layers only; peft adapts {unsupported}"
         )
-    return StackedAdapters(initial, count=count, scaling=scaling, dropout=dropout)
+    return initial, scaling
 
 
 def weight_digest(path: Path, *, refresh: bool = False) -> str:

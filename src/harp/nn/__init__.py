@@ -30,6 +30,7 @@ from harp.nn.loop import (
     TrainStep,
     batch_stream,
     is_out_of_memory,
+    stack_schedule,
     train_loop,
     train_stacked,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "pad_token_id",
     "row_losses",
     "seeded",
+    "stack_schedule",
     "token_losses",
     "train_loop",
     "train_stacked",

@@ -30,6 +30,7 @@ __all__ = [
     "Trainer",
     "batch_stream",
     "is_out_of_memory",
+    "stack_schedule",
     "train_loop",
     "train_stacked",
 ]
@@ -331,7 +332,7 @@ def train_loop(
 
 @dataclass(frozen=True)
 class StackedRun:
-    """One adapter's run in :func:`train_stacked`: its rows and its steps.
+    """One adapter's run in :func:`train_stacked`: its rows, steps and batch seed.
 
     Attributes
     ----------
@@ -341,11 +342,44 @@ class StackedRun:
         Their ids (named when a loss is not finite).
     steps : int
         Its optimiser steps (its own schedule's length).
+    seed : int or None, default None
+        Seed of its batch order; None: the ``seed`` given to :func:`train_stacked`.
     """
 
     rows: Rows
     row_ids: Sequence[str]
     steps: int
+    seed: int | None = None
+
+
+def stack_schedule(steps: Sequence[int], slots: int | None = None) -> list[int]:
+    """The step at which each run starts when at most ``slots`` train at once.
+
+    Longest run first, each into the slot that frees first (the longest-processing-
+    time rule: the stack's length is within 4/3 of the shortest possible), so a slot
+    whose run ends takes the next waiting run at once. None, or at least as many
+    slots as runs: every run starts at step 0.
+
+    Examples
+    --------
+    >>> stack_schedule([3, 10, 4, 2], slots=2)
+    [4, 0, 0, 7]
+    """
+    import heapq
+
+    if slots is not None and (
+        isinstance(slots, bool) or not isinstance(slots, int) or slots < 1
+    ):
+        raise ParameterError(f"slots={slots!r} must be None or an int >= 1")
+    if slots is None or slots >= len(steps):
+        return [0] * len(steps)
+    starts = [0] * len(steps)
+    free = [(0, slot) for slot in range(slots)]  # (step the slot frees, slot)
+    for k in sorted(range(len(steps)), key=lambda k: (-steps[k], k)):
+        at, slot = heapq.heappop(free)
+        starts[k] = at
+        heapq.heappush(free, (at + int(steps[k]), slot))
+    return starts
 
 
 def train_stacked(
@@ -363,23 +397,28 @@ def train_stacked(
     seed: int,
     progress: bool,
     description: str,
+    slots: int | None = None,
 ) -> list[list[float]]:
     """:func:`train_loop` for K adapters at once, in one forward per step.
 
     Adapter ``k`` of ``adapters`` (a :class:`harp.nn.stacked.StackedAdapters`)
     trains on ``runs[k]`` exactly as :func:`train_loop` would train a single
-    adapter: the same seeded batches, its own AdamW, schedule, clipping and step
-    count. Each step stacks the current batch of every adapter still running, one
-    group of rows per adapter (groups shorter than the longest are filled with rows
-    that carry no loss); the loss is the sum of the adapters' own batch losses, so
-    each adapter's gradient is its own. The results equal K single runs up to
-    floating-point rounding (one adapter: bit for bit): the stacked batch is padded
-    to its longest row, which changes the rounding of the others (in bf16 weights
-    by a bf16 ulp of the activations: adapter weights agree within a few percent,
-    target losses to ~1e-4). AdamW's first, sign-like step and a long run at a high
-    learning rate amplify such differences, as they amplify a change of device
-    (harp's tiny proxy at 150 steps of lr 3e-3 moves its target loss by ~0.5 when
-    its initial adapter is perturbed by 1e-7).
+    adapter: the same seeded batches (``runs[k].seed``, else ``seed``), its own
+    AdamW, schedule, clipping and step count. Each step stacks the current batch of
+    every adapter running, one group of rows per adapter (groups shorter than the
+    longest are filled with rows that carry no loss); the loss is the sum of the
+    adapters' own batch losses, so each adapter's gradient is its own. With
+    ``slots``, at most that many adapters train at once and a run starts as soon as
+    a slot frees (:func:`stack_schedule`): runs of very different lengths then
+    share the forward passes instead of waiting for the longest; an adapter's
+    optimiser state lives only while it trains. The results equal K single runs up
+    to floating-point rounding (one adapter at a time: bit for bit): the stacked
+    batch is padded to its longest row, which changes the rounding of the others
+    (in bf16 weights by a bf16 ulp of the activations: adapter weights agree within
+    a few percent, target losses to ~1e-4). AdamW's first, sign-like step and a
+    long run at a high learning rate amplify such differences, as they amplify a
+    change of device (harp's tiny proxy at 150 steps of lr 3e-3 moves its target
+    loss by ~0.5 when its initial adapter is perturbed by 1e-7).
 
     Returns
     -------
@@ -397,12 +436,15 @@ def train_stacked(
     for run in runs:
         if not run.rows:
             raise ParameterError("no training rows left (all were empty or truncated)")
-    trainers = [
-        Trainer(
+    starts = stack_schedule([run.steps for run in runs], slots)
+    ends = [start + run.steps for start, run in zip(starts, runs)]
+
+    def trainer(k: int) -> Trainer:
+        return Trainer(
             model,
             pad_id=pad_id,
             lr=lr,
-            steps=run.steps,
+            steps=runs[k].steps,
             warmup_ratio=warmup_ratio,
             schedule=schedule,
             weight_decay=weight_decay,
@@ -410,26 +452,30 @@ def train_stacked(
             description=f"{description} (adapter {k})",
             params=adapters.parameters(k),
         )
-        for k, run in enumerate(runs)
-    ]
+
+    # Created when its run starts, dropped when it ends (AdamW's moments with it).
+    trainers: dict[int, Trainer] = {}
     streams = [
         batch_stream(
             len(run.rows),
             batch_size,
             run.steps,
-            torch.Generator().manual_seed(int(seed)),
+            torch.Generator().manual_seed(int(seed if run.seed is None else run.seed)),
         )
         for run in runs
     ]
     filler = ([int(pad_id)], [IGNORE_INDEX])  # a row that carries no loss
     device = model_device(model)
     losses: list[list[float]] = [[] for _ in runs]
-    longest = max(run.steps for run in runs)
+    length = max(ends)
     model.train()
     try:
-        with ProgressBar(progress, description, longest) as bar:
-            for step in range(longest):
-                active = [k for k, run in enumerate(runs) if step < run.steps]
+        with ProgressBar(progress, description, length) as bar:
+            for step in range(length):
+                active = [k for k in range(len(runs)) if starts[k] <= step < ends[k]]
+                for k in active:
+                    if k not in trainers:
+                        trainers[k] = trainer(k)
                 batches = [next(streams[k]) for k in active]
                 width = max(len(batch) for batch in batches)
                 rows: list[tuple[Sequence[int], Sequence[int]]] = []
@@ -450,6 +496,8 @@ def train_stacked(
                 )
                 for k in active:
                     trainers[k].update()
+                    if step + 1 == ends[k]:
+                        del trainers[k]
                 bar.advance()
     finally:
         model.eval()

@@ -25,21 +25,27 @@ from harp.core.errors import ParameterError
 
 __all__ = ["StackedAdapters"]
 
+#: Initial ``(A, B)`` weights of every adapted linear layer.
+LayerWeights = Mapping[Any, tuple[Any, Any]]
+
 
 class StackedAdapters:
     """K LoRA adapters of one shape on a base model's linear layers.
 
     Every adapter starts from the same initial weights (``A`` drawn as peft draws it,
-    ``B`` zero), so the K runs differ only in their rows. In training
+    ``B`` zero), so the K runs differ only in their rows, unless each is given its
+    own (runs of different seeds). In training
     (:meth:`train_groups`) the rows of a batch are split into equal consecutive
     groups, one per listed adapter; in use (:meth:`use`) one adapter applies to every
     row, with the same arithmetic as peft's LoRA layer.
 
     Parameters
     ----------
-    initial : mapping of torch.nn.Linear to (A, B)
+    initial : mapping of torch.nn.Linear to (A, B), or a sequence of them
         The base model's linear layers to adapt and each one's initial ``A``
-        ``(r, in)`` and ``B`` ``(out, r)`` weights (:func:`harp.models.lora_init`).
+        ``(r, in)`` and ``B`` ``(out, r)`` weights (:func:`harp.models.stacked_lora`
+        reads them from peft): one mapping for every adapter, or ``count`` mappings
+        of the same layers and shapes, one per adapter.
     count : int
         How many adapters.
     scaling : float
@@ -62,7 +68,7 @@ class StackedAdapters:
 
     def __init__(
         self,
-        initial: Mapping[Any, tuple[Any, Any]],
+        initial: LayerWeights | Sequence[LayerWeights],
         *,
         count: int,
         scaling: float,
@@ -72,8 +78,7 @@ class StackedAdapters:
 
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ParameterError(f"count={count!r} must be a positive int")
-        if not initial:
-            raise ParameterError("no layer to adapt")
+        starts = _per_adapter(initial, count)
         self.count = count
         self.scaling = float(scaling)
         self.dropout = float(dropout)
@@ -81,14 +86,14 @@ class StackedAdapters:
         self._handles: list[Any] = []
         self._groups: list[int] | None = None
         self._only = 0
-        for layer, (a, b) in initial.items():
+        for layer in starts[0]:
             if not isinstance(layer, torch.nn.Linear):
                 raise ParameterError(
                     f"stacked adapters adapt linear layers only, not "
                     f"{type(layer).__name__}"
                 )
-            a_list = [torch.nn.Parameter(a.detach().clone()) for _ in range(count)]
-            b_list = [torch.nn.Parameter(b.detach().clone()) for _ in range(count)]
+            a_list = [torch.nn.Parameter(s[layer][0].detach().clone()) for s in starts]
+            b_list = [torch.nn.Parameter(s[layer][1].detach().clone()) for s in starts]
             self._layers.append((layer, a_list, b_list))
             self._handles.append(
                 layer.register_forward_hook(
@@ -164,3 +169,29 @@ class StackedAdapters:
             return (out + delta).to(out.dtype)
 
         return hook
+
+
+def _per_adapter(
+    initial: LayerWeights | Sequence[LayerWeights], count: int
+) -> list[LayerWeights]:
+    """Every adapter's initial weights, checked to cover the same layers and shapes."""
+    starts = [initial] * count if isinstance(initial, Mapping) else list(initial)
+    if len(starts) != count:
+        raise ParameterError(
+            f"{len(starts)} sets of initial weights for {count} adapters; give one "
+            "set, or one per adapter"
+        )
+    if not starts[0]:
+        raise ParameterError("no layer to adapt")
+    layers = list(starts[0])
+    for start in starts[1:]:
+        if list(start) != layers or any(
+            tuple(start[layer][i].shape) != tuple(starts[0][layer][i].shape)
+            for layer in layers
+            for i in (0, 1)
+        ):
+            raise ParameterError(
+                "every adapter's initial weights must cover the same layers with the "
+                "same shapes"
+            )
+    return starts

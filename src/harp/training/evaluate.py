@@ -506,18 +506,20 @@ def _scored_rows(
     add_eos: bool,
     reduction: str,
     adapters: Any,
+    which: Sequence[int] = (0,),
 ) -> np.ndarray:
-    """:func:`response_losses` under one model, or under every adapter of a stack
-    (a :class:`harp.nn.StackedAdapters`) at once: ``(K, n)``, ``K = 1`` without.
+    """:func:`response_losses` under one model, or under the adapters ``which`` of a
+    stack (a :class:`harp.nn.StackedAdapters`) at once: ``(K, n)``, ``K = 1``
+    without.
 
-    With a stack each forward pass holds every adapter's copy of the same rows, one
-    group per adapter, ``batch_size`` rows in all.
+    With a stack each forward pass holds every listed adapter's copy of the same
+    rows, one group per adapter, ``batch_size`` rows in all.
     """
     import torch
 
     if reduction not in ("mean", "sum"):
         raise ParameterError(f"reduction={reduction!r}: expected 'mean' or 'sum'")
-    copies = 1 if adapters is None else int(adapters.count)
+    copies = 1 if adapters is None else len(which)
     limit = fit_max_length(model, max_length) or 1_000_000
     enc = encode_examples(tokenizer, examples, max_length=limit, add_eos=add_eos)
     out = np.full((copies, len(examples)), np.nan, dtype=np.float64)
@@ -528,7 +530,7 @@ def _scored_rows(
     was_training = model.training
     model.eval()
     if adapters is not None:
-        adapters.train_groups(range(copies))
+        adapters.train_groups(which)
     try:
         with (
             torch.inference_mode(),
@@ -608,8 +610,9 @@ def _stacked_option_logprobs(
     max_length: int | None,
     progress: bool,
     adapters: Any,
+    which: Sequence[int] = (0,),
 ) -> list[list[np.ndarray]]:
-    """:func:`option_logprobs` under one model or every adapter of a stack."""
+    """:func:`option_logprobs` under one model or the adapters ``which`` of a stack."""
     sums = -_scored_rows(
         model,
         tokenizer,
@@ -620,6 +623,7 @@ def _stacked_option_logprobs(
         add_eos=False,
         reduction="sum",
         adapters=adapters,
+        which=which,
     )
     return [_normalised_options(row_sums, examples) for row_sums in sums]
 
@@ -941,12 +945,13 @@ def evaluate_stacked(
     config: EvalConfig | None = None,
     *,
     progress: bool = False,
+    at_once: int | None = None,
 ) -> list[EvalReport]:
     """:func:`evaluate` for every adapter of a stack, in order.
 
     The forward-only metrics (``loss``, ``option_logprob``, ``option_accuracy``)
-    score all adapters in the same forward passes, one group of the target's rows
-    per adapter (``config.batch_size`` rows in all per pass), as
+    score ``at_once`` adapters in the same forward passes, one group of the
+    target's rows per adapter (``config.batch_size`` rows in all per pass), as
     :func:`harp.nn.train_stacked` trains them; ``exact_match`` decodes adapter by
     adapter. Each report equals :func:`evaluate` of that adapter alone up to
     floating-point rounding; a metric's ``*_seconds`` is the adapter's share.
@@ -959,9 +964,23 @@ def evaluate_stacked(
         The stack (left applying adapter 0 to every row).
     tokenizer, target, config, progress
         As in :func:`evaluate`.
+    at_once : int or None, default None
+        Adapters scored in the same passes; None: all of them.
     """
     config = _checked_config(config, target)
-    return _evaluate(model, tokenizer, target, config, progress, adapters=adapters)
+    if at_once is not None and (
+        isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1
+    ):
+        raise ParameterError(f"at_once={at_once!r} must be None or an int >= 1")
+    count = int(adapters.count)
+    step = count if at_once is None else at_once
+    reports: list[EvalReport] = []
+    for first in range(0, count, step):
+        which = tuple(range(first, min(count, first + step)))
+        reports += _evaluate(
+            model, tokenizer, target, config, progress, adapters=adapters, which=which
+        )
+    return reports
 
 
 def _checked_config(config: EvalConfig | None, target: ExampleSet) -> EvalConfig:
@@ -984,9 +1003,10 @@ def _evaluate(
     progress: bool,
     *,
     adapters: Any,
+    which: Sequence[int] = (0,),
 ) -> list[EvalReport]:
-    """The reports of one model, or of every adapter of a stack."""
-    copies = 1 if adapters is None else int(adapters.count)
+    """The reports of one model, or of the adapters ``which`` of a stack."""
+    copies = 1 if adapters is None else len(which)
     metas: list[dict[str, Any]] = [{"n_items": len(target)} for _ in range(copies)]
     per_metric: list[dict[str, np.ndarray]] = [{} for _ in range(copies)]
     predictions: list[list[str]] = [[] for _ in range(copies)]
@@ -1002,6 +1022,7 @@ def _evaluate(
             add_eos=True,
             reduction="mean",
             adapters=adapters,
+            which=which,
         )
         share = (time.perf_counter() - start) / copies
         for k in range(copies):
@@ -1017,6 +1038,7 @@ def _evaluate(
             max_length=config.max_length,
             progress=progress,
             adapters=adapters,
+            which=which,
         )
         share = (time.perf_counter() - start) / copies
         for k, logprobs in enumerate(stacked):
@@ -1031,7 +1053,7 @@ def _evaluate(
             max_new = max(len(ids) for ids in enc["input_ids"]) + 2
         for k in range(copies):
             if adapters is not None:
-                adapters.use(k)
+                adapters.use(which[k])
             start = time.perf_counter()
             metas[k]["max_new_tokens"] = max_new
             predictions[k] = generate_greedy(

@@ -8,6 +8,7 @@ defined once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -157,6 +158,8 @@ def finetune_stacked(
     trains: Sequence[ExampleSet],
     config: TrainConfig | None = None,
     *,
+    seeds: Sequence[int | None] | None = None,
+    slots: int | None = None,
     progress: bool = False,
     description: str | None = None,
 ) -> StackedAdapters:
@@ -164,9 +167,13 @@ def finetune_stacked(
 
     Adapter ``k`` is what :func:`finetune` would train on ``trains[k]`` with the same
     ``config`` (the same initial adapter, batches, optimiser and schedule; equal up
-    to floating-point rounding, bit for bit for a single set), but the K runs share
+    to floating-point rounding, bit for bit when it trains alone), but the runs share
     each forward pass of the base model (:func:`harp.nn.train_stacked`): on a GPU a
-    small model's K finetunes cost little more than one.
+    small model's K finetunes cost little more than one. ``seeds`` gives each set
+    its recipe seed (its initial adapter and batch order; None, or a None entry:
+    ``config.seed``), so runs of several seeds share one stack. With ``slots`` at
+    most that many adapters train at once, a waiting run taking the slot of one
+    that ends (:func:`harp.nn.stack_schedule`).
 
     The adapters are hooked onto ``model`` itself, whose weights never change:
     score adapter ``k`` with ``adapters.use(k)`` and the model as usual, and call
@@ -192,7 +199,18 @@ def finetune_stacked(
     for train in trains:
         if len(train) == 0:
             raise ParameterError("a training set is empty; each needs a row")
-    runs = [_encoded_run(model, tokenizer, train, config) for train in trains]
+    seeds = [None] * len(trains) if seeds is None else list(seeds)
+    if len(seeds) != len(trains):
+        raise ParameterError(
+            f"seeds: {len(seeds)} seeds for {len(trains)} training sets; give one each"
+        )
+    run_seeds = [config.seed if seed is None else int(seed) for seed in seeds]
+    runs = [
+        dataclasses.replace(_encoded_run(model, tokenizer, train, config), seed=seed)
+        for train, seed in zip(trains, run_seeds)
+    ]
+    # Dropout draws from the global RNG, seeded with the recipe's seed: with
+    # dropout, a stacked run equals its single finetune in distribution only.
     with seeded(config.seed, model_device(model)):
         adapters = stacked_lora(
             model,
@@ -201,6 +219,7 @@ def finetune_stacked(
             alpha=config.lora_alpha,
             dropout=config.lora_dropout,
             target_modules=config.lora_target_modules,
+            seeds=run_seeds,
         )
         try:
             train_stacked(
@@ -209,6 +228,7 @@ def finetune_stacked(
                 runs,
                 **_loop_settings(config, tokenizer, progress),
                 description=description or f"finetuning {len(runs)} adapters (lora)",
+                slots=slots,
             )
         except BaseException:
             adapters.remove()

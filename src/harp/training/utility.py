@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: Cache folder (under ``context.cache_dir``) of every train-and-score result.
 CACHE_FOLDER = "train-eval"
 
+#: One stack of LoRA calls holds up to this many times ``adapters_at_once`` adapters
+#: (the waiting ones take the slots of those that end): their weights stay on the
+#: device until they are scored, and few stacks keep short runs beside long ones.
+STACK_ROUNDS = 4
+
 
 @dataclass(frozen=True)
 class CallResult:
@@ -353,19 +358,25 @@ class TrainEvalUtility:
         return CallResult(report, seconds, False, key)
 
     def _calls_stacked(
-        self, keys: Sequence[str], subsets: Sequence[ExampleSet], seed: int | None
+        self,
+        keys: Sequence[str],
+        subsets: Sequence[ExampleSet],
+        seeds: Sequence[int | None],
+        slots: int,
     ) -> list[CallResult]:
-        """Uncached LoRA calls (their ``keys``) trained together
-        (:func:`finetune_stacked`); halved when the device runs out of memory.
+        """Uncached LoRA calls (their ``keys``) trained in one stack
+        (:func:`finetune_stacked`), at most ``slots`` adapters at a time; split in
+        two when the device runs out of memory.
 
-        The adapters are scored together too (:func:`evaluate_stacked`); a call's
-        ``seconds`` is its share of the joint training and scoring.
+        The adapters are scored ``slots`` at a time too (:func:`evaluate_stacked`);
+        a call's ``seconds`` is its share of the joint training (by its steps) and
+        scoring.
         """
         from harp.nn.loop import is_out_of_memory
         from harp.training.finetune import finetune_stacked
 
         if len(subsets) == 1:
-            return [self._run(keys[0], subsets[0], seed)]
+            return [self._run(keys[0], subsets[0], seeds[0])]
         base, tokenizer = self._model()
         start = time.perf_counter()
         try:
@@ -373,9 +384,11 @@ class TrainEvalUtility:
                 base,
                 tokenizer,
                 subsets,
-                self.recipe(seed),
+                self.train_config,
+                seeds=seeds,
+                slots=slots,
                 progress=self.context.progress,
-                description=f"finetuning {len(subsets)} adapters at once (lora)",
+                description=f"finetuning {len(subsets)} adapters, {slots} at once",
             )
         except BaseException as exc:
             if not is_out_of_memory(exc):
@@ -386,16 +399,18 @@ class TrainEvalUtility:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(subsets) // 2
+            fewer = max(1, min(slots // 2, half))
             log.warning(
-                "out of memory training %d adapters at once; %d at a time instead "
+                "out of memory training %d adapters, %d at once; %d at once instead "
                 "(set adapters_at_once to choose)",
                 len(subsets),
-                half,
+                slots,
+                fewer,
             )
             return self._calls_stacked(
-                keys[:half], subsets[:half], seed
-            ) + self._calls_stacked(keys[half:], subsets[half:], seed)
-        train_share = (time.perf_counter() - start) / len(subsets)
+                keys[:half], subsets[:half], seeds[:half], fewer
+            ) + self._calls_stacked(keys[half:], subsets[half:], seeds[half:], fewer)
+        train_seconds = time.perf_counter() - start
         with adapters:
             scored = time.perf_counter()
             reports = evaluate_stacked(
@@ -405,15 +420,20 @@ class TrainEvalUtility:
                 self.target,
                 self.eval_config,
                 progress=self.context.progress,
+                at_once=slots,
             )
             score_share = (time.perf_counter() - scored) / len(subsets)
+        steps = [
+            self.recipe(seed).total_steps(len(rows))
+            for rows, seed in zip(subsets, seeds)
+        ]
         out = []
-        for key, rows, report in zip(keys, subsets, reports):
+        for key, rows, report, n_steps in zip(keys, subsets, reports, steps):
+            train_share = train_seconds * n_steps / sum(steps)
             report.meta["train_seconds"] = train_share
             report.meta["train_rows"] = len(rows)
             report.meta["trained_with"] = len(subsets)
-            seconds = train_share + score_share
-            out.append(self._record(key, rows, report, seconds))
+            out.append(self._record(key, rows, report, train_share + score_share))
         return out
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
@@ -478,20 +498,23 @@ class TrainEvalUtility:
         together = self.context.adapters_at_once_count
         if self.train_config.method != "lora":
             together = 1  # full finetuning trains whole copies
-        # Run here, with the estimate an executor gives, `together` calls of one
-        # recipe seed at a time (a stack trains with one recipe).
-        by_seed: dict[int | None, list[int]] = {}
-        for i in here:
-            by_seed.setdefault(seeds[i], []).append(i)
+        # Run here: one call at a time, or stacks of calls (any seeds) that train
+        # `together` adapters at once, the largest subsets first so that runs of
+        # like length share a stack and a slot whose run ends takes the next.
+        if together > 1:
+            here.sort(key=lambda i: -len(subsets[i]))
+        size = 1 if together == 1 else together * STACK_ROUNDS
         with ProgressBar(False, desc, len(here), unit="call") as bar:
-            for seed, group in by_seed.items():
-                for first in range(0, len(group), together):
-                    chunk = group[first : first + together]
-                    stacked = self._calls_stacked(
-                        [keys[i] for i in chunk], [subsets[i] for i in chunk], seed
-                    )
-                    answered.update(zip(chunk, stacked))
-                    bar.advance(len(chunk))
+            for first in range(0, len(here), size):
+                chunk = here[first : first + size]
+                stacked = self._calls_stacked(
+                    [keys[i] for i in chunk],
+                    [subsets[i] for i in chunk],
+                    [seeds[i] for i in chunk],
+                    together,
+                )
+                answered.update(zip(chunk, stacked))
+                bar.advance(len(chunk))
         # Repeats of a subset: from the cache now (or run again without a cache).
         return [
             answered.get(i) or self._cached(key, rows) or self._run(key, rows, seed)
