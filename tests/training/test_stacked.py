@@ -325,10 +325,11 @@ def test_scoring_some_adapters_at_a_time_equals_scoring_all_at_once(tiny_dir):
     with finetune_stacked(base, tok, sets, CONFIG) as adapters:
         together = evaluate_stacked(base, adapters, tok, target, config)
         in_twos = evaluate_stacked(base, adapters, tok, target, config, at_once=2)
+        chosen = evaluate_stacked(base, adapters, tok, target, config, which=[2, 0])
         with pytest.raises(ParameterError, match="at_once"):
             evaluate_stacked(base, adapters, tok, target, config, at_once=0)
     assert len(in_twos) == 3
-    for a, b in zip(together, in_twos):
+    for a, b in zip(together + [together[2], together[0]], in_twos + chosen):
         np.testing.assert_allclose(
             a.item_values("t", "loss"), b.item_values("t", "loss"), rtol=1e-5
         )
@@ -355,3 +356,22 @@ def test_per_adapter_starts_must_match_in_layers_and_shapes(tiny_dir):
         stacked_lora(base, 2, r=2, alpha=4, seeds=[1])
     with pytest.raises(ParameterError, match="one each"):
         finetune_stacked(base, tok, [_rows(4)], CONFIG, seeds=[1, 2])
+
+
+def test_on_done_hears_of_each_run_as_it_ends_with_its_share_of_the_time(tiny_dir):
+    sets = [_rows(3, offset=2), _rows(12), _rows(7, offset=5)]  # 2, 6, 4 steps
+    base, tok = load_model(tiny_dir)
+    heard = []
+
+    def on_done(adapters, ended, seconds):
+        # The ended adapters are final: scoring them here is what a caller does.
+        adapters.use(ended[0])
+        heard.append((list(ended), list(seconds), base.training))
+
+    with finetune_stacked(base, tok, sets, CONFIG, slots=2, on_done=on_done):
+        pass
+    # Two slots: 6 steps in one, 4 + 2 in the other; the 6- and the 2-step runs end
+    # together.
+    assert [ended for ended, _, _ in heard] == [[2], [0, 1]]
+    assert all(s > 0 for _, seconds, _ in heard for s in seconds)
+    assert all(training for _, _, training in heard)  # called mid-training

@@ -248,6 +248,43 @@ def test_out_of_memory_halves_the_adapters_trained_together(
     )
 
 
+def test_a_crash_in_a_stack_keeps_the_calls_whose_runs_had_ended(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """Calls are scored and cached as their runs end: an interrupt while the longest
+    run trains loses that call only, and the rerun trains it alone."""
+    # 2 epochs of batch 4: 16 rows train 8 steps, 3 and 4 rows 2 steps each.
+    subsets = [_rows(3, offset=2), _rows(16), _rows(4, offset=4)]
+    utility = _stacking(tiny_dir, tmp_path, 2)
+    real_record = TrainEvalUtility._record
+    recorded = []
+
+    def record_then_crash(self, key, rows, report, seconds):
+        recorded.append(len(rows))
+        if len(recorded) == 3:  # the long run's own result: it never lands
+            raise KeyboardInterrupt
+        return real_record(self, key, rows, report, seconds)
+
+    monkeypatch.setattr(TrainEvalUtility, "_record", record_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        utility.map(subsets)
+    # The two short runs ended (one after the other in the second slot) and were
+    # kept before the 16-row run finished.
+    assert recorded == [4, 3, 16]
+    assert [utility.is_cached(s) for s in subsets] == [True, False, True]
+    monkeypatch.setattr(TrainEvalUtility, "_record", real_record)
+    again = _stacking(tiny_dir, tmp_path, 2)
+    results = again.map(subsets)
+    assert [r.cached for r in results] == [True, False, True]
+    assert (again.calls, again.hits) == (1, 2)
+    # Each result is its call's own: the same as trained one at a time.
+    alone = _stacking(tiny_dir, tmp_path / "alone", 1)
+    expected = [alone(s).average("loss").mean for s in subsets]
+    got = [r.report.average("loss").mean for r in results]
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert all(r.seconds > 0 for r in results)
+
+
 def test_full_finetuning_loads_a_fresh_copy(tiny_dir, tmp_path):
     full = TrainConfig(method="full", steps=2, batch_size=4, lr=1e-3)
     utility = _utility(tiny_dir, tmp_path, train=full, cache=False)

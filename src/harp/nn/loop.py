@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -398,6 +399,7 @@ def train_stacked(
     progress: bool,
     description: str,
     slots: int | None = None,
+    on_done: Callable[[list[int], list[float]], None] | None = None,
 ) -> list[list[float]]:
     """:func:`train_loop` for K adapters at once, in one forward per step.
 
@@ -419,6 +421,12 @@ def train_stacked(
     long run at a high learning rate amplify such differences, as they amplify a
     change of device (harp's tiny proxy at 150 steps of lr 3e-3 moves its target
     loss by ~0.5 when its initial adapter is perturbed by 1e-7).
+
+    ``on_done`` receives, after a step, the adapters whose runs ended with it (their
+    weights final) and each one's share of the training time (every step's wall
+    time split evenly among the adapters in it): a caller can score and keep them
+    while the others train. The callback may use the model (the next step sets the
+    groups and the training mode it needs); its time is nobody's share.
 
     Returns
     -------
@@ -468,10 +476,12 @@ def train_stacked(
     device = model_device(model)
     losses: list[list[float]] = [[] for _ in runs]
     length = max(ends)
+    shares = [0.0] * len(runs)  # seconds of training owed by each run
     model.train()
     try:
         with ProgressBar(progress, description, length) as bar:
             for step in range(length):
+                began = time.perf_counter()
                 active = [k for k in range(len(runs)) if starts[k] <= step < ends[k]]
                 for k in active:
                     if k not in trainers:
@@ -498,6 +508,12 @@ def train_stacked(
                     trainers[k].update()
                     if step + 1 == ends[k]:
                         del trainers[k]
+                for k in active:
+                    shares[k] += (time.perf_counter() - began) / len(active)
+                ended = [k for k in active if step + 1 == ends[k]]
+                if ended and on_done is not None:
+                    on_done(ended, [shares[k] for k in ended])
+                    model.train()
                 bar.advance()
     finally:
         model.eval()

@@ -946,8 +946,9 @@ def evaluate_stacked(
     *,
     progress: bool = False,
     at_once: int | None = None,
+    which: Sequence[int] | None = None,
 ) -> list[EvalReport]:
-    """:func:`evaluate` for every adapter of a stack, in order.
+    """:func:`evaluate` for the adapters of a stack, in order.
 
     The forward-only metrics (``loss``, ``option_logprob``, ``option_accuracy``)
     score ``at_once`` adapters in the same forward passes, one group of the
@@ -966,19 +967,26 @@ def evaluate_stacked(
         As in :func:`evaluate`.
     at_once : int or None, default None
         Adapters scored in the same passes; None: all of them.
+    which : sequence of int or None, default None
+        The adapters to score, in this order (None: every adapter of the stack).
+
+    Returns
+    -------
+    list of EvalReport
+        One per adapter of ``which``.
     """
     config = _checked_config(config, target)
     if at_once is not None and (
         isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1
     ):
         raise ParameterError(f"at_once={at_once!r} must be None or an int >= 1")
-    count = int(adapters.count)
-    step = count if at_once is None else at_once
+    chosen = list(range(int(adapters.count))) if which is None else list(which)
+    step = len(chosen) if at_once is None else at_once
     reports: list[EvalReport] = []
-    for first in range(0, count, step):
-        which = tuple(range(first, min(count, first + step)))
+    for first in range(0, len(chosen), max(1, step)):
+        group = tuple(chosen[first : first + step])
         reports += _evaluate(
-            model, tokenizer, target, config, progress, adapters=adapters, which=which
+            model, tokenizer, target, config, progress, adapters=adapters, which=group
         )
     return reports
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +161,7 @@ def finetune_stacked(
     *,
     seeds: Sequence[int | None] | None = None,
     slots: int | None = None,
+    on_done: Callable[[StackedAdapters, list[int], list[float]], None] | None = None,
     progress: bool = False,
     description: str | None = None,
 ) -> StackedAdapters:
@@ -173,7 +175,10 @@ def finetune_stacked(
     its recipe seed (its initial adapter and batch order; None, or a None entry:
     ``config.seed``), so runs of several seeds share one stack. With ``slots`` at
     most that many adapters train at once, a waiting run taking the slot of one
-    that ends (:func:`harp.nn.stack_schedule`).
+    that ends (:func:`harp.nn.stack_schedule`). ``on_done(adapters, ended,
+    seconds)`` is called as runs end, with the indices of the adapters just finished
+    and their shares of the training time (score them with
+    :func:`harp.training.evaluate_stacked` and ``which=ended``).
 
     The adapters are hooked onto ``model`` itself, whose weights never change:
     score adapter ``k`` with ``adapters.use(k)`` and the model as usual, and call
@@ -229,6 +234,7 @@ def finetune_stacked(
                 **_loop_settings(config, tokenizer, progress),
                 description=description or f"finetuning {len(runs)} adapters (lora)",
                 slots=slots,
+                on_done=None if on_done is None else partial(on_done, adapters),
             )
         except BaseException:
             adapters.remove()

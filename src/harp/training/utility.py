@@ -365,12 +365,13 @@ class TrainEvalUtility:
         slots: int,
     ) -> list[CallResult]:
         """Uncached LoRA calls (their ``keys``) trained in one stack
-        (:func:`finetune_stacked`), at most ``slots`` adapters at a time; split in
-        two when the device runs out of memory.
+        (:func:`finetune_stacked`), at most ``slots`` adapters at a time; what is
+        left is split in two when the device runs out of memory.
 
-        The adapters are scored ``slots`` at a time too (:func:`evaluate_stacked`);
-        a call's ``seconds`` is its share of the joint training (by its steps) and
-        scoring.
+        A call is scored (:func:`evaluate_stacked`) and kept in the cache as soon as
+        its run ends, while the others train: a crash loses only the calls still
+        training. A call's ``seconds`` is its share of the stacked steps it took
+        part in and its own scoring.
         """
         from harp.nn.loop import is_out_of_memory
         from harp.training.finetune import finetune_stacked
@@ -378,7 +379,30 @@ class TrainEvalUtility:
         if len(subsets) == 1:
             return [self._run(keys[0], subsets[0], seeds[0])]
         base, tokenizer = self._model()
-        start = time.perf_counter()
+        done: dict[int, CallResult] = {}
+
+        def score(adapters: Any, ended: list[int], train_seconds: list[float]) -> None:
+            """Score and keep the calls whose runs just ended."""
+            start = time.perf_counter()
+            reports = evaluate_stacked(
+                base,
+                adapters,
+                tokenizer,
+                self.target,
+                self.eval_config,
+                progress=False,
+                at_once=slots,
+                which=ended,
+            )
+            score_share = (time.perf_counter() - start) / len(ended)
+            for k, report, trained in zip(ended, reports, train_seconds):
+                report.meta["train_seconds"] = trained
+                report.meta["train_rows"] = len(subsets[k])
+                report.meta["trained_with"] = len(subsets)
+                done[k] = self._record(
+                    keys[k], subsets[k], report, trained + score_share
+                )
+
         try:
             adapters = finetune_stacked(
                 base,
@@ -387,6 +411,7 @@ class TrainEvalUtility:
                 self.train_config,
                 seeds=seeds,
                 slots=slots,
+                on_done=score,
                 progress=self.context.progress,
                 description=f"finetuning {len(subsets)} adapters, {slots} at once",
             )
@@ -398,43 +423,29 @@ class TrainEvalUtility:
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            half = len(subsets) // 2
+            left = [k for k in range(len(subsets)) if k not in done]
+            half = len(left) // 2
             fewer = max(1, min(slots // 2, half))
             log.warning(
                 "out of memory training %d adapters, %d at once; %d at once instead "
                 "(set adapters_at_once to choose)",
-                len(subsets),
+                len(left),
                 slots,
                 fewer,
             )
-            return self._calls_stacked(
-                keys[:half], subsets[:half], seeds[:half], fewer
-            ) + self._calls_stacked(keys[half:], subsets[half:], seeds[half:], fewer)
-        train_seconds = time.perf_counter() - start
-        with adapters:
-            scored = time.perf_counter()
-            reports = evaluate_stacked(
-                base,
-                adapters,
-                tokenizer,
-                self.target,
-                self.eval_config,
-                progress=self.context.progress,
-                at_once=slots,
-            )
-            score_share = (time.perf_counter() - scored) / len(subsets)
-        steps = [
-            self.recipe(seed).total_steps(len(rows))
-            for rows, seed in zip(subsets, seeds)
-        ]
-        out = []
-        for key, rows, report, n_steps in zip(keys, subsets, reports, steps):
-            train_share = train_seconds * n_steps / sum(steps)
-            report.meta["train_seconds"] = train_share
-            report.meta["train_rows"] = len(rows)
-            report.meta["trained_with"] = len(subsets)
-            out.append(self._record(key, rows, report, train_share + score_share))
-        return out
+            for part in (left[:half], left[half:]):
+                if not part:
+                    continue
+                results = self._calls_stacked(
+                    [keys[k] for k in part],
+                    [subsets[k] for k in part],
+                    [seeds[k] for k in part],
+                    fewer,
+                )
+                done.update(zip(part, results))
+        else:
+            adapters.remove()
+        return [done[k] for k in range(len(subsets))]
 
     def __call__(self, rows: ExampleSet) -> EvalReport:
         """The target report after finetuning on ``rows`` (the base's for no rows)."""
