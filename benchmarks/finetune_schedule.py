@@ -52,18 +52,6 @@ def _rows(n: int, seed: int, domain: str) -> Any:
 
 
 def main() -> None:
-    import torch
-
-    from harp.core.context import RunContext
-    from harp.models import ProxyConfig, build_proxy, load_model, save_model
-    from harp.training import (
-        EvalConfig,
-        TrainConfig,
-        TrainEvalUtility,
-        evaluate_stacked,
-        finetune_stacked,
-    )
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: a narrow 30-layer one)")
     parser.add_argument("--device", default="auto")
@@ -76,8 +64,26 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=64, help="target rows")
     args = parser.parse_args()
 
-    scratch = tempfile.TemporaryDirectory()
-    model_dir = Path(args.model) if args.model else Path(scratch.name) / "model"
+    with tempfile.TemporaryDirectory() as scratch:
+        _compare(args, Path(scratch))
+
+
+def _compare(args: argparse.Namespace, scratch: Path) -> None:
+    """Build the calls and run them both ways (``scratch``: the model, the cache)."""
+    import torch
+    from transformers import PreTrainedModel
+
+    from harp.core.context import RunContext
+    from harp.models import ProxyConfig, build_proxy, load_model, save_model
+    from harp.training import (
+        EvalConfig,
+        TrainConfig,
+        TrainEvalUtility,
+        evaluate_stacked,
+        finetune_stacked,
+    )
+
+    model_dir = Path(args.model) if args.model else scratch / "model"
     if not args.model:
         shape = ProxyConfig(
             hidden_size=64, num_layers=30, num_heads=4, num_kv_heads=2,
@@ -87,7 +93,7 @@ def main() -> None:
     context = RunContext(
         device=args.device,
         dtype=args.dtype,
-        cache_dir=Path(scratch.name) / "cache",
+        cache_dir=scratch / "cache",
         adapters_at_once=args.at_once,
     )
     recipe = TrainConfig(
@@ -108,9 +114,6 @@ def main() -> None:
             seeds.append(seed)
     steps = [recipe.total_steps(len(s)) for s in subsets]
 
-    from transformers import PreTrainedModel
-
-    base, tok = load_model(model_dir, context=context)
     passes = [0]
 
     def count(module: Any, args: Any) -> None:
@@ -121,7 +124,9 @@ def main() -> None:
     torch.nn.modules.module.register_module_forward_pre_hook(count)
 
     def per_seed() -> list[float]:
-        """Stacks of one seed, ``at_once`` calls each, all starting together."""
+        """Stacks of one seed, ``at_once`` calls each, all starting together (the
+        model loaded here, as the utility loads its own)."""
+        base, tok = load_model(model_dir, context=context)
         losses = []
         for seed in range(args.seeds):
             mine = [s for s, k in zip(subsets, seeds) if k == seed]
@@ -168,7 +173,6 @@ def main() -> None:
         f"ratio: {old_n / new_n:.2f}x fewer forwards, {old_s / new_s:.2f}x the speed; "
         f"largest relative difference of a target loss {diff:.1e}"
     )
-    scratch.cleanup()
 
 
 if __name__ == "__main__":

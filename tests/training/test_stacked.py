@@ -359,19 +359,39 @@ def test_per_adapter_starts_must_match_in_layers_and_shapes(tiny_dir):
 
 
 def test_on_done_hears_of_each_run_as_it_ends_with_its_share_of_the_time(tiny_dir):
+    from harp.training import evaluate_stacked
+
     sets = [_rows(3, offset=2), _rows(12), _rows(7, offset=5)]  # 2, 6, 4 steps
+    target = _rows(5, offset=9, domain="t")
+    scoring = EvalConfig(metrics=("loss",))
     base, tok = load_model(tiny_dir)
-    heard = []
+    heard, scored = [], {}
 
     def on_done(adapters, ended, seconds):
-        # The ended adapters are final: scoring them here is what a caller does.
-        adapters.use(ended[0])
         heard.append((list(ended), list(seconds), base.training))
+        # What a caller does: score the finished adapters while the others train.
+        for k, report in zip(
+            ended, evaluate_stacked(base, adapters, tok, target, scoring, which=ended)
+        ):
+            scored[k] = report.average("loss").mean
 
-    with finetune_stacked(base, tok, sets, CONFIG, slots=2, on_done=on_done):
-        pass
+    with finetune_stacked(base, tok, sets, CONFIG, slots=2, on_done=on_done) as ad:
+        weights = [[p.detach().clone() for p in ad.parameters(k)] for k in range(3)]
+        after = [
+            r.average("loss").mean
+            for r in evaluate_stacked(base, ad, tok, target, scoring)
+        ]
     # Two slots: 6 steps in one, 4 + 2 in the other; the 6- and the 2-step runs end
     # together.
     assert [ended for ended, _, _ in heard] == [[2], [0, 1]]
     assert all(s > 0 for _, seconds, _ in heard for s in seconds)
     assert all(training for _, _, training in heard)  # called mid-training
+    # Scoring mid-stack disturbed nothing: the same weights as a stack without it,
+    # and each adapter scored as it ended scores so after the stack too.
+    plain, _ = load_model(tiny_dir)
+    with finetune_stacked(plain, tok, sets, CONFIG, slots=2) as quiet:
+        for k in range(3):
+            assert all(
+                torch.equal(a, b) for a, b in zip(weights[k], quiet.parameters(k))
+            )
+    assert [scored[k] for k in range(3)] == pytest.approx(after, rel=1e-6)

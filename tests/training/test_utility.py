@@ -248,31 +248,35 @@ def test_out_of_memory_halves_the_adapters_trained_together(
     )
 
 
-def test_a_crash_in_a_stack_keeps_the_calls_whose_runs_had_ended(
-    tiny_dir, tmp_path, monkeypatch
-):
+def test_a_crash_in_a_stack_keeps_the_calls_whose_runs_had_ended(tiny_dir, tmp_path):
     """Calls are scored and cached as their runs end: an interrupt while the longest
-    run trains loses that call only, and the rerun trains it alone."""
-    # 2 epochs of batch 4: 16 rows train 8 steps, 3 and 4 rows 2 steps each.
+    run still trains loses that call only, and the rerun trains it alone."""
+    from transformers import PreTrainedModel
+
+    # 2 epochs of batch 4: 16 rows train 8 steps, 3 and 4 rows 2 steps each; with
+    # two slots the short runs train one after the other beside the long one and
+    # end at steps 2 and 4.
     subsets = [_rows(3, offset=2), _rows(16), _rows(4, offset=4)]
+    forwards = []
+
+    def crash_at_the_sixth_step(module, args):
+        if module.training and isinstance(module, PreTrainedModel):
+            if module.get_output_embeddings() is not None:
+                forwards.append(1)
+                if len(forwards) == 6:
+                    raise KeyboardInterrupt
+
     utility = _stacking(tiny_dir, tmp_path, 2)
-    real_record = TrainEvalUtility._record
-    recorded = []
-
-    def record_then_crash(self, key, rows, report, seconds):
-        recorded.append(len(rows))
-        if len(recorded) == 3:  # the long run's own result: it never lands
-            raise KeyboardInterrupt
-        return real_record(self, key, rows, report, seconds)
-
-    monkeypatch.setattr(TrainEvalUtility, "_record", record_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        utility.map(subsets)
-    # The two short runs ended (one after the other in the second slot) and were
-    # kept before the 16-row run finished.
-    assert recorded == [4, 3, 16]
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        crash_at_the_sixth_step
+    )
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            utility.map(subsets)
+    finally:
+        hook.remove()
+    assert len(forwards) == 6  # the long run was two steps short of its end
     assert [utility.is_cached(s) for s in subsets] == [True, False, True]
-    monkeypatch.setattr(TrainEvalUtility, "_record", real_record)
     again = _stacking(tiny_dir, tmp_path, 2)
     results = again.map(subsets)
     assert [r.cached for r in results] == [True, False, True]

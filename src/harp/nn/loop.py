@@ -506,11 +506,12 @@ def train_stacked(
                 )
                 for k in active:
                     trainers[k].update()
-                    if step + 1 == ends[k]:
-                        del trainers[k]
+                share = (time.perf_counter() - began) / len(active)
                 for k in active:
-                    shares[k] += (time.perf_counter() - began) / len(active)
+                    shares[k] += share
                 ended = [k for k in active if step + 1 == ends[k]]
+                for k in ended:
+                    del trainers[k]
                 if ended and on_done is not None:
                     on_done(ended, [shares[k] for k in ended])
                     model.train()

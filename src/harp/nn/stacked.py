@@ -34,10 +34,10 @@ class StackedAdapters:
 
     Every adapter starts from the same initial weights (``A`` drawn as peft draws it,
     ``B`` zero), so the K runs differ only in their rows, unless each is given its
-    own (runs of different seeds). In training
-    (:meth:`train_groups`) the rows of a batch are split into equal consecutive
-    groups, one per listed adapter; in use (:meth:`use`) one adapter applies to every
-    row, with the same arithmetic as peft's LoRA layer.
+    own (runs of different seeds). In training (:meth:`train_groups`) the rows of a
+    batch are split into equal consecutive groups, one per listed adapter; in use
+    (:meth:`use`) one adapter applies to every row, with the same arithmetic as
+    peft's LoRA layer.
 
     Parameters
     ----------

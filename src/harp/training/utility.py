@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 CACHE_FOLDER = "train-eval"
 
 #: One stack of LoRA calls holds up to this many times ``adapters_at_once`` adapters
-#: (the waiting ones take the slots of those that end): their weights stay on the
-#: device until they are scored, and few stacks keep short runs beside long ones.
+#: (the waiting ones take the slots of those that end): every adapter's weights stay
+#: on the device until its stack ends, and few stacks keep short runs beside long
+#: ones.
 STACK_ROUNDS = 4
 
 
@@ -358,13 +359,9 @@ class TrainEvalUtility:
         return CallResult(report, seconds, False, key)
 
     def _calls_stacked(
-        self,
-        keys: Sequence[str],
-        subsets: Sequence[ExampleSet],
-        seeds: Sequence[int | None],
-        slots: int,
+        self, calls: Sequence[tuple[str, ExampleSet, int | None]], slots: int
     ) -> list[CallResult]:
-        """Uncached LoRA calls (their ``keys``) trained in one stack
+        """Uncached LoRA calls ``(key, rows, seed)`` trained in one stack
         (:func:`finetune_stacked`), at most ``slots`` adapters at a time; what is
         left is split in two when the device runs out of memory.
 
@@ -376,8 +373,9 @@ class TrainEvalUtility:
         from harp.nn.loop import is_out_of_memory
         from harp.training.finetune import finetune_stacked
 
-        if len(subsets) == 1:
-            return [self._run(keys[0], subsets[0], seeds[0])]
+        if len(calls) == 1:
+            return [self._run(*calls[0])]
+        keys, subsets, seeds = zip(*calls)
         base, tokenizer = self._model()
         done: dict[int, CallResult] = {}
 
@@ -434,15 +432,9 @@ class TrainEvalUtility:
                 fewer,
             )
             for part in (left[:half], left[half:]):
-                if not part:
-                    continue
-                results = self._calls_stacked(
-                    [keys[k] for k in part],
-                    [subsets[k] for k in part],
-                    [seeds[k] for k in part],
-                    fewer,
-                )
-                done.update(zip(part, results))
+                if part:
+                    results = self._calls_stacked([calls[k] for k in part], fewer)
+                    done.update(zip(part, results))
         else:
             adapters.remove()
         return [done[k] for k in range(len(subsets))]
@@ -519,10 +511,7 @@ class TrainEvalUtility:
             for first in range(0, len(here), size):
                 chunk = here[first : first + size]
                 stacked = self._calls_stacked(
-                    [keys[i] for i in chunk],
-                    [subsets[i] for i in chunk],
-                    [seeds[i] for i in chunk],
-                    together,
+                    [(keys[i], subsets[i], seeds[i]) for i in chunk], together
                 )
                 answered.update(zip(chunk, stacked))
                 bar.advance(len(chunk))
