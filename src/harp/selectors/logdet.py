@@ -372,18 +372,25 @@ class _PickBookkeeping:
 
     def _pick_terms(self, g: Any, v: Any) -> tuple[float, float, float, float]:
         """``(q, gain, ‖g‖², conflict)`` of a row ``g`` with ``v = M g``."""
+        ss = gs = 0.0
+        if self._k > 0:
+            ss, gs = float(self._s @ self._s), float(g @ self._s)
+        return self._terms(float(g @ v), float(g @ g), ss, gs)
+
+    def _terms(
+        self, gv: float, gg: float, ss: float, gs: float
+    ) -> tuple[float, float, float, float]:
+        """``(q, gain, ‖g‖², conflict)`` from the dot products ``gᵀv``, ``gᵀg``,
+        ``sᵀs`` and ``gᵀs`` (``s``: the running sum of picked rows)."""
         # q from the same v that defines u keeps U self-consistent (M stays ≻ 0).
-        q = max(float(g @ v), 0.0)
+        q = max(gv, 0.0)
         gain = math.log1p(self.alpha * q)
-        sq = float(g @ g)
         conflict = 0.0
-        if self._k > 0 and sq > 0:
-            snorm = math.sqrt(float(self._s @ self._s))
+        if self._k > 0 and gg > 0:
+            snorm = math.sqrt(ss)
             if snorm > 0:
-                conflict = min(
-                    max(-float(g @ self._s) / (math.sqrt(sq) * snorm), 0.0), 1.0
-                )
-        return q, gain, sq, conflict
+                conflict = min(max(-gs / (math.sqrt(gg) * snorm), 0.0), 1.0)
+        return q, gain, gg, conflict
 
     def _omega_fires(self, gain: float, acc: _Acc) -> bool:
         """Whether the ω rule stops the run at this gain (and record that it did)."""

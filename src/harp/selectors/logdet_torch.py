@@ -15,6 +15,10 @@ for a GPU:
   has cost about as much as a refresh (at most ``refresh_every`` picks) every ``q_i``
   is brought up to date with one GEMM ``G_block @ U_pending`` per block of rows (the
   bandwidth-bound pass over ``G`` happens once per block of picks, not once per pick);
+- **few device waits**: each step of the lazy search reads its verdict (best score,
+  next bound, best row, how far to admit) back in one transfer, and each pick its
+  products in one more; nothing else in the loop waits for the device (a dozen
+  single values per pick did, each a full round trip on a GPU);
 - **precision**: rows are stored in ``storage`` dtype (fp32 or bf16) and upcast per
   block; ``q``, ``U``, the running sum and every reduction are kept in ``accum`` dtype
   (fp64 by default), as the numpy engine keeps float64;
@@ -219,7 +223,11 @@ class _Frontier:
         self.size = last
 
     def update(self, u: Any, g: Any, alpha: float) -> None:
-        """Apply the new factor ``u`` (and, with the conflict, the new row ``g``)."""
+        """Apply the new factor ``u`` (and, with the conflict, the new row ``g``).
+
+        Rows whose ``q`` falls to 0 stay (their score is masked) until
+        :meth:`compact`: finding them would make the host wait for the device.
+        """
         import torch
 
         n = self.size
@@ -230,14 +238,34 @@ class _Frontier:
             p = rows @ torch.stack([u, g], dim=1)
             self.q[:n] -= alpha * p[:, 0].square()
             self.c[:n] += p[:, 1]
-        dead = self.q[:n] <= 0
-        if bool(dead.any()):
-            keep = ~dead
-            m = int(keep.sum())
-            for name in ("idx", "rows", "q", "c", "sq"):
-                arr = getattr(self, name)
-                arr[:m] = arr[:n][keep]
-            self.size = m
+
+    def compact(self) -> None:
+        """Drop the rows whose ``q`` is no longer positive."""
+        n = self.size
+        keep = self.q[:n] > 0
+        m = int(keep.sum())
+        for name in ("idx", "rows", "q", "c", "sq"):
+            arr = getattr(self, name)
+            arr[:m] = arr[:n][keep]
+        self.size = m
+
+
+class _Look:
+    """The frontier's best row, found on the device and read back in one transfer.
+
+    ``best`` is the frontier's best score (-inf when no row there is alive),
+    ``bound`` the stale bound ``-q`` of the next outside row in bound order, ``pos``
+    and ``x`` the best row's place in the frontier and its row index, ``reach`` the
+    end of the outside rows whose bound can still reach the best score's tie band,
+    ``dead`` how many frontier rows have ``q <= 0``; the row ``g`` stays on the
+    device.
+    """
+
+    def __init__(self, values: list[float], g: Any) -> None:
+        self.best, self.bound = values[0], values[1]
+        self.pos, self.x, self.reach = int(values[2]), int(values[3]), int(values[4])
+        self.dead = int(values[5])
+        self.g = g
 
 
 class TorchGreedyLogDet(_PickBookkeeping):
@@ -433,11 +461,51 @@ class TorchGreedyLogDet(_PickBookkeeping):
         gain = torch.log1p(self.alpha * q)
         if self.conflict_weight == 0 or self._k == 0:
             return gain
-        snorm = float(self._s.square().sum().sqrt())
-        if snorm == 0:
-            return gain
+        snorm = self._s.square().sum().sqrt()
         conf = (-c / (sq.sqrt() * snorm)).clamp(0.0, 1.0)
+        # A zero running sum has no direction to conflict with (as numpy's engine).
+        conf = torch.where(snorm > 0, conf, torch.zeros_like(conf))
         return gain - self.conflict_weight * conf
+
+    def _look(self, frontier: _Frontier, negq: Any, ptr: int) -> _Look:
+        """The frontier's best row and whether the search must go on, in one wait.
+
+        A GPU pays a round trip for every value the host reads back, and the numpy
+        engine's steps read a dozen per pick. Here the best score, the next outside
+        bound, the best row (ties to the lowest row index, as numpy) and how far the
+        admission would reach are computed on the device and read together; the
+        pick's own products are read once more in :meth:`_commit` (not computed here:
+        ``M g`` passes over all of ``U``, wasted when the search goes on).
+        """
+        import torch
+
+        n = frontier.size
+        q, c, sq = frontier.exact()
+        dead = q <= 0
+        score = self._scores(q, c, sq).masked_fill(dead, -math.inf)
+        best = score.max()
+        floor = best - _TIE_RTOL * best.abs().clamp(min=1.0)
+        idx = frontier.idx[:n]
+        # Positions stay 1-element tensors: indexing with a 0-d one reads it back.
+        pos = torch.where(score >= floor, idx, torch.iinfo(idx.dtype).max).argmin()
+        pos = pos.reshape(1)
+        # Outside rows whose bound can still reach the floor end at `reach`.
+        reach = torch.searchsorted(
+            negq, (-torch.expm1(floor) / self.alpha).reshape(1), right=True
+        )
+        bound = negq[ptr : ptr + 1] if ptr < len(negq) else best.reshape(1)
+        wide = torch.float64
+        values = torch.cat(
+            [
+                best.reshape(1).to(wide),
+                bound.to(wide),
+                pos.to(wide),
+                idx.index_select(0, pos).to(wide),
+                reach.to(wide),
+                dead.sum().reshape(1).to(wide),
+            ]
+        )
+        return _Look(values.tolist(), frontier.rows.index_select(0, pos)[0])
 
     def _run(self, src: _TorchRows, k: int, q: Any, c: Any, sq: Any, acc: _Acc) -> None:
         """The exact strategy of the numpy engine, with its frontier on the device."""
@@ -463,23 +531,17 @@ class TorchGreedyLogDet(_PickBookkeeping):
             # Lazy search: admit outside rows in bound order until no outside bound can
             # reach the best exact score (within the tie band).
             while True:
-                if frontier.size:
-                    best = float(self._scores(*frontier.exact()).max())
-                    floor = best - _TIE_RTOL * max(1.0, abs(best))
-                else:
-                    best = floor = -math.inf
-                if ptr >= len(order):
+                look = self._look(frontier, negq, ptr) if frontier.size else None
+                if look is not None and look.dead:
+                    frontier.compact()  # rows that lost all information: rare
+                    continue
+                if look is not None and look.best > -math.inf:
+                    floor = look.best - _TIE_RTOL * max(1.0, abs(look.best))
+                    if ptr >= len(order) or math.log1p(-alpha * look.bound) < floor:
+                        break
+                    new = max(look.reach, ptr + 1)
+                elif ptr >= len(order):
                     break
-                if frontier.size and math.log1p(-alpha * float(negq[ptr])) < floor:
-                    break
-                if frontier.size:
-                    threshold = torch.tensor(
-                        [-math.expm1(floor) / alpha],
-                        dtype=negq.dtype,
-                        device=negq.device,
-                    )
-                    new = int(torch.searchsorted(negq, threshold, right=True))
-                    new = max(new, ptr + 1)
                 else:
                     new = ptr + _ADMIT_CHUNK
                 new = min(new, len(order))
@@ -492,23 +554,18 @@ class TorchGreedyLogDet(_PickBookkeeping):
                     qi = qi - alpha * p.square().sum(dim=1)
                 ci = c[idx] + rows @ (self._s - s_ref) if track else c[idx]
                 acc.evaluations += len(idx)
-                ok = qi > 0
-                frontier.add(idx[ok], rows[ok], qi[ok], ci[ok], sq[idx][ok])
-                alive[idx[~ok]] = False
-            if frontier.size == 0:
+                # Rows that add nothing are dropped at the next look, which counts
+                # them: selecting them out now would make the host wait here.
+                frontier.add(idx, rows, qi, ci, sq[idx])
+                alive[idx] = qi > 0
+            if look is None or look.best == -math.inf:
                 return  # every row left adds nothing
-            score = self._scores(*frontier.exact())
-            best = float(score.max())
-            floor = best - _TIE_RTOL * max(1.0, abs(best))
-            tied = torch.nonzero(score >= floor).flatten()
-            # Ties go to the lowest row index, as in the numpy engine.
-            pos = int(tied[torch.argmin(frontier.idx[tied])])
-            x = int(frontier.idx[pos])
-            if not self._commit(src, x, acc):
+            x = look.x
+            if not self._commit(look, acc):
                 return
             picks += 1
             alive[x] = False
-            frontier.remove(pos)
+            frontier.remove(look.pos)
             # Ski rental (as the numpy engine): refresh once the frontier work since
             # the last refresh has cost about as much as a refresh would.
             work += frontier.size
@@ -526,13 +583,7 @@ class TorchGreedyLogDet(_PickBookkeeping):
             elif frontier.size:
                 # Bring the frontier up to date with the new u (and the new row in s).
                 acc.evaluations += frontier.size
-                frontier.update(
-                    self._U[self._k - 1],
-                    src.take(torch.tensor([x], device=self.device))[0]
-                    if track
-                    else None,
-                    alpha,
-                )
+                frontier.update(self._U[self._k - 1], look.g if track else None, alpha)
 
     def _refresh(
         self, src: _TorchRows, q: Any, c: Any, k_ref: int, s_ref: Any, track: bool
@@ -551,17 +602,20 @@ class TorchGreedyLogDet(_PickBookkeeping):
                 c[start:stop] += p[:, npend]
         q.clamp_(min=0.0)
 
-    def _commit(self, src: _TorchRows, x: int, acc: _Acc) -> bool:
-        """Add row ``x`` (unless the ω rule fires); return whether it was added."""
+    def _commit(self, look: _Look, acc: _Acc) -> bool:
+        """Add the look's row (unless the ω rule fires); return whether it was added.
+
+        One read back: the products ``gᵀ(Mg)``, ``gᵀg``, ``sᵀs``, ``gᵀs``."""
         import torch
 
-        g = src.take(torch.tensor([x], device=self.device))[0]
+        g = look.g
         if self._k:
             U = self._U[: self._k]
             v = g - self.alpha * (U.T @ (U @ g))
         else:
-            v = g.clone()
-        q, gain, sq, conflict = self._pick_terms(g, v)
+            v = g
+        dots = torch.stack([g @ v, g @ g, self._s @ self._s, g @ self._s]).tolist()
+        q, gain, sq, conflict = self._terms(*dots)
         if self._omega_fires(gain, acc):
             return False
         u = v / math.sqrt(1.0 + self.alpha * q)
@@ -574,5 +628,5 @@ class TorchGreedyLogDet(_PickBookkeeping):
             grown[: self._k] = self._U[: self._k]
             self._U = grown
         self._U[self._k] = u
-        self._record(x, g, gain, conflict, sq, acc)
+        self._record(look.x, look.g, gain, conflict, sq, acc)
         return True
