@@ -494,17 +494,11 @@ class TorchGreedyLogDet(_PickBookkeeping):
             negq, (-torch.expm1(floor) / self.alpha).reshape(1), right=True
         )
         bound = negq[ptr : ptr + 1] if ptr < len(negq) else best.reshape(1)
-        wide = torch.float64
-        values = torch.cat(
-            [
-                best.reshape(1).to(wide),
-                bound.to(wide),
-                pos.to(wide),
-                idx.index_select(0, pos).to(wide),
-                reach.to(wide),
-                dead.sum().reshape(1).to(wide),
-            ]
+        counts = torch.cat(
+            [pos, idx.index_select(0, pos), reach, dead.sum().reshape(1)]
         )
+        wide = torch.float64  # holds the counts exactly (below 2**53)
+        values = torch.cat([best.reshape(1).to(wide), bound.to(wide), counts.to(wide)])
         return _Look(values.tolist(), frontier.rows.index_select(0, pos)[0])
 
     def _run(self, src: _TorchRows, k: int, q: Any, c: Any, sq: Any, acc: _Acc) -> None:
