@@ -168,3 +168,25 @@ def test_few_device_reads_per_pick(conflict, monkeypatch):
         out = engine.select(g, 200)
     np.testing.assert_array_equal(out.indices, ref.indices)
     assert reads[0] / len(out) < 4
+
+
+def test_a_look_masks_rows_without_information_and_breaks_ties_by_row():
+    # The search's one read back: the best live row (ties to the lowest row index,
+    # as numpy), the next outside bound, how far to admit, and how many frontier
+    # rows lost all information (q <= 0: masked, then dropped by compact()).
+    from harp.selectors.logdet_torch import _Frontier
+
+    frontier = _Frontier(2, torch.float64, torch.device("cpu"))
+    rows = torch.eye(2, dtype=torch.float64).repeat(2, 1)
+    q = torch.tensor([2.0, 0.0, 2.0, -1e-18], dtype=torch.float64)
+    idx = torch.tensor([9, 4, 3, 1])
+    frontier.add(idx, rows, q, torch.zeros(4, dtype=torch.float64), q.abs() + 1)
+    engine = TorchGreedyLogDet(2, alpha=1.0)
+    negq = torch.tensor([-3.0, -2.0, -1.0, -0.5], dtype=torch.float64)
+    look = engine._look(frontier, negq, ptr=1)
+    assert (look.x, look.pos, look.dead) == (3, 2, 2)
+    assert look.best == pytest.approx(np.log1p(2.0)) and look.bound == -2.0
+    # Outside bounds log1p(-α·negq) that reach the tie band of the best: -3, -2.
+    assert look.reach == 2
+    frontier.compact()
+    assert frontier.idx[: frontier.size].tolist() == [9, 3]
