@@ -17,7 +17,8 @@ the suite needs a 98 MB model file and 80 MB of shared data. So the work is spli
 
 3. ``run`` (device call 2, carry ``.device/part2``, ``.device/realtext`` and
    ``.device/pylib``): join and check the file, convert it (bf16), run every method
-   at 5% and 10% with 2 seeds plus the references, and print the table::
+   at 5% and 10% with 2 seeds plus the references, and print the table and the
+   papers' claims it can check (``harp.bench.claims``)::
 
        PYTHONPATH=src:.device/pylib python3 benchmarks/realtext_gpu.py run --out $OUT/rt
 
@@ -141,6 +142,7 @@ def run(
 
     import torch
 
+    from harp.bench.claims import check_claims, claims_markdown
     from harp.bench.harness import run_bench
     from harp.bench.report import aggregate, markdown_table
     from harp.bench.rows import read_results
@@ -178,7 +180,11 @@ def run(
         )
         run_bench(config, context)
     rows = read_results(out / "results.jsonl")
-    table = markdown_table(aggregate(rows), rows[-1].primary_metric)
+    primary = rows[-1].primary_metric
+    table = markdown_table(aggregate(rows), primary)
+    # The papers' claims the rows can check (HARP's and SPICE's), under the table.
+    claims = claims_markdown(check_claims(rows), primary)
+    table += "\n" + claims if claims else ""
     (out / "table.md").write_text(table)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(table)

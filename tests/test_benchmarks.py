@@ -147,6 +147,8 @@ def test_realtext_gpu_joins_the_parts_converts_and_benches(tmp_path):
     assert all(r.budget == "5%" and r.primary_metric == "option_logprob" for r in rows)
     table = (out / "table.md").read_text()
     assert "harp-e" in table and table in result.stdout
+    # HARP-E against random (the best other method there): the claim is checked.
+    assert "| HARP ≥ the best baseline, at ≤ 1/7 of its rows | harp-e @ 5% |" in table
     assert "cpu: conversion" in result.stdout
     # A part that does not match the manifest is refused before any work.
     damaged = bytearray((staged / "part1").read_bytes())

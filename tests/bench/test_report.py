@@ -231,3 +231,23 @@ def test_report_cli(bench_dir, tmp_path):
 def test_report_help():
     result = runner.invoke(app, ["report", "--help"])
     assert result.exit_code == 0 and "self-contained" in result.output
+
+
+def test_report_checks_the_papers_claims_it_can(bench_dir):
+    directory, _ = bench_dir
+    write_report(directory)
+    md = (directory / "report.md").read_text()
+    assert "## The papers' claims" in md
+    # At 10%, SPICE (mean 0.325) is the best method besides HARP; seed 0 is shared.
+    harp = _table_line(md, "HARP ≥ the best baseline, at ≤ 1/7 of its rows")
+    assert harp[1:5] == [
+        "harp-e @ 10%",
+        "spice @ 10%",
+        "+12.5 ± 5.7 (1 seed, items)",
+        "4 / 20",
+    ]
+    assert harp[5].startswith("contradicted") and "not met" in harp[5]
+    assert _table_line(md, "SPICE ≥ full data")[5].startswith("inconclusive")
+    assert _table_line(md, "SPICE ≥ random")[5].startswith("supported")
+    page = (directory / "report.html").read_text()
+    assert "<h2>The papers' claims</h2>" in page and "SPICE ≥ random" in page

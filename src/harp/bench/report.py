@@ -8,11 +8,12 @@ the PNGs under ``plots/``:
    item-level stderr of a single seed), columns per target domain, their average,
    the data fraction, the harmful share when known, and the selection cost;
    references (base, full data, …) on top;
-2. ``score_vs_fraction.png``: score against data fraction, one line per method;
-3. ``cost_vs_score.png``: selection wall seconds (log) and train-evaluate calls
+2. the papers' claims (:mod:`harp.bench.claims`), where the rows can check them;
+3. ``score_vs_fraction.png``: score against data fraction, one line per method;
+4. ``cost_vs_score.png``: selection wall seconds (log) and train-evaluate calls
    against score;
-4. ``harp_posterior_*.png``: HARP's posterior over the hierarchy (one per HARP run);
-5. ``gain_decay.png``: greedy gain per pick (log y) of SPICE / Fisher / DPP runs.
+5. ``harp_posterior_*.png``: HARP's posterior over the hierarchy (one per HARP run);
+6. ``gain_decay.png``: greedy gain per pick (log y) of SPICE / Fisher / DPP runs.
 
 matplotlib is imported only here, with the Agg backend (``pip install
 'harp-select[report]'``).
@@ -31,6 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from harp.bench.claims import (
+    check_claims,
+    claims_caption,
+    claims_markdown,
+    claims_table,
+)
 from harp.bench.rows import RESULTS_FILE, BenchRow, read_results
 from harp.core.errors import HarpError
 from harp.core.io import atomic_write_text
@@ -482,6 +489,17 @@ def _latest_suite(rows: list[BenchRow], path: Path) -> list[BenchRow]:
     return kept
 
 
+def _html_table(header: list[str], lines: list[list[str]]) -> str:
+    esc = html.escape
+    table = ["<table>", "<thead><tr>"]
+    table += [f"<th>{esc(h)}</th>" for h in header]
+    table += ["</tr></thead>", "<tbody>"]
+    for line in lines:
+        table.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>")
+    table += ["</tbody>", "</table>"]
+    return "\n".join(table)
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
@@ -582,24 +600,28 @@ def write_report(directory: str | Path) -> dict[str, Any]:
     )
     md = [f"# harp bench report — {suite}", "", intro, "", caption, ""]
     md.append(markdown_table(entries, primary))
+    # HARP's and SPICE's headline claims, where the rows can check them.
+    checks = check_claims(rows)
+    if checks:
+        md.append(claims_markdown(checks, primary))
     for title, png in plots:
         md += [f"## {title}", "", f"![{title}](plots/{png.name})", ""]
     md_path = directory / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
     esc = html.escape
-    table = ["<table>", "<thead><tr>"]
-    table += [f"<th>{esc(h)}</th>" for h in header]
-    table += ["</tr></thead>", "<tbody>"]
-    for line in lines:
-        table.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>")
-    table += ["</tbody>", "</table>"]
     body = [
         f"<h1>harp bench report — {esc(str(suite))}</h1>",
         f"<p>{esc(intro.replace('**', '').replace('`', ''))}</p>",
         f"<p class='caption'>{esc(caption)}</p>",
-        "\n".join(table),
+        _html_table(header, lines),
     ]
+    if checks:
+        body += [
+            "<h2>The papers' claims</h2>",
+            f"<p class='caption'>{esc(claims_caption().replace('*', ''))}</p>",
+            _html_table(*claims_table(checks, primary)),
+        ]
     for title, png in plots:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         body.append(
