@@ -110,3 +110,10 @@ def test_spice_against_full_data_less_and_random_with_the_accuracy():
 def test_no_claim_to_check_without_the_methods():
     assert check_claims([_row("random", 0, 0.4), _row("full data", 0, 0.5)]) == []
     assert claims_markdown([], "exact_match") == ""
+
+
+def test_a_method_without_a_score_is_never_the_best_baseline():
+    rows = [_row("harp-e", 0, 0.5, rows=5), _row("random", 0, 0.4)]
+    rows += [_row("dsir", 0, float("nan"))]
+    (check,) = check_claims(rows)
+    assert check.against == "random @ 10%"

@@ -29,7 +29,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +111,12 @@ def _mean(row: BenchRow) -> float:
 def _stderr(row: BenchRow) -> float:
     value = row.score_average.get("stderr")
     return math.nan if value is None else float(value)
+
+
+def _average(rows: Iterable[BenchRow]) -> float:
+    """Mean score over seeds (-inf when none is known: never the best)."""
+    known = [m for m in map(_mean, rows) if math.isfinite(m)]
+    return float(np.mean(known)) if known else -math.inf
 
 
 def _accuracy(row: BenchRow) -> float | None:
@@ -215,10 +221,7 @@ def check_claims(rows: Sequence[BenchRow]) -> list[ClaimCheck]:
         baselines = {m: v for m, v in here.items() if not m.startswith("harp")}
         if not baselines:
             continue
-        best = max(
-            baselines,
-            key=lambda m: np.nanmean([_mean(r) for r in baselines[m].values()]),
-        )
+        best = max(baselines, key=lambda m: _average(baselines[m].values()))
         for method in (m for m in here if m.startswith("harp")):
             check = _compare(HARP_CLAIM, here[method], baselines[best], HARP_ROWS_RATIO)
             if check is not None:
