@@ -117,3 +117,17 @@ def test_a_method_without_a_score_is_never_the_best_baseline():
     rows += [_row("dsir", 0, float("nan"))]
     (check,) = check_claims(rows)
     assert check.against == "random @ 10%"
+
+
+def test_two_seeds_take_the_larger_of_the_seed_and_item_errors():
+    # Seeds that disagree more than the items allow: their spread is the error.
+    rows = [_row("harp-e", 0, 0.60, rows=5), _row("harp-e", 1, 0.40, rows=5)]
+    rows += [_row("random", s, 0.40) for s in (0, 1)]
+    (check,) = check_claims(rows)
+    assert (check.stderr_over, check.stderr) == ("seeds", pytest.approx(0.1))
+    assert check.verdict == INCONCLUSIVE
+    # Seeds that agree: the items' error, which the seeds cannot undercut.
+    rows = [_row("harp-e", s, 0.45, rows=5) for s in (0, 1)]
+    rows += [_row("random", s, 0.40) for s in (0, 1)]
+    (check,) = check_claims(rows)
+    assert (check.stderr_over, check.stderr) == ("items", pytest.approx(0.01))

@@ -8,8 +8,10 @@
   at each budget: SPICE against the full-data reference, LESS and random.
 
 A comparison is the mean score difference over the seeds both sides ran, with a
-standard error: over seeds when they are 3 or more, otherwise from each row's
-standard error over target items (the items are the same on both sides, so this is
+standard error: over the seeds' differences when they are 3 or more; with 2, the
+larger of that (one degree of freedom) and the one from each row's standard error
+over target items; with 1, the items' alone, which leaves the training recipe's own
+noise out (the items are the same on both sides, which makes the items' part
 conservative). A difference of at least 2 standard errors *supports* a claim of
 "at least as good", 2 or more below *contradicts* it, and anything between is
 *inconclusive*. Scores are the bench's (higher is better).
@@ -139,13 +141,17 @@ def _compare(
     if not seeds:
         return None
     diffs = np.array([_mean(side[s]) - _mean(other[s]) for s in seeds])
-    if len(seeds) >= 3:
-        stderr = float(np.std(diffs, ddof=1) / math.sqrt(len(seeds)))
-        over = "seeds"
+    over_seeds = (
+        float(np.std(diffs, ddof=1) / math.sqrt(len(seeds)))
+        if len(seeds) > 1
+        else math.nan
+    )
+    var = sum(_stderr(side[s]) ** 2 + _stderr(other[s]) ** 2 for s in seeds)
+    over_items = math.sqrt(var) / len(seeds)
+    if len(seeds) >= 3 or (len(seeds) == 2 and over_seeds > over_items):
+        stderr, over = over_seeds, "seeds"
     else:
-        var = sum(_stderr(side[s]) ** 2 + _stderr(other[s]) ** 2 for s in seeds)
-        stderr = math.sqrt(var) / len(seeds)
-        over = "items"
+        stderr, over = over_items, "items"
     difference = float(diffs.mean())
     if not math.isfinite(difference):
         verdict, why = INCONCLUSIVE, "no score"
@@ -245,8 +251,9 @@ def check_claims(rows: Sequence[BenchRow]) -> list[ClaimCheck]:
 def claims_caption() -> str:
     """How to read the claims' table (the verdict rules)."""
     return (
-        "Each line pairs the two sides by seed. ± one standard error: over seeds "
-        "with 3 or more, otherwise from the target items (conservative). "
+        "Each line pairs the two sides by seed. ± one standard error: over the "
+        "seeds with 3 or more; with 2, the larger of that and the target items'; "
+        "with 1, the target items' (the training noise is then not in it). "
         f"*supported*: at least {Z:.0f} standard errors better; *contradicted*: "
         f"{Z:.0f} or more worse, or more rows than the claim allows; *inconclusive*: "
         "in between. The best baseline is the other method with the highest mean "
