@@ -148,7 +148,7 @@ def _compare(
     )
     var = sum(_stderr(side[s]) ** 2 + _stderr(other[s]) ** 2 for s in seeds)
     over_items = math.sqrt(var) / len(seeds)
-    if len(seeds) >= 3 or (len(seeds) == 2 and over_seeds > over_items):
+    if len(seeds) >= 3 or (len(seeds) == 2 and not over_items >= over_seeds):
         stderr, over = over_seeds, "seeds"
     else:
         stderr, over = over_items, "items"
