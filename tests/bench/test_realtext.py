@@ -97,10 +97,16 @@ def test_the_tiny_suite_runs_every_method_end_to_end(tmp_path):
             assert row.n_selected <= 24 and row.harmful_fraction is not None
     harp = [r for r in rows if r.method.startswith("harp")]
     assert all(r.train_eval_calls >= 1 for r in harp)
+    # The claims these rows can check, one line each: HARP's two, SPICE's three.
+    claims = [line for line in result.output.splitlines() if " vs " in line]
+    assert [line.split(":")[0] for line in claims] == [
+        "HARP ≥ the best baseline, at ≤ 1/7 of its rows"
+    ] * 2 + ["SPICE ≥ full data", "SPICE ≥ LESS", "SPICE ≥ random"]
     report = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert report.exit_code == 0, report.output
     text = (tmp_path / "report.md").read_text()
     assert "avg acc %" in text and "gold option's log-probability" in text
+    assert "## The papers' claims" in text
     config = json.loads((tmp_path / "bench-config.json").read_text())
     assert config["config"]["model"] == "random-llama"
 

@@ -243,7 +243,7 @@ def test_report_checks_the_papers_claims_it_can(bench_dir):
     assert harp[1:5] == [
         "harp-e @ 10%",
         "spice @ 10%",
-        "+12.5 ± 5.7 (1 seed, items)",
+        "+12.5 ± 5.7 (1 seed, error over items)",
         "4 / 20",
     ]
     assert harp[5].startswith("contradicted") and "not met" in harp[5]

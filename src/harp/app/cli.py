@@ -879,6 +879,12 @@ def bench(
     context = _context(device, dtype, adapters_at_once=adapters_at_once)
     with _with_workers(context, workers) as run_context:
         rows = _run(run_bench, cfg, run_context)
+    from harp.bench.claims import check_claims, claims_lines
+
+    # The papers' claims that these rows can check, one line each.
+    primary = rows[-1].primary_metric if rows else "exact_match"
+    for line in claims_lines(check_claims(rows), primary):
+        typer.echo(line)
     typer.echo(
         f"{len(rows)} rows -> {out / 'results.jsonl'}; tables and plots: "
         f"harp report {out}"

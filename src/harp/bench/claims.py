@@ -43,6 +43,7 @@ __all__ = [
     "ClaimCheck",
     "check_claims",
     "claims_caption",
+    "claims_lines",
     "claims_markdown",
     "claims_table",
 ]
@@ -275,7 +276,8 @@ def claims_table(
     lines = []
     for c in checks:
         diff = f"{scale * c.difference:+.{digits}f} ± {scale * c.stderr:.{digits}f}"
-        diff += f" ({c.seeds} seed{'s' if c.seeds > 1 else ''}, {c.stderr_over})"
+        seeds = f"{c.seeds} seed{'s' if c.seeds > 1 else ''}"
+        diff += f" ({seeds}, error over {c.stderr_over})"
         line = [c.claim, c.method, c.against, diff]
         if accuracy:
             acc = c.accuracy_difference
@@ -297,3 +299,20 @@ def claims_markdown(checks: Sequence[ClaimCheck], primary: str) -> str:
     ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out) + "\n"
+
+
+def claims_lines(checks: Sequence[ClaimCheck], primary: str) -> list[str]:
+    """The checks as one plain line each (for a terminal)."""
+    header, lines = claims_table(checks, primary)
+    out = []
+    for cells in lines:
+        named = dict(zip(header, cells))
+        key = next(k for k in named if k.startswith("score difference"))
+        value, _, how = named[key].partition(" (")
+        unit = key.removeprefix("score difference").strip(" ()")
+        out.append(
+            f"{named['claim']}: {named['method']} vs {named['against']}, "
+            f"{value}{' ' + unit if unit else ''} ({how}, rows "
+            f"{named['rows (method / against)']}: {named['verdict']}"
+        )
+    return out
