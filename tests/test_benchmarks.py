@@ -54,6 +54,14 @@ def test_gpu_suite_quick_runs_on_the_cpu(tmp_path):
     assert "x bound" in result.stdout
 
 
+def test_gpu_suite_refuses_a_part_it_does_not_have(tmp_path):
+    """A misspelt ``--skip`` would measure the part anyway, on lent device time."""
+    result = _run_benchmark(
+        "gpu_suite.py", ["--skip", "dense,grad"], tmp_path, fails=True
+    )
+    assert "--skip: no part grad; the parts are bound, grads, loop" in result.stderr
+
+
 @pytest.mark.slow
 def test_output_layer_benchmark_runs_and_both_ways_agree(tmp_path, tiny_dir):
     """``benchmarks/output_layer.py`` on the tiny model and an exported suite's rows:
