@@ -177,12 +177,9 @@ def _compare(
         why += f"; rows {ratio:.2f} of its rows: {'met' if met else 'not met'}"
         if not met:
             verdict = CONTRADICTED
-    accuracies = [(_accuracy(side[s]), _accuracy(other[s])) for s in seeds]
-    accuracy = (
-        None
-        if any(a is None or b is None for a, b in accuracies)
-        else float(np.mean([a - b for a, b in accuracies]))  # type: ignore[operator]
-    )
+    pairs = [(_accuracy(side[s]), _accuracy(other[s])) for s in seeds]
+    gaps = [a - b for a, b in pairs if a is not None and b is not None]
+    accuracy = float(np.mean(gaps)) if len(gaps) == len(pairs) else None
     first, second = side[seeds[0]], other[seeds[0]]
     return ClaimCheck(
         claim=claim,
