@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -91,13 +92,14 @@ def pack(carry: Path, staged: Path) -> None:
         shutil.copytree(info, pylib / info.name)
     sizes = {p.name: p.stat().st_size for p in carry.iterdir() if p.is_file()}
     print(f"packed {len(data):,} bytes of model in {sizes}; suite {suite}")
-    print("device call 1: carry ['.device/part1'], command:")
-    print("  python3 benchmarks/realtext_gpu.py stage")
-    print(
-        "device call 2: carry ['.device/part2', '.device/realtext', '.device/pylib']:"
-    )
-    print("  PYTHONPATH=src:.device/pylib python3 benchmarks/realtext_gpu.py run \\")
-    print("      --out $OUT/rt")
+    where = os.path.relpath(carry, ROOT)
+    paths = "" if carry == DEVICE else f" --carry {where} --stage {staged}"
+    print(f"device call 1: carry ['{where}/part1'], command:")
+    print(f"  python3 benchmarks/realtext_gpu.py stage{paths}")
+    parts = ", ".join(f"'{where}/{name}'" for name in ("part2", "realtext", "pylib"))
+    print(f"device call 2: carry [{parts}]:")
+    print(f"  PYTHONPATH=src:{where}/pylib python3 benchmarks/realtext_gpu.py run \\")
+    print(f"      --out $OUT/rt{paths}")
 
 
 def cut(data: bytes, name: str, suite: Any, carry: Path, *, model: str) -> Path:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harp.bench.rows import BenchRow
+from harp.bench.suites import FULL_DATA
 from harp.training.config import METRIC_SPECS
 
 __all__ = [
@@ -53,8 +54,6 @@ SUPPORTED, INCONCLUSIVE, CONTRADICTED = "supported", "inconclusive", "contradict
 Z = 2.0
 #: HARP's selections against the budget's baselines' (the paper's ~7x fewer rows).
 HARP_ROWS_RATIO = 1 / 7
-#: The full-data reference row's name (as the bench's suites call it).
-FULL_DATA = "full data"
 HARP_CLAIM = "HARP ≥ the best baseline, at ≤ 1/7 of its rows"
 SPICE_CLAIMS = {
     FULL_DATA: "SPICE ≥ full data",
@@ -106,11 +105,6 @@ class ClaimCheck:
     why: str
 
 
-def _mean(row: BenchRow) -> float:
-    value = row.score_average.get("mean")
-    return math.nan if value is None else float(value)
-
-
 def _stderr(row: BenchRow) -> float:
     value = row.score_average.get("stderr")
     return math.nan if value is None else float(value)
@@ -118,17 +112,13 @@ def _stderr(row: BenchRow) -> float:
 
 def _average(rows: Iterable[BenchRow]) -> float:
     """Mean score over seeds (-inf when none is known: never the best)."""
-    known = [m for m in map(_mean, rows) if math.isfinite(m)]
+    known = [r.average for r in rows if math.isfinite(r.average)]
     return float(np.mean(known)) if known else -math.inf
 
 
 def _accuracy(row: BenchRow) -> float | None:
     value = ((row.metric_average or {}).get("option_accuracy") or {}).get("mean")
     return None if value is None else float(value)
-
-
-def _label(method: str, budget: str | None, kind: str) -> str:
-    return method if kind != "method" else f"{method} @ {budget}"
 
 
 def _compare(
@@ -141,7 +131,7 @@ def _compare(
     seeds = sorted(set(side) & set(other))
     if not seeds:
         return None
-    diffs = np.array([_mean(side[s]) - _mean(other[s]) for s in seeds])
+    diffs = np.array([side[s].average - other[s].average for s in seeds])
     over_seeds = (
         float(np.std(diffs, ddof=1) / math.sqrt(len(seeds)))
         if len(seeds) > 1
@@ -180,11 +170,10 @@ def _compare(
     pairs = [(_accuracy(side[s]), _accuracy(other[s])) for s in seeds]
     gaps = [a - b for a, b in pairs if a is not None and b is not None]
     accuracy = float(np.mean(gaps)) if len(gaps) == len(pairs) else None
-    first, second = side[seeds[0]], other[seeds[0]]
     return ClaimCheck(
         claim=claim,
-        method=_label(first.method, first.budget, first.kind),
-        against=_label(second.method, second.budget, second.kind),
+        method=side[seeds[0]].label,
+        against=other[seeds[0]].label,
         difference=difference,
         stderr=stderr,
         seeds=len(seeds),

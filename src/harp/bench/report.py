@@ -113,10 +113,9 @@ def aggregate(rows: list[BenchRow]) -> list[dict[str, Any]]:
         ]
         harmful = [r.harmful_fraction for r in members]
         peaks = [r.peak_rss_mb for r in members if r.peak_rss_mb]
-        label = method if kind in ("base", "reference") else f"{method} @ {budget}"
         out.append(
             {
-                "label": label,
+                "label": members[0].label,
                 "kind": kind,
                 "method": method,
                 "budget": budget,

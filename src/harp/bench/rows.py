@@ -187,6 +187,13 @@ class BenchRow:
         return cls(**known, extra=extra)
 
     @property
+    def label(self) -> str:
+        """How tables name the row: ``"dsir @ 10%"``, or the reference's name."""
+        return (
+            self.method if self.kind != "method" else f"{self.method} @ {self.budget}"
+        )
+
+    @property
     def average(self) -> float:
         """The mean of ``score_average`` (NaN when missing)."""
         value = self.score_average.get("mean")

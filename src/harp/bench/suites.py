@@ -88,6 +88,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The name of the reference row trained on the whole pool.
+FULL_DATA = "full data"
+
 _SUITE_DIR = Path(__file__).resolve().parent / "suites"
 #: Names of the suites that ship with harp.
 BUILTIN_SUITES = ("skills", "text", "realtext")
@@ -663,7 +666,7 @@ def _prepare_skills(
     if config.references:
         helpful = np.flatnonzero(kinds == "helpful")
         references = {
-            "full data": np.arange(len(suite.pool)),
+            FULL_DATA: np.arange(len(suite.pool)),
             "helpful only": helpful,
             # The right rows plus the wrong ones: what harmful rows cost.
             "helpful+harmful": np.sort(
@@ -928,7 +931,7 @@ def _prepare_files(
         model_dir, model_key = _random_llama(config, pool, target, out_dir)
     else:
         model_dir, model_key = _user_model(config)
-    references = {"full data": np.arange(len(pool))} if config.references else {}
+    references = {FULL_DATA: np.arange(len(pool))} if config.references else {}
     if config.references and harmful.any():
         references["without wrong answers"] = np.flatnonzero(~harmful)
     return PreparedSuite(
