@@ -766,14 +766,26 @@ def _plain_copy(model: PreTrainedModel, dtype: str, path: Path) -> PreTrainedMod
     config.name_or_path = path.stem  # not the folder it happened to be read from
     torch_dtype = getattr(torch, GGUF_DTYPES[dtype])
     loaded: Any  # a (model, loading info) pair, which transformers' stub omits
-    with quiet_transformers(False), _held_load_reports():  # checked just below
-        loaded = type(model).from_pretrained(
-            None,
-            config=config,
-            state_dict=model.state_dict(),
-            dtype=torch_dtype,
-            output_loading_info=True,
-        )
+    reports: list[str] = []
+    try:
+        with quiet_transformers(False), _held_load_reports() as reports:
+            loaded = type(model).from_pretrained(
+                None,
+                config=config,
+                state_dict=model.state_dict(),
+                dtype=torch_dtype,
+                output_loading_info=True,
+            )
+    except Exception as exc:  # transformers raises many types; keep the cause
+        # Some transformers versions (5.17) raise here, pointing at the report that
+        # was held back, where others return the mismatch in the loading info.
+        row = _report_line(reports)
+        raise ModelError(
+            f"{path}: the dequantized weights do not fit a plain "
+            f"{type(model).__name__} "
+            f"({_one_line(exc) if row is None else _one_line(ValueError(row))}); "
+            "the file is not a complete model of its architecture"
+        ) from exc
     fresh, info = loaded
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
     if problems or info.get("error_msgs"):
