@@ -127,3 +127,10 @@ def test_an_exported_suite_holds_the_same_rows_and_knowledge(tiny_suite, tmp_pat
     assert {key(copy.pool[int(i)]) for i in np.flatnonzero(copy.harmful_mask)} == wrong
     assert copy.eval["metrics"] == ["option_logprob", "option_accuracy"]
     assert set(copy.references) == {"full data", "without wrong answers"}
+    # Without eval.metrics, a multiple-choice target's own are the option metrics:
+    # the same suite, fingerprint included.
+    unnamed = load_suite(path, out_dir=tmp_path / "unnamed")
+    del unnamed.eval["metrics"]
+    same = prepare_suite(unnamed)
+    assert same.eval == copy.eval and same.primary_metric == "option_logprob"
+    assert same.fingerprint == copy.fingerprint

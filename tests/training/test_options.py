@@ -140,6 +140,29 @@ def test_evaluate_reports_option_metrics_per_domain(tiny):
     assert not METRIC_SPECS["option_logprob"].bounded
 
 
+def test_a_multiple_choice_target_is_scored_by_its_options_unless_told(tiny):
+    """Without named metrics a target whose every row has options gets the option
+    metrics (the same values as when named); any other target keeps exact match
+    and loss."""
+    from harp.training.config import DEFAULT_METRICS, OPTION_METRICS
+
+    model, tok = tiny
+    choice = ExampleSet.from_records([{**r, "domain": "mc"} for r in ROWS])
+    plain = evaluate(model, tok, choice)
+    named = evaluate(model, tok, choice, EvalConfig(metrics=OPTION_METRICS))
+    assert plain.metrics == OPTION_METRICS
+    for metric in OPTION_METRICS:
+        np.testing.assert_array_equal(
+            plain.item_values("mc", metric), named.item_values("mc", metric)
+        )
+    mixed = ExampleSet.from_records(
+        [{**ROWS[0], "domain": "mc"}, {"prompt": "p", "response": "r", "domain": "mc"}]
+    )
+    assert evaluate(model, tok, mixed, EvalConfig(max_new_tokens=2)).metrics == (
+        DEFAULT_METRICS
+    )
+
+
 def test_option_metrics_refuse_a_domain_without_options(tiny):
     model, tok = tiny
     rows = ExampleSet.from_records(
@@ -190,6 +213,28 @@ def test_the_oracle_measures_option_gains(tiny_dir, tmp_path, metric):
     )
 
 
+def test_the_utility_names_the_targets_own_metrics_in_its_key(tiny_dir, tmp_path):
+    """Left unnamed, the option metrics are fixed at construction: the utility's
+    config names them, and a call is the same cached result as with them named."""
+    from harp.core.context import RunContext
+    from harp.training import TrainConfig, TrainEvalUtility
+    from harp.training.config import OPTION_METRICS
+
+    target = ExampleSet.from_records([{**r, "domain": "mc"} for r in ROWS])
+    context = RunContext(cache_dir=tmp_path, device="cpu")
+    recipe = TrainConfig(steps=2, batch_size=2, seed=0)
+    leaf = ExampleSet.from_records([{"prompt": "a", "response": "b"}])
+    named = TrainEvalUtility(
+        tiny_dir, target, recipe, EvalConfig(metrics=OPTION_METRICS), context=context
+    )
+    first = named(leaf)
+    unnamed = TrainEvalUtility(tiny_dir, target, recipe, context=context)
+    assert unnamed.eval_config.metrics == OPTION_METRICS
+    again = unnamed(leaf)
+    assert (unnamed.calls, unnamed.hits) == (0, 1)
+    assert again.average("option_logprob").mean == first.average("option_logprob").mean
+
+
 def test_the_utility_refuses_option_metrics_without_options(tiny_dir, tmp_path):
     from harp.core.context import RunContext
     from harp.training import TrainConfig, TrainEvalUtility
@@ -222,3 +267,11 @@ def test_cli_evaluate_scores_option_metrics(tiny_dir, tmp_path):
     assert json.dumps(report).count("option_logprob") >= 1
     bad = CliRunner().invoke(app, [*args[:4], "--metrics", "bleu"])
     assert bad.exit_code == 2 and "bleu" in bad.output
+    # Without --metrics a multiple-choice target is scored by its options.
+    plain = tmp_path / "plain.json"
+    result = CliRunner().invoke(app, [*args[:5], "--out", str(plain), *args[-2:]])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(plain.read_text())["base"]["average"]) == {
+        "option_logprob",
+        "option_accuracy",
+    }

@@ -53,9 +53,11 @@ def test_total_steps_from_epochs():
 
 
 def test_eval_config():
-    assert EvalConfig().metrics == ("exact_match", "loss")
+    assert EvalConfig().metrics is None  # the target's own, fixed by for_target
     assert EvalConfig(metrics="loss").metrics == ("loss",)
     assert EvalConfig(**EvalConfig().to_dict()) == EvalConfig()
+    named = EvalConfig(metrics=("loss", "exact_match"), batch_size=3)
+    assert EvalConfig(**named.to_dict()) == named
     with pytest.raises(ParameterError, match="metrics='bleu' is not allowed"):
         EvalConfig(metrics=("bleu",))
     with pytest.raises(ParameterError, match="repeats"):
@@ -64,3 +66,26 @@ def test_eval_config():
         EvalConfig(max_new_tokens=0)
     with pytest.raises(ParameterError, match="bootstrap"):
         EvalConfig(bootstrap=-5)
+
+
+def test_unnamed_metrics_are_the_targets_own():
+    """A multiple-choice target is scored by its options, any other by exact match
+    and loss; named metrics are kept whatever the target."""
+    from harp.core.records import Example, ExampleSet
+    from harp.training.config import DEFAULT_METRICS, OPTION_METRICS
+
+    choice = Example(id="a", prompt="p", response="yes", options=("yes", "no"), gold=0)
+    free = Example(id="b", prompt="q", response="r")
+    config = EvalConfig(batch_size=5)
+    for rows, want in [
+        ((choice,), OPTION_METRICS),
+        ((choice, free), DEFAULT_METRICS),  # not every row has options
+        ((free,), DEFAULT_METRICS),
+    ]:
+        fixed = config.for_target(ExampleSet(examples=rows))
+        assert fixed.metrics == want and fixed.batch_size == 5
+    assert config.metrics is None  # for_target returns a copy
+    with pytest.raises(ValueError, match="for_target"):
+        config.fixed_metrics  # scoring code never reads unfixed metrics
+    named = EvalConfig(metrics=("loss",))
+    assert named.for_target(ExampleSet(examples=(choice,))) is named

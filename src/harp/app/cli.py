@@ -598,8 +598,9 @@ def evaluate(
     ),
     metrics: Optional[str] = typer.Option(
         None,
-        help="Comma-separated: exact_match, loss (the default pair), and for "
-        "multiple-choice targets option_logprob, option_accuracy.",
+        help="Comma-separated: exact_match, loss, and for multiple-choice targets "
+        "option_logprob, option_accuracy. Default: the option pair when every "
+        "target row has options, else exact_match, loss.",
     ),
     trust_remote_code: bool = TrustRemoteCodeOption,
     allow_pickle: bool = AllowPickleOption,

@@ -164,6 +164,8 @@ class BenchConfig:
         :class:`harp.training.TrainConfig` fields: the one recipe of every finetune.
     eval : dict
         :class:`harp.training.EvalConfig` fields; ``metrics: [loss]`` skips generation.
+        Without ``metrics``, the target's own (a multiple-choice target is scored by
+        its options, any other by exact match and loss).
     skills : dict
         :func:`harp.data.synthetic.make_skills_suite` arguments (kind ``skills``).
     data_root : str or None
@@ -602,6 +604,10 @@ def prepare_suite(
         suite = _prepare_skills(config, out_dir, context.progress)
     else:
         suite = _prepare_files(config, out_dir, context)
+    if evaluation["metrics"] is None:  # the target's own, now that it is drawn
+        from harp.training.config import default_metrics
+
+        evaluation["metrics"] = list(default_metrics(suite.target))
     suite.train, suite.eval = train, evaluation
     suite.fingerprint = fingerprint(
         "bench-suite",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from harp.core.errors import HarpError, ParameterError
 from harp.nn.loop import LR_SCHEDULES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harp.core.records import ExampleSet
 
 __all__ = [
     "TrainConfig",
@@ -21,6 +24,8 @@ __all__ = [
     "LR_SCHEDULES",
     "EVAL_METRICS",
     "DEFAULT_METRICS",
+    "OPTION_METRICS",
+    "default_metrics",
     "METRIC_SPECS",
     "MetricSpec",
     "config_from_mapping",
@@ -58,8 +63,40 @@ METRIC_SPECS: dict[str, MetricSpec] = {
 }
 #: Allowed entries of :attr:`EvalConfig.metrics`.
 EVAL_METRICS = tuple(METRIC_SPECS)
-#: What :class:`EvalConfig` computes when not told.
+#: What :class:`EvalConfig` computes when not told, on a target of free-form answers.
 DEFAULT_METRICS = ("exact_match", "loss")
+#: What it computes when not told, on a multiple-choice target.
+OPTION_METRICS = ("option_logprob", "option_accuracy")
+
+
+def default_metrics(target: ExampleSet) -> tuple[str, ...]:
+    """The metrics a target is scored by when none are named.
+
+    A target whose every row is multiple-choice (carries options and the right
+    one) is scored by its options: the gold option's log-probability among them,
+    then accuracy. Its response loss would measure the answers' format rather than
+    their correctness (a finetune on wrong answers lowers it too), and generation
+    is slower and noisier. Any other target: exact match, then loss.
+
+    Parameters
+    ----------
+    target : ExampleSet
+        The rows to score.
+
+    Returns
+    -------
+    tuple of str
+        :data:`OPTION_METRICS` or :data:`DEFAULT_METRICS`.
+
+    Examples
+    --------
+    >>> from harp.core.records import Example, ExampleSet
+    >>> row = Example(id="q1", prompt="Is ice cold?", response="yes",
+    ...               options=("yes", "no"), gold=0)
+    >>> default_metrics(ExampleSet(examples=(row,)))
+    ('option_logprob', 'option_accuracy')
+    """
+    return OPTION_METRICS if target.has_options else DEFAULT_METRICS
 
 
 def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False) -> None:
@@ -260,12 +297,15 @@ class EvalConfig:
     max_new_tokens : int or None, default None
         Generation length limit; None uses the longest reference response of the
         target (in tokens) plus 2, so that the EOS and a little overrun fit.
-    metrics : tuple of str, default ("exact_match", "loss")
+    metrics : tuple of str or None, default None
         What to compute per domain (:data:`METRIC_SPECS`): greedy-decoding exact
         match (higher is better), the mean response-token negative log-likelihood
         (lower is better), and for multiple-choice targets ``"option_accuracy"``
         and ``"option_logprob"`` (higher is better; see
-        :func:`~harp.training.evaluate.option_logprobs`).
+        :func:`~harp.training.evaluate.option_logprobs`). The first is the one a
+        table scores by. None: the target's own (:func:`default_metrics`: the
+        option metrics when every target row is multiple-choice, else
+        ``("exact_match", "loss")``), fixed by :meth:`for_target` before scoring.
     bootstrap : int, default 0
         When > 0, the variance of each per-domain mean is the variance of this many
         bootstrap means over target items (seeded by ``seed``) instead of the
@@ -285,7 +325,7 @@ class EvalConfig:
 
     batch_size: int = 64
     max_new_tokens: int | None = None
-    metrics: tuple[str, ...] = field(default=DEFAULT_METRICS)
+    metrics: tuple[str, ...] | None = None
     bootstrap: int = 0
     max_length: int | None = None
     seed: int = 0
@@ -293,17 +333,20 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("max_new_tokens", self.max_new_tokens, 1, allow_none=True)
-        if isinstance(self.metrics, str):
+        if self.metrics is None:
+            pass  # the target's default, fixed by for_target
+        elif isinstance(self.metrics, str):
             self.metrics = (self.metrics,)
-        self.metrics = tuple(self.metrics)
-        if not self.metrics:
+        else:
+            self.metrics = tuple(self.metrics)
+        if self.metrics is not None and not self.metrics:
             raise ParameterError(
                 "metrics=() is not allowed; expected one or more of "
                 + ", ".join(EVAL_METRICS)
             )
-        for metric in self.metrics:
+        for metric in self.metrics or ():
             _check_choice("metrics", metric, EVAL_METRICS)
-        if len(set(self.metrics)) != len(self.metrics):
+        if self.metrics is not None and len(set(self.metrics)) != len(self.metrics):
             raise ParameterError(f"metrics={self.metrics!r} repeats a metric")
         _check_int("bootstrap", self.bootstrap, 0)
         _check_int("max_length", self.max_length, 2, allow_none=True)
@@ -312,8 +355,38 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (tuples become lists), for YAML and hashing."""
         out = asdict(self)
-        out["metrics"] = list(out["metrics"])
+        if out["metrics"] is not None:
+            out["metrics"] = list(out["metrics"])
         return out
+
+    @property
+    def fixed_metrics(self) -> tuple[str, ...]:
+        """The metrics, once named or fixed for a target by :meth:`for_target`.
+
+        Raises
+        ------
+        ValueError
+            While ``metrics`` is None (scoring code calls :meth:`for_target` first).
+        """
+        if self.metrics is None:
+            raise ValueError(
+                "EvalConfig.metrics is None until fixed for a target: call "
+                "for_target(target) first"
+            )
+        return self.metrics
+
+    def for_target(self, target: ExampleSet) -> EvalConfig:
+        """This config with its metrics fixed for ``target``.
+
+        Returns
+        -------
+        EvalConfig
+            ``self`` when it names its metrics, else a copy with
+            :func:`default_metrics` of ``target``.
+        """
+        if self.metrics is not None:
+            return self
+        return replace(self, metrics=default_metrics(target))
 
 
 _Config = TypeVar("_Config", TrainConfig, EvalConfig)

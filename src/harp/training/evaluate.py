@@ -919,7 +919,9 @@ def evaluate(
     target : ExampleSet
         Target rows; their ``domain`` groups the scores.
     config : EvalConfig or None, default None
-        Evaluation settings; None uses :class:`EvalConfig` defaults.
+        Evaluation settings; None uses :class:`EvalConfig` defaults. Metrics left
+        unnamed are the target's own (:func:`~harp.training.config.default_metrics`:
+        a multiple-choice target is scored by its options).
     progress : bool, default False
         Show progress bars.
 
@@ -999,7 +1001,8 @@ def _checked_config(config: EvalConfig | None, target: ExampleSet) -> EvalConfig
         )
     if len(target) == 0:
         raise ParameterError("target is empty; evaluation needs at least one row")
-    check_target_metrics(target, config.metrics)
+    config = config.for_target(target)
+    check_target_metrics(target, config.fixed_metrics)
     return config
 
 
@@ -1018,7 +1021,7 @@ def _evaluate(
     metas: list[dict[str, Any]] = [{"n_items": len(target)} for _ in range(copies)]
     per_metric: list[dict[str, np.ndarray]] = [{} for _ in range(copies)]
     predictions: list[list[str]] = [[] for _ in range(copies)]
-    if "loss" in config.metrics:
+    if "loss" in config.fixed_metrics:
         start = time.perf_counter()
         losses = _scored_rows(
             model,
@@ -1036,7 +1039,7 @@ def _evaluate(
         for k in range(copies):
             metas[k]["loss_seconds"] = share
             per_metric[k]["loss"] = losses[k]
-    if {"option_accuracy", "option_logprob"} & set(config.metrics):
+    if {"option_accuracy", "option_logprob"} & set(config.fixed_metrics):
         start = time.perf_counter()
         stacked = _stacked_option_logprobs(
             model,
@@ -1054,7 +1057,7 @@ def _evaluate(
             per_metric[k]["option_logprob"] = gold
             per_metric[k]["option_accuracy"] = correct
             metas[k]["option_seconds"] = share
-    if "exact_match" in config.metrics:
+    if "exact_match" in config.fixed_metrics:
         max_new = config.max_new_tokens
         if max_new is None:
             enc = tokenizer([e.response for e in target], add_special_tokens=False)
@@ -1106,7 +1109,7 @@ def _report(
         ids[domain] = tuple(target[i].id for i in idx)
         if predictions:
             preds[domain] = tuple(predictions[i] for i in idx)
-        for metric in config.metrics:
+        for metric in config.fixed_metrics:
             values = per_metric[metric][idx]
             if metric != "exact_match":
                 n_bad = int(np.isnan(values).sum())

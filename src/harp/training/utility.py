@@ -121,7 +121,9 @@ class TrainEvalUtility:
         The one finetuning recipe of every call (None: :class:`TrainConfig`
         defaults).
     eval_config : EvalConfig or None, default None
-        How the target is scored (None: :class:`EvalConfig` defaults).
+        How the target is scored (None: :class:`EvalConfig` defaults). Metrics left
+        unnamed are fixed for ``target`` here (:meth:`EvalConfig.for_target`), so
+        :attr:`eval_config` and the cache key always name them.
     context : RunContext or None, default None
         Device, dtype, cache folder and progress display.
     cache : bool, default True
@@ -176,10 +178,10 @@ class TrainEvalUtility:
         self.model_dir = Path(model).expanduser()
         self.target = target
         self.train_config = train_config
-        self.eval_config = eval_config
+        self.eval_config = eval_config.for_target(target)
         self.context = RunContext() if context is None else context
         self.trust_remote_code = trust_remote_code
-        check_target_metrics(target, self.eval_config.metrics)
+        check_target_metrics(target, self.eval_config.fixed_metrics)
         self.model_key = model_fingerprint(self.model_dir)  # checks the folder
         self.cache = JsonCache(self.context.cache_dir / CACHE_FOLDER) if cache else None
         self.calls = 0

@@ -65,6 +65,8 @@ def test_fit_measures_evals_leaves_and_caps_the_budget(
     assert len(diag.measured) == len(sel.measured_)
     assert diag.oracle["calls"] == len(sel.measured_) + 2
     assert s.cost.device == "cpu"
+    # A target of free-form answers: the calls measure the loss ("auto").
+    assert sel.metric == "auto" and sel.metric_ == diag.metric == "loss"
 
 
 def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp_path):
@@ -79,6 +81,41 @@ def test_rerun_repeats_no_call_and_gives_the_same_selection(tiny_dir, suite, tmp
     assert again.oracle_["cache_hits"] == calls
     np.testing.assert_array_equal(again.selection_.indices, first.selection_.indices)
     np.testing.assert_array_equal(again.posterior_.mean, first.posterior_.mean)
+
+
+def test_on_a_multiple_choice_target_the_calls_measure_the_gold_options_logprob(
+    tiny_dir, suite, tmp_path
+):
+    """``metric="auto"`` on a target whose rows have options measures the gold
+    option's log-probability: the same calls, cached under the same keys, as
+    naming ``option_logprob``, and the same selection."""
+    from harp.data import ExampleSet
+
+    target = ExampleSet.from_records(
+        [
+            {
+                "prompt": e.prompt,
+                "response": e.response,
+                "domain": e.domain,
+                "options": [e.response, e.response + "?"],
+            }
+            for e in suite.target
+        ]
+    )
+    params = _params(tiny_dir, tmp_path, evals=4)
+    auto = make_selector("harp-e", budget=40, **params).fit(suite.pool, target)
+    assert auto.metric_ == auto.oracle_["metric"] == "option_logprob"
+    assert auto.diagnostics().metric == "option_logprob"
+    assert auto.oracle_["calls"] > 0
+    named = make_selector("harp-e", budget=40, metric="option_logprob", **params)
+    named.fit(suite.pool, target)
+    assert named.oracle_["calls"] == 0
+    assert named.oracle_["cache_hits"] == auto.oracle_["calls"]
+    np.testing.assert_array_equal(named.selection_.indices, auto.selection_.indices)
+    # Named otherwise, the metric is kept: the loss calls are new ones.
+    loss = make_selector("harp-e", budget=40, metric="loss", **params)
+    assert loss.fit(suite.pool, target).metric_ == "loss"
+    assert loss.oracle_["calls"] > 0
 
 
 def test_posterior_is_the_measured_leaves_own_with_the_variances_chosen(
@@ -131,7 +168,7 @@ def test_training_noise_from_a_replicated_leaf_enters_every_variance(
     # The calls again, from the cache, through an oracle built by hand.
     context = RunContext(cache_dir=tmp_path)
     oracle = LeafOracle(
-        sel._oracle(tiny_dir, suite.target, context).utility,
+        sel._oracle(tiny_dir, suite.target, context, sel.metric_).utility,
         bootstrap=20,
         seed=context.int_seed("bootstrap"),
     )

@@ -119,10 +119,10 @@ class LeafOracle:
                 f"metric={metric!r} is not allowed; expected one of "
                 + ", ".join(ORACLE_METRICS)
             )
-        if metric not in utility.eval_config.metrics:
+        if metric not in utility.eval_config.fixed_metrics:
             raise ParameterError(
                 f"metric={metric!r}: the utility's evaluation does not compute it "
-                f"(metrics={utility.eval_config.metrics!r})"
+                f"(metrics={utility.eval_config.fixed_metrics!r})"
             )
         if bootstrap < 2:
             raise ParameterError(f"bootstrap={bootstrap!r}: expected at least 2")

@@ -77,7 +77,7 @@ class _HARPSelector(BaseSelector):
         "seed": ["seed"],
         "model": [None, str, Path],
         "evals": [Interval(int, 1, None), Interval(float, 0.0, 1.0, closed="right")],
-        "metric": [Options(*EVAL_METRICS)],
+        "metric": [Options("auto", *EVAL_METRICS)],
         "features": [None, Options("text", "gradient"), TextFeatures, GradientFeatures],
         "target_fit_weight": [Interval(float, 0.0, None), Interval(int, 0, None)],
         "leaf_size": [None, Interval(int, 1, None)],
@@ -104,7 +104,7 @@ class _HARPSelector(BaseSelector):
         seed: int | None = 0,
         model: str | Path | None = None,
         evals: int | float = 0.2,
-        metric: str = "loss",
+        metric: str = "auto",
         features: FeatureComponent | str | None = None,
         target_fit_weight: float = 0.5,
         leaf_size: int | None = None,
@@ -329,7 +329,17 @@ class _HARPSelector(BaseSelector):
         )
         return TrainConfig(**{**recipe.to_dict(), "seed": seed})
 
-    def _oracle(self, model_dir: Path, target: ExampleSet, context: RunContext):
+    def oracle_metric(self, target: ExampleSet) -> str:
+        """The metric the leaf calls measure on ``target``: ``metric``, or for
+        ``"auto"`` the gold option's log-probability on a multiple-choice target
+        and the loss on any other."""
+        if self.metric != "auto":
+            return self.metric
+        return "option_logprob" if target.has_options else "loss"
+
+    def _oracle(
+        self, model_dir: Path, target: ExampleSet, context: RunContext, metric: str
+    ) -> LeafOracle:
         """The leaf oracle: one training recipe and one metric for every call."""
         from harp.training.utility import TrainEvalUtility
 
@@ -338,12 +348,12 @@ class _HARPSelector(BaseSelector):
             model_dir,
             target,
             train,
-            EvalConfig(metrics=(self.metric,)),
+            EvalConfig(metrics=(metric,)),
             context=context,
         )
         return LeafOracle(
             utility,
-            metric=self.metric,
+            metric=metric,
             bootstrap=self.bootstrap,
             seed=context.int_seed("bootstrap"),
         )
@@ -362,7 +372,8 @@ class _HARPSelector(BaseSelector):
         features = self.resolved_component("features")
         features.check()
         x, t = features.pool_and_target(pool, target, context, model_dir=model_dir)
-        oracle = self._oracle(model_dir, target, context)
+        metric = self.oracle_metric(target)
+        oracle = self._oracle(model_dir, target, context, metric)
         target_loss, fit_z = self._target_fit(oracle, pool)
         x_tree = self._tree_features(x, fit_z)
         tree = self._tree(x_tree, context)
@@ -479,6 +490,7 @@ class _HARPSelector(BaseSelector):
             [gain_of_leaf[int(g)] / taken[g] for g in tree.leaf_of_row[indices]]
         )
 
+        self.metric_ = metric
         self.tree_ = tree
         self.target_fit_losses_ = target_loss
         self.covariate_ = covariate
@@ -491,6 +503,7 @@ class _HARPSelector(BaseSelector):
         self.chosen_leaves_ = chosen
         self.active_domains_ = tuple(d for d, a in zip(domains, active) if a)
         self.oracle_ = {
+            "metric": metric,
             "calls": oracle.calls,
             "cache_hits": oracle.hits,
             "seconds": round(oracle.seconds, 3),
@@ -556,7 +569,7 @@ class _HARPSelector(BaseSelector):
         ]
         return HARPDiagnostics(
             method=self.name,
-            metric=self.metric,
+            metric=self.metric_,
             domains=list(self.domains_),
             active_domains=list(self.active_domains_),
             base=self.base_scores_.tolist(),
@@ -628,12 +641,16 @@ class HARPCSelector(_HARPSelector):
     evals : int or float, default=0.2
         Leaves measured by a train-evaluate call: a count, or a fraction of the
         number of leaves (``replicates`` adds its calls to these).
-    metric : {"loss", "exact_match", "option_logprob", "option_accuracy"}, \
-default="loss"
+    metric : {"auto", "loss", "exact_match", "option_logprob", \
+"option_accuracy"}, default="auto"
         The effect a call measures: the target loss reduction (unbounded, no clip),
         the exact-match gain (bounded, clipped to [0, 1]), or for multiple-choice
         targets the gain in the gold option's log-probability (unbounded; the
-        sensitive choice) or in option accuracy (bounded).
+        sensitive choice) or in option accuracy (bounded). ``"auto"``: the option
+        log-probability when every target row is multiple-choice (a loss would
+        also reward a leaf of wrong answers in the target's format), else the loss
+        (generation for exact match costs far more per call). The metric used is
+        ``metric_`` after selection.
     features : TextFeatures, GradientFeatures, "text", "gradient" or None
         What the tree clusters. None or ``"text"``: ``TextFeatures()``, sentence
         embeddings (``features__encoder="tfidf"`` for hashed TF-IDF).
@@ -720,6 +737,9 @@ default="loss"
         The rows of the chosen leaves in greedy order (inside a leaf the best
         target fit first, or without it the rows nearest the leaf's centroid);
         ``gains`` spreads each leaf's marginal gain over its rows.
+    metric_ : str
+        The metric the leaf calls measured (``metric``, with ``"auto"`` fixed for
+        the target).
     tree_ : Hierarchy
         The node → parent → leaf tree.
     target_fit_losses_ : ndarray of shape (n_pool,) or None
@@ -736,7 +756,7 @@ default="loss"
     path_ : GreedyPath
         The greedy order over leaves, the gains and the best prefix.
     oracle_ : dict
-        Train-evaluate calls run, cache hits and their time, the time of the
+        The metric, train-evaluate calls run, cache hits and their time, the time of the
         target fit, the replicated leaves and the training noise's standard
         deviation per domain (``training_sd``).
 
