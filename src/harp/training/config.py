@@ -333,11 +333,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("max_new_tokens", self.max_new_tokens, 1, allow_none=True)
-        if self.metrics is None:
-            pass  # the target's default, fixed by for_target
-        elif isinstance(self.metrics, str):
+        if isinstance(self.metrics, str):
             self.metrics = (self.metrics,)
-        else:
+        elif self.metrics is not None:  # None: the target's own, see for_target
             self.metrics = tuple(self.metrics)
         if self.metrics is not None and not self.metrics:
             raise ParameterError(

@@ -46,6 +46,7 @@ from harp.selectors.harp.oracle import LeafEffect, LeafOracle, training_variance
 from harp.selectors.registry import register
 from harp.training.config import (
     EVAL_METRICS,
+    OPTION_METRICS,
     EvalConfig,
     TrainConfig,
     config_from_mapping,
@@ -335,7 +336,7 @@ class _HARPSelector(BaseSelector):
         and the loss on any other."""
         if self.metric != "auto":
             return self.metric
-        return "option_logprob" if target.has_options else "loss"
+        return OPTION_METRICS[0] if target.has_options else "loss"
 
     def _oracle(
         self, model_dir: Path, target: ExampleSet, context: RunContext, metric: str
