@@ -1060,8 +1060,10 @@ def _draw_files(config: BenchConfig) -> tuple[Any, Any, np.ndarray, Path, dict]:
         np.random.default_rng(s) for s in target_seed.spawn(len(files["target"]))
     ]
     # Option metrics score multiple-choice rows: draw only those into the target.
+    from harp.training.config import OPTION_METRICS
+
     metrics = config.eval.get("metrics") or ()
-    multiple_choice = bool({"option_accuracy", "option_logprob"} & set(metrics))
+    multiple_choice = bool(set(OPTION_METRICS) & set(metrics))
     target_rows: list[dict[str, Any]] = []
     for i, (entry, paths) in enumerate(zip(entries["target"], files["target"])):
         quota = entry.get("sample", config.target_rows)

@@ -678,15 +678,20 @@ def _held_load_reports() -> Iterator[list[str]]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _report_line(reports: Sequence[str]) -> str | None:
-    """The first row of a held LOAD REPORT as one line (key, status, details)."""
+def _load_failure(exc: BaseException, reports: Sequence[str]) -> str:
+    """What a failed load says, in one line.
+
+    transformers' message often only says "look at the above report", which was
+    held back: the report's first row (key, status, details) says what is wrong,
+    and the exception's own text is the fallback.
+    """
     for report in reports:
         for line in _ANSI.sub("", report).splitlines():
             cells = [cell.strip() for cell in line.split("|")]
             if len(cells) < 2 or cells[0] in ("", "Key") or set(cells[0]) <= {"-", "+"}:
                 continue
-            return " ".join(cell for cell in cells if cell)
-    return None
+            return _one_line(ValueError(" ".join(cell for cell in cells if cell)))
+    return _one_line(exc)
 
 
 def _dequantize(
@@ -731,13 +736,9 @@ def _dequantize(
                 f"{arch} as a causal LM ({_one_line(exc)}); convert the original "
                 "checkpoint instead, or upgrade transformers"
             ) from exc
-        # transformers says "look at the above report", which was held back: the
-        # report's first row says what is wrong instead.
-        row = _report_line(reports)
-        cause = _one_line(exc) if row is None else _one_line(ValueError(row))
         raise ModelError(
             f"{path}: transformers {transformers.__version__} could not read "
-            f"{arch} (truncated or corrupt file?): {cause}"
+            f"{arch} (truncated or corrupt file?): {_load_failure(exc, reports)}"
         ) from exc
     model, info = loaded
     check_weights_cover(
@@ -779,12 +780,10 @@ def _plain_copy(model: PreTrainedModel, dtype: str, path: Path) -> PreTrainedMod
     except Exception as exc:  # transformers raises many types; keep the cause
         # Some transformers versions (5.17) raise here, pointing at the report that
         # was held back, where others return the mismatch in the loading info.
-        row = _report_line(reports)
         raise ModelError(
             f"{path}: the dequantized weights do not fit a plain "
-            f"{type(model).__name__} "
-            f"({_one_line(exc) if row is None else _one_line(ValueError(row))}); "
-            "the file is not a complete model of its architecture"
+            f"{type(model).__name__} ({_load_failure(exc, reports)}); the file is "
+            "not a complete model of its architecture"
         ) from exc
     fresh, info = loaded
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}

@@ -374,17 +374,40 @@ class EvalConfig:
         return self.metrics
 
     def for_target(self, target: ExampleSet) -> EvalConfig:
-        """This config with its metrics fixed for ``target``.
+        """This config with its metrics fixed for ``target``, and checked against it.
 
         Returns
         -------
         EvalConfig
             ``self`` when it names its metrics, else a copy with
             :func:`default_metrics` of ``target``.
+
+        Raises
+        ------
+        harp.core.errors.ParameterError
+            An option metric is asked for and a domain of ``target`` holds no
+            multiple-choice row (the message names the domains and the fix).
         """
-        if self.metrics is not None:
-            return self
-        return replace(self, metrics=default_metrics(target))
+        fixed = (
+            self
+            if self.metrics is not None
+            else replace(self, metrics=default_metrics(target))
+        )
+        if set(OPTION_METRICS) & set(fixed.fixed_metrics):
+            without = [
+                d
+                for d, idx in target.by_domain().items()
+                if not any(target[i].options for i in idx)
+            ]
+            if without:
+                raise ParameterError(
+                    f"the option metrics need multiple-choice target rows, but "
+                    f"domain(s) {', '.join(repr(d) for d in without)} carry no "
+                    "options; give rows 'options' and 'gold' (see "
+                    "harp.core.records.resolve_options), or score them with 'loss' "
+                    "or 'exact_match'"
+                )
+        return fixed
 
 
 _Config = TypeVar("_Config", TrainConfig, EvalConfig)

@@ -33,7 +33,7 @@ from harp.nn.encode import (
     pad_token_id,
 )
 from harp.nn.loss import forward_losses, output_positions
-from harp.training.config import EvalConfig
+from harp.training.config import OPTION_METRICS, EvalConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -48,7 +48,6 @@ __all__ = [
     "response_losses",
     "option_logprobs",
     "option_pairs",
-    "check_target_metrics",
     "generate_greedy",
     "extract_answer",
     "normalize_answer",
@@ -848,31 +847,6 @@ def _kv_cache(out: Any) -> Any:
     return out["cache"] if "cache" in out else out.past_key_values
 
 
-def check_target_metrics(target: ExampleSet, metrics: Sequence[str]) -> None:
-    """Refuse metrics the target cannot give: option metrics need options.
-
-    Raises
-    ------
-    harp.core.errors.ParameterError
-        An option metric is asked for and a domain holds no multiple-choice row
-        (the message names the domains and the fix).
-    """
-    if not {"option_accuracy", "option_logprob"} & set(metrics):
-        return
-    without = [
-        d
-        for d, idx in target.by_domain().items()
-        if not any(target[i].options for i in idx)
-    ]
-    if without:
-        raise ParameterError(
-            f"the option metrics need multiple-choice target rows, but domain(s) "
-            f"{', '.join(repr(d) for d in without)} carry no options; give rows "
-            "'options' and 'gold' (see harp.core.records.resolve_options), or "
-            "score them with 'loss' or 'exact_match'"
-        )
-
-
 def _bootstrap_var(values: np.ndarray, samples: int, seed: int, domain: str) -> float:
     if values.size < 2:
         return math.nan
@@ -1001,9 +975,7 @@ def _checked_config(config: EvalConfig | None, target: ExampleSet) -> EvalConfig
         )
     if len(target) == 0:
         raise ParameterError("target is empty; evaluation needs at least one row")
-    config = config.for_target(target)
-    check_target_metrics(target, config.fixed_metrics)
-    return config
+    return config.for_target(target)
 
 
 def _evaluate(
@@ -1039,7 +1011,7 @@ def _evaluate(
         for k in range(copies):
             metas[k]["loss_seconds"] = share
             per_metric[k]["loss"] = losses[k]
-    if {"option_accuracy", "option_logprob"} & set(config.fixed_metrics):
+    if set(OPTION_METRICS) & set(config.fixed_metrics):
         start = time.perf_counter()
         stacked = _stacked_option_logprobs(
             model,

@@ -40,7 +40,6 @@ from harp.execution import forget_worker_cached, worker_cached
 from harp.training.config import EvalConfig, TrainConfig
 from harp.training.evaluate import (
     EvalReport,
-    check_target_metrics,
     evaluate,
     evaluate_stacked,
     response_losses,
@@ -178,10 +177,9 @@ class TrainEvalUtility:
         self.model_dir = Path(model).expanduser()
         self.target = target
         self.train_config = train_config
-        self.eval_config = eval_config.for_target(target)
+        self.eval_config = eval_config.for_target(target)  # refuses what it lacks
         self.context = RunContext() if context is None else context
         self.trust_remote_code = trust_remote_code
-        check_target_metrics(target, self.eval_config.fixed_metrics)
         self.model_key = model_fingerprint(self.model_dir)  # checks the folder
         self.cache = JsonCache(self.context.cache_dir / CACHE_FOLDER) if cache else None
         self.calls = 0
