@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harp.core.hashing import sha256_hex, stable_json
-from harp.core.io import atomic_write_json
+from harp.core.io import atomic_write_json, remove_stale_temporaries
 
 __all__ = ["JsonCache"]
 
@@ -23,7 +23,8 @@ class JsonCache:
     whole result or does not exist (it is renamed into place). Each file carries its
     key and the SHA-256 of its value, checked on every read: a file that was
     truncated, edited or written for another key is reported in one line naming it
-    and counts as missing, so the step is computed again and the file replaced.
+    and counts as missing, so the step is computed again and the file replaced. The
+    temporary files of writers killed mid-write are removed when the cache is opened.
 
     Parameters
     ----------
@@ -44,6 +45,7 @@ class JsonCache:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.directory)
 
     def path(self, key: str) -> Path:
         """The file that holds ``key``'s result."""

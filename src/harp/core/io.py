@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +26,98 @@ __all__ = [
     "atomic_write_json",
     "check_output_path",
     "os_error_line",
+    "remove_stale_temporaries",
 ]
+
+log = logging.getLogger(__name__)
+
+# A temporary name: ``.<target>.<pid>-<host>.<random>.tmp`` (``.old`` for a folder
+# being replaced). The writer's PID and a hash of its host name let a later run tell
+# a leftover of a killed writer from a file another process is still writing, the
+# way git marks its gc.pid lock with both.
+_TEMPORARY = re.compile(
+    r"^\.(?P<target>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.[^.]+\.(?:tmp|old)$"
+)
+
+
+@functools.cache
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temporary_prefix(path: Path) -> str:
+    # The PID is read at each call: a forked worker writes under its own.
+    return f".{path.name}.{os.getpid()}-{_host_tag()}."
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check: never remove what might be in use
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
+
+
+def remove_stale_temporaries(
+    directory: str | Path, target: str | None = None
+) -> list[Path]:
+    """Remove what killed writers left in ``directory``; return what was removed.
+
+    :func:`atomic_open` and :func:`atomic_directory` remove their temporary file or
+    folder on any exception, but a process killed outright (SIGKILL, out of memory,
+    power loss) cannot, and its temporary stays beside the output. This removes such
+    leftovers: temporaries whose writer ran on this host and no longer exists. A
+    temporary of a live process, or of another host sharing the folder, is left
+    alone, so a sweep never breaks a write in progress. Failures to list or remove
+    are ignored: tidying up must not stop a run.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The folder to sweep (not its subfolders).
+    target : str, optional
+        Only the temporaries of the output with this file name.
+
+    Returns
+    -------
+    list of Path
+        The temporaries removed.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMPORARY.match(entry.name)
+        if (
+            found is None
+            or (target is not None and found["target"] != target)
+            or found["host"] != _host_tag()
+            or _process_exists(int(found["pid"]))
+        ):
+            continue
+        path = directory / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        log.info(
+            "%s: removed %d temporary file(s) left by an interrupted run",
+            directory,
+            len(removed),
+        )
+    return removed
 
 
 def _umask() -> int:
@@ -35,13 +131,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """Open a temporary file next to ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left as it was, so a
-    crash never leaves a half-written output behind.
+    crash never leaves a half-written output behind; what a killed writer left of an
+    earlier write of ``path`` is removed first (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, target=path.name)
     try:
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+            prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent
         )
     except OSError as exc:
         raise _naming(exc, path, None) from exc
@@ -86,7 +184,9 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
 
     The temporary folder lives in the same parent, so the final rename is atomic: a
     reader sees either no folder or a whole one, never half of it. On any exception
-    the temporary folder is removed and ``path`` is left as it was.
+    the temporary folder is removed and ``path`` is left as it was; what a killed
+    writer left of an earlier write of ``path`` is removed first
+    (:func:`remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -119,9 +219,12 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, target=path.name)
     try:
         tmp = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tempfile.mkdtemp(
+                prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent
+            )
         )
     except OSError as exc:
         raise _naming(exc, path, None) from exc
@@ -140,7 +243,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
         else:
             old = Path(
                 tempfile.mkdtemp(
-                    prefix=f".{path.name}.", suffix=".old", dir=path.parent
+                    prefix=_temporary_prefix(path), suffix=".old", dir=path.parent
                 )
             )
             os.replace(path, old / path.name)
