@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -62,6 +63,24 @@ def test_proxy_builds_once_then_reuses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (path, other, capped, reseeded)
     )
+
+
+def test_a_proxy_folder_that_does_not_match_is_replaced_whole(tmp_path):
+    pool = _pool()
+    path = resolve_model("proxy", pool, context=RunContext(cache_dir=tmp_path), **SMALL)
+    marker = path / "harp-proxy.json"
+    built = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**built, "fingerprint": "another"}))
+    (path / "left-over.bin").write_bytes(b"x")
+    again = resolve_model(
+        "proxy", pool, context=RunContext(cache_dir=tmp_path), **SMALL
+    )
+    assert again == path
+    assert json.loads(marker.read_text())["fingerprint"] == built["fingerprint"]
+    assert not (path / "left-over.bin").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    model, tok = load_model(path)
+    assert model.config.vocab_size == len(tok)
 
 
 def test_none_means_proxy_and_logs_one_line(tmp_path, caplog):

@@ -40,7 +40,7 @@ from harp.bench.claims import (
 )
 from harp.bench.rows import RESULTS_FILE, BenchRow, read_results
 from harp.core.errors import HarpError
-from harp.core.io import atomic_write_text
+from harp.core.io import atomic_open, atomic_write_text
 from harp.selectors.diagnostics import (
     HARPDiagnostics,
     LogDetDiagnostics,
@@ -268,10 +268,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    tmp.replace(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=110, bbox_inches="tight", format="png")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from harp.core.errors import ParameterError
 from harp.core.hashing import fingerprint
-from harp.core.io import atomic_write_json
+from harp.core.io import atomic_directory, atomic_write_json
 from harp.nn.threads import apply_thread_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -383,22 +382,19 @@ def ensure_proxy(
     model = pretrain_proxy(
         model, tokenizer, corpus, seed=seed, progress=progress, **pretrain
     )
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tokenizer, tmp)
-    atomic_write_json(
-        tmp / PROXY_MARKER,
-        {
-            "fingerprint": key,
-            "model": config.to_dict(),
-            "pretrain": pretrain,
-            "seed": seed,
-            "corpus_rows": len(corpus),
-            "seconds": round(time.perf_counter() - start, 2),
-        },
-    )
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    # A stale or foreign proxy is replaced only once the new one is whole, and two
+    # runs building the same proxy at once each write their own temporary folder.
+    with atomic_directory(directory, overwrite=True) as tmp:
+        save_model(model, tokenizer, tmp)
+        atomic_write_json(
+            tmp / PROXY_MARKER,
+            {
+                "fingerprint": key,
+                "model": config.to_dict(),
+                "pretrain": pretrain,
+                "seed": seed,
+                "corpus_rows": len(corpus),
+                "seconds": round(time.perf_counter() - start, 2),
+            },
+        )
     return directory

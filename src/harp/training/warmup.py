@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from harp.core.context import RunContext
 from harp.core.errors import HarpError, ModelError, ParameterError
 from harp.core.hashing import fingerprint
-from harp.core.io import atomic_write_json
+from harp.core.io import atomic_directory, atomic_write_json
 from harp.training.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -641,8 +640,7 @@ def _save_checkpoint(
         "weight_decay": optimizer.param_groups[0]["weight_decay"],
         "params": params_info,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-    try:
+    with atomic_directory(out_dir / name, overwrite=True) as tmp:
         with quiet_transformers(False):
             model.save_pretrained(str(tmp), safe_serialization=True)
         save_file(
@@ -651,14 +649,6 @@ def _save_checkpoint(
             metadata={"step": str(step), "format": "pt"},
         )
         atomic_write_json(tmp / _CHECKPOINT_FILE, info)
-        tmp.chmod(0o755)
-        target = out_dir / name
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "name": name,
         "step": step,
