@@ -57,8 +57,8 @@ def _process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
-        return True  # it exists but belongs to someone else
+    except (OSError, OverflowError):
+        return True  # someone else's process, or no PID at all: leave it
     return True
 
 
