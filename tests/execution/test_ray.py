@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,19 @@ def always_fails(x):
     raise RuntimeError(f"no luck with {x}")
 
 
+def slow_after_a_bad_row(job):
+    """Row 1 fails at once; row 2 is still running then, and leaves a marker."""
+    folder, x = job
+    if x == 1:
+        raise DataError("row 1 is bad")
+    if x == 2:
+        import time
+
+        time.sleep(1.0)
+        (Path(folder) / "row-2-finished").write_text("done")
+    return x
+
+
 def killed_midway(log_dir, fn, job):
     """Log each run; the first run of shard 1 leaves a torn shard file and dies."""
     log_dir = Path(log_dir)
@@ -130,6 +144,20 @@ def test_ray_map_keeps_order_and_reports_failures(cluster):
         ex.map(always_fails, [5], desc="boom")
     ex.shutdown()  # joined, not started: the cluster keeps running
     assert ray.is_initialized()
+
+
+def test_a_failure_leaves_the_running_tasks_to_finish(cluster, tmp_path):
+    """No ray.cancel: cancelling a task as its reply arrives aborts the driver inside
+    Ray (ray-project/ray#54527), which crashed this suite once in Ray 2.60."""
+    ex = RayExecutor(max_retries=0)
+    with pytest.raises(DataError, match="row 1 is bad"):
+        ex.map(slow_after_a_bad_row, [(str(tmp_path), x) for x in range(3)])
+    marker = tmp_path / "row-2-finished"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not marker.exists():
+        time.sleep(0.05)
+    assert marker.read_text() == "done"  # a cancelled task would never write it
+    assert ex.map(double, [1, 2]) == [2, 4]
 
 
 # -- features ------------------------------------------------------------------------

@@ -556,27 +556,26 @@ class RayExecutor(Executor):
         return results
 
     def _result(self, ray: Any, refs: list, i: int, items: list, desc: str) -> Any:
-        """The result of task ``i``; a failure cancels the tasks after it."""
+        """The result of task ``i``; a failure raises at once.
+
+        The tasks after a failed one are not cancelled: they finish and their
+        results are dropped (a local cluster stops with :meth:`shutdown`).
+        ``ray.cancel`` on a task whose reply is on its way aborts this whole process
+        inside Ray ("Check failed: it != submissible_tasks_.end() Tried to complete
+        task that was not pending", ray-project/ray#54527; seen with Ray 2.60 about
+        once in a few hundred failing maps), and no message of harp's then reaches
+        the user.
+        """
         try:
             out = ray.get(refs[i])
         except ray.exceptions.RayError as exc:
-            self._cancel(ray, refs[i + 1 :])
             cause = getattr(exc, "cause", None) or exc
             raise _failure(
                 desc, i, items[i], self.max_retries + 1, _first_line(cause)
             ) from exc
         if isinstance(out, _Raised):
-            self._cancel(ray, refs[i + 1 :])
             raise out.error
         return out
-
-    @staticmethod
-    def _cancel(ray, refs) -> None:
-        for ref in refs:
-            try:
-                ray.cancel(ref)
-            except Exception:  # noqa: BLE001 - finished already: nothing to cancel
-                pass
 
     def shutdown(self) -> None:
         """Disconnect from Ray if this executor connected.
