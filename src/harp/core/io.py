@@ -32,9 +32,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # A temporary name: ``.<target>.<pid>-<host>.<random>.tmp`` (``.old`` for a folder
-# being replaced). The writer's PID and a hash of its host name let a later run tell
-# a leftover of a killed writer from a file another process is still writing, the
-# way git marks its gc.pid lock with both.
+# being replaced). The writer's PID and a hash of where that PID means something let
+# a later run tell a leftover of a killed writer from a file another process is still
+# writing, the way git marks its gc.pid lock with the PID and the host name.
 _TEMPORARY = re.compile(
     r"^\.(?P<target>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.[^.]+\.(?:tmp|old)$"
 )
@@ -42,7 +42,14 @@ _TEMPORARY = re.compile(
 
 @functools.cache
 def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """A hash of the host name and of the PID namespace: containers that share a
+    host name (``--network host``) and a cache folder do not see each other's PIDs."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    where = f"{socket.gethostname()}\0{namespace}"
+    return hashlib.sha256(where.encode()).hexdigest()[:8]
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -70,10 +77,10 @@ def remove_stale_temporaries(
     :func:`atomic_open` and :func:`atomic_directory` remove their temporary file or
     folder on any exception, but a process killed outright (SIGKILL, out of memory,
     power loss) cannot, and its temporary stays beside the output. This removes such
-    leftovers: temporaries whose writer ran on this host and no longer exists. A
-    temporary of a live process, or of another host sharing the folder, is left
-    alone, so a sweep never breaks a write in progress. Failures to list or remove
-    are ignored: tidying up must not stop a run.
+    leftovers: temporaries whose writer ran on this host (in this PID namespace) and
+    no longer exists. A temporary of a live process, or of another host or container
+    sharing the folder, is left alone, so a sweep never breaks a write in progress.
+    Failures to list or remove are ignored: tidying up must not stop a run.
 
     Parameters
     ----------
