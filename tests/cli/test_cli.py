@@ -49,6 +49,34 @@ def test_help_of_every_subcommand(command):
     assert "Usage" in result.output
 
 
+def _commands():
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_help_shows_square_brackets_and_wraps_whole_paragraphs(name):
+    """rich read "harp-select[report]" as markup and printed "harp-select"; and a
+    docstring's own line breaks, kept by typer, left one-word lines at 80 columns."""
+    import re
+
+    command = _commands()[name]
+    raw = [command.callback.__doc__ or ""] + [p.help or "" for p in command.params]
+    wide = runner.invoke(app, [name, "--help"], terminal_width=200).output
+    for text in raw:
+        for extra in re.findall(r"[\w.-]+\[[\w,-]+\]", text):
+            assert extra in wide, extra
+    narrow = runner.invoke(
+        app, [name, "--help"], terminal_width=80, env={"COLUMNS": "80"}
+    ).output
+    about = narrow.split("Usage", 1)[1].split("\u256d", 1)[0]  # to the first panel
+    paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", about)]
+    for lines in paragraphs[1:]:
+        lines = [line.strip() for line in lines if line.strip()]
+        assert all(len(line) >= 60 for line in lines[:-1]), lines
+
+
 def test_console_script_help_is_fast_and_imports_no_torch():
     code = (
         "import sys; from harp.app.cli import app; "
@@ -240,6 +268,17 @@ def test_a_line_number_like_an_emoji_code_prints_verbatim(tmp_path):
     )
     assert result.exit_code == 2
     assert "p.jsonl:100:" in result.output and "\U0001f4af" not in result.output
+
+
+def test_an_error_quoting_square_brackets_prints_them(tmp_path):
+    pool = _pool(tmp_path)
+    result = runner.invoke(
+        app,
+        ["select", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]
+        + ["--method", "random", "--budget", "5", "--param", "foo[bar]"],
+    )
+    assert result.exit_code == 2
+    assert "--param 'foo[bar]': expected KEY=VALUE" in result.output
 
 
 def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path):

@@ -142,8 +142,12 @@ def _err_console():
 
 
 def _fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
+    # Escaped: a message quotes the user's values and harp's install hints, and rich
+    # would read "harp-select[ray]" or "--param x[y]" as markup and drop the brackets.
     _err_console().print(
-        f"[bold red]error:[/bold red] {message}",
+        f"[bold red]error:[/bold red] {escape(message)}",
         highlight=False,
         markup=True,
         soft_wrap=True,
@@ -156,17 +160,11 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except HarpError as exc:
-        _fail(_escape(str(exc)))
+        _fail(str(exc))
     except OSError as exc:
-        _fail(_escape(os_error_line(exc)))
+        _fail(os_error_line(exc))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume where possible", code=130)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -191,7 +189,7 @@ ExecutorOption = typer.Option(
     "--executor",
     help="Where feature shards and HARP's leaf evaluations run: 'local' (this "
     "process, or a pool of --workers processes) or 'ray' (needs "
-    "harp-select[ray]; see docs/ray.md).",
+    "harp-select\\[ray]; see docs/ray.md).",
 )
 WorkersOption = typer.Option(
     None,
@@ -1284,6 +1282,27 @@ def fetch_model(
         progress=sys.stderr.isatty(),
     )
     typer.echo(str(folder))
+
+
+def _command_help(docstring: str) -> str:
+    """A command's docstring as its ``--help`` shows it.
+
+    typer's rich mode keeps a docstring's line breaks, so at 80 columns a source
+    line a few characters too long wrapped into a one-word line; each paragraph is
+    one line here, and rich wraps it to the terminal. Square brackets are escaped,
+    or rich reads "harp-select[report]" as markup and prints "harp-select".
+    """
+    from inspect import cleandoc  # the module's name is a command here
+
+    from rich.markup import escape
+
+    paragraphs = cleandoc(docstring).split("\n\n")
+    return "\n\n".join(escape(" ".join(p.split())) for p in paragraphs)
+
+
+for _info in app.registered_commands:
+    if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+        _info.help = _command_help(_info.callback.__doc__)
 
 
 def main() -> None:

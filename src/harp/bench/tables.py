@@ -124,6 +124,7 @@ def _est(e: dict[str, Any]) -> str:
 
 def eval_table(result: dict[str, Any]) -> Any:
     """A rich Table of ``harp evaluate``: per domain, base and tuned scores."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="target scores per domain (± stderr)")
@@ -137,7 +138,7 @@ def eval_table(result: dict[str, Any]) -> Any:
         for metric, est in sorted(base[domain].items()):
             t = tuned.get(domain, {}).get(metric)
             table.add_row(
-                domain,
+                escape(domain),  # the user's name: "qa[en]" is not markup
                 metric,
                 _est(est),
                 _est(t) if t else "-",
