@@ -69,6 +69,17 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+#: Folders this process has swept whole: a killed writer's leftover predates the
+#: sweep, so one sweep per folder and process finds it. Listing a cache folder of
+#: 10,000 entries costs ~5 ms, ten times a small atomic write.
+_SWEPT: set[str] = set()
+
+
+def _sweep_once(directory: Path) -> None:
+    if os.path.abspath(directory) not in _SWEPT:
+        remove_stale_temporaries(directory)
+
+
 def remove_stale_temporaries(
     directory: str | Path, target: str | None = None
 ) -> list[Path]:
@@ -95,11 +106,14 @@ def remove_stale_temporaries(
         The temporaries removed.
     """
     directory = Path(directory)
+    prefix = "." if target is None else f".{target}."
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(directory))
+        entries = [e for e in os.scandir(directory) if e.name.startswith(prefix)]
     except OSError:
         return removed
+    if target is None:
+        _SWEPT.add(os.path.abspath(directory))
     for entry in entries:
         found = _TEMPORARY.match(entry.name)
         if (
@@ -138,12 +152,13 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """Open a temporary file next to ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left as it was, so a
-    crash never leaves a half-written output behind; what a killed writer left of an
-    earlier write of ``path`` is removed first (:func:`remove_stale_temporaries`).
+    crash never leaves a half-written output behind; what killed writers left in
+    ``path``'s folder is removed at this process's first write there
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, target=path.name)
+    _sweep_once(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(
             prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent
@@ -191,8 +206,8 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
 
     The temporary folder lives in the same parent, so the final rename is atomic: a
     reader sees either no folder or a whole one, never half of it. On any exception
-    the temporary folder is removed and ``path`` is left as it was; what a killed
-    writer left of an earlier write of ``path`` is removed first
+    the temporary folder is removed and ``path`` is left as it was; what killed
+    writers left in ``path``'s folder is removed at this process's first write there
     (:func:`remove_stale_temporaries`).
 
     Parameters
@@ -226,7 +241,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, target=path.name)
+    _sweep_once(path.parent)
     try:
         tmp = Path(
             tempfile.mkdtemp(
